@@ -1,0 +1,38 @@
+# tinyops: `make run` sets up and runs the default pipeline; `make test` sets up and runs the tests.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.tinyops-installed
+
+.PHONY: install run test lint bench lock clean
+
+# Install exactly the versions in requirements.lock (no resolver run, so it is fast and the same
+# every time), then the project itself in editable mode.
+$(STAMP): requirements.lock pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "tinyops needs Python 3.11: run make PYTHON=python3.11")'
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps -r requirements.lock
+	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/tinyops run
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check pipeline flows tests
+
+# Re-resolve requirements.lock from requirements/*.txt (needs uv; installs it into the venv).
+lock: $(STAMP)
+	$(BIN)/python -m pip install -q uv
+	$(BIN)/uv pip compile requirements/requirements.in \
+	  --override requirements/overrides.txt -c requirements/constraints.txt \
+	  --python-version 3.11.7 --python-platform x86_64-manylinux_2_28 \
+	  $(if $(wildcard /opt/wheels),--find-links /opt/wheels) --no-header -o requirements.lock
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,111 @@
+"""The `tinyops` command. Thin: parse arguments, call the stage functions, turn errors into
+messages and exit codes. Heavy frameworks are imported only by the commands that need them.
+"""
+
+from __future__ import annotations
+
+import enum
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pipeline.errors import TinyopsError
+
+app = typer.Typer(
+    name="tinyops",
+    help="Labelled data → int8 TinyML models: prepare, distributed training, LiteRT export, validation.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="The params.yaml to use.")]
+
+
+class StageName(str, enum.Enum):
+    prepare = "prepare"
+    train = "train"
+    export = "export"
+    evaluate = "evaluate"
+
+
+def _fail(exc: TinyopsError) -> None:
+    from rich.console import Console
+
+    Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+    raise typer.Exit(exc.exit_code)
+
+
+@app.command()
+def run(
+    params: ParamsOpt = Path("params.yaml"),
+    force: Annotated[bool, typer.Option(help="Rerun every stage even if DVC finds it up to date.")] = False,
+) -> None:
+    """Run the whole pipeline (dvc repro) as one MLflow parent run, then print the metrics."""
+    from pipeline.run import run_pipeline
+
+    try:
+        result = run_pipeline(params, force=force)
+    except TinyopsError as exc:
+        _fail(exc)
+    _print_summary(result)
+
+
+@app.command()
+def stage(
+    name: Annotated[StageName, typer.Argument(help="The stage to run.")],
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Run one stage (what dvc.yaml calls). Logs a nested MLflow run under the pipeline's run."""
+    from pipeline.stages import STAGES
+
+    try:
+        STAGES[name.value](params)
+    except TinyopsError as exc:
+        _fail(exc)
+
+
+@app.command()
+def check(params: ParamsOpt = Path("params.yaml")) -> None:
+    """Validate params.yaml and print the resolved configuration, doing no work."""
+    import yaml
+
+    from pipeline.config import load_params
+
+    try:
+        parsed = load_params(params)
+    except TinyopsError as exc:
+        _fail(exc)
+    typer.echo(yaml.safe_dump(parsed.model_dump(mode="json"), sort_keys=False))
+
+
+def _print_summary(result: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="tinyops: test-split results", show_header=True)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key in ("torch_fp32_accuracy", "tflite_fp32_accuracy", "tflite_int8_accuracy",
+                "tflm_int8_accuracy", "tflite_fp32_bytes", "tflite_int8_bytes", "tflm_arena_bytes"):
+        if key in result:
+            value = result[key]
+            table.add_row(key, f"{value:.4f}" if isinstance(value, float) else f"{value:,}")
+    console = Console()
+    console.print(table)
+    console.print(f"MLflow run {result.get('run_id')}: "
+                  "mlflow ui --backend-store-uri sqlite:///mlflow/mlflow.db")
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,126 @@
+"""Stage `export`: models/model.pt → fp32 and full-integer int8 .tflite with litert-torch.
+
+int8 is post-training static quantization through torchao's pt2e flow and litert-torch's
+PT2EQuantizer: per-channel symmetric int8 weights, int8 activations calibrated on training
+samples, int8 input and output. The result is checked in the flatbuffer before it is written.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline import atomic
+from pipeline.config import ExportParams
+from pipeline.errors import ArtifactError, ExportError
+from pipeline.models import Architecture, build_model
+from pipeline.tflite_inspect import check_full_int8, read_model
+
+EXPORT_DIR = Path("exports")
+FP32_NAME = "model_fp32.tflite"
+INT8_NAME = "model_int8.tflite"
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    fp32_path: Path
+    int8_path: Path
+    fp32_bytes: int
+    int8_bytes: int
+    int8_ops: tuple[str, ...]
+
+
+def load_trained(model_path: Path):  # type: ignore[no-untyped-def]
+    """Rebuild the trained network from models/model.pt (weights_only: no pickle is executed)."""
+    import torch
+
+    if not model_path.is_file():
+        raise ArtifactError(f"{model_path}: missing. Run `tinyops stage train` first.")
+    try:
+        blob = torch.load(model_path, map_location="cpu", weights_only=True)
+        arch = Architecture.from_dict(blob["architecture"])
+        model = build_model(arch)
+        model.load_state_dict(blob["state_dict"])
+    except Exception as exc:
+        raise ArtifactError(
+            f"{model_path}: not a usable tinyops model ({type(exc).__name__}: {exc}). "
+            "Rerun `tinyops stage train`."
+        ) from None
+    return model.eval(), arch, blob
+
+
+def _quiet_litert() -> None:
+    os.environ.setdefault("LITERT_TORCH_SHOW_PROGRESS", "n")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def convert_fp32(model, sample) -> bytes:  # type: ignore[no-untyped-def]
+    import litert_torch
+
+    return bytes(litert_torch.convert(model, (sample,)).model_content())
+
+
+def convert_int8(model, sample, calibration: np.ndarray) -> bytes:  # type: ignore[no-untyped-def]
+    """Static int8: export, insert observers, calibrate sample by sample, convert."""
+    import litert_torch
+    import torch
+    from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
+    from litert_torch.quantize.quant_config import QuantConfig
+    from torchao.quantization.pt2e import move_exported_model_to_eval
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    quantizer = PT2EQuantizer().set_global(
+        get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False)
+    )
+    graph = torch.export.export(model, (sample,)).module()
+    prepared = move_exported_model_to_eval(prepare_pt2e(graph, quantizer))
+    with torch.no_grad():
+        for row in calibration:
+            prepared(torch.from_numpy(row[None]))
+    converted = move_exported_model_to_eval(convert_pt2e(prepared, fold_quantize=False))
+    # The graph was captured from an eval-mode model (BN uses running stats, no dropout);
+    # only the nn.Module flag still says training, and litert-torch reads that flag.
+    for module in converted.modules():
+        module.training = False
+    edge = litert_torch.convert(converted, (sample,), quant_config=QuantConfig(pt2e_quantizer=quantizer))
+    return bytes(edge.model_content())
+
+
+def calibration_set(x_train: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """A seeded, class-agnostic subset of the training split (the same every run)."""
+    rng = np.random.default_rng(seed)
+    take = min(n, len(x_train))
+    return x_train[np.sort(rng.choice(len(x_train), size=take, replace=False))]
+
+
+def export(
+    params: ExportParams,
+    x_train: np.ndarray,
+    seed: int,
+    model_path: Path = Path("models/model.pt"),
+    out_dir: Path = EXPORT_DIR,
+) -> ExportResult:
+    """Convert both variants, check the int8 one is full-integer, then write both atomically."""
+    import torch
+
+    _quiet_litert()
+    torch.manual_seed(seed)
+    model, arch, _ = load_trained(model_path)
+    sample = torch.zeros((1, *arch.input_shape), dtype=torch.float32)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch/litert API deprecations
+            fp32 = convert_fp32(model, sample)
+            int8 = convert_int8(model, sample, calibration_set(x_train, params.calibration_samples, seed))
+    except Exception as exc:
+        raise ExportError(f"litert-torch conversion of {model_path} failed: {type(exc).__name__}: {exc}") from exc
+    read_model(fp32, "fp32 export")
+    info = check_full_int8(int8, f"int8 export of {model_path}")
+    fp32_path, int8_path = out_dir / FP32_NAME, out_dir / INT8_NAME
+    atomic.write_bytes(fp32_path, fp32)
+    atomic.write_bytes(int8_path, int8)
+    return ExportResult(fp32_path, int8_path, len(fp32), len(int8), info.op_names)

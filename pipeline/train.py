@@ -1,0 +1,140 @@
+"""Stage `train`: check the job fits the machine, then launch DDP workers with torchrun.
+
+The workers (pipeline/train_worker.py) run in their own processes, so this process never
+imports torch's CUDA state; it only asks torch whether CUDA exists when the backend is `auto`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.config import Params
+from pipeline.errors import ConfigError, TrainingError
+
+TIMING_FILE = Path(".tinyops/train_timing.json")
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    model_path: Path
+    summary: dict
+    timing: dict
+
+
+def _cuda_devices() -> int:
+    """Count GPUs in a child process, so CUDA is never initialised in this one."""
+    probe = "import torch; print(torch.cuda.device_count() if torch.cuda.is_available() else 0)"
+    try:
+        out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+        return int(out.stdout.strip() or 0)
+    except (subprocess.CalledProcessError, ValueError):
+        return 0
+
+
+def resolve_backend(params: Params) -> str:
+    tp = params.train
+    gpus = _cuda_devices() if tp.backend in ("auto", "nccl") else 0
+    backend = tp.backend if tp.backend != "auto" else ("nccl" if gpus else "gloo")
+    if backend == "nccl":
+        if gpus == 0:
+            raise ConfigError("train.backend is 'nccl' but no CUDA device is visible; use 'gloo' or 'auto'.")
+        if tp.nproc_per_node > gpus:
+            raise ConfigError(
+                f"train.nproc_per_node = {tp.nproc_per_node} but only {gpus} GPU(s) are visible; "
+                "NCCL needs one GPU per worker."
+            )
+    return backend
+
+
+def check_world_fits(params: Params, n_train: int, backend: str) -> None:
+    """Fail in the first second, not after an epoch: threads, batch split, dataset size."""
+    tp = params.train
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if backend == "gloo" and tp.nproc_per_node * tp.threads_per_proc > cores:
+        raise ConfigError(
+            f"train.nproc_per_node × train.threads_per_proc = {tp.nproc_per_node} × "
+            f"{tp.threads_per_proc} = {tp.nproc_per_node * tp.threads_per_proc} threads, but this "
+            f"machine has {cores} core(s); oversubscribing only slows training. Lower one of them."
+        )
+    world = tp.nproc_per_node * tp.nnodes
+    if tp.batch_size % world:
+        raise ConfigError(
+            f"train.batch_size = {tp.batch_size} does not split evenly over {world} worker(s); "
+            f"use a multiple of {world}."
+        )
+    if tp.batch_size > n_train:
+        raise ConfigError(
+            f"train.batch_size = {tp.batch_size} is larger than the training split ({n_train} samples)."
+        )
+
+
+def torchrun_command(params: Params, params_path: Path, run_id: str | None, backend: str,
+                     node_rank: int = 0) -> list[str]:
+    tp = params.train
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(tp.nproc_per_node)]
+    if tp.nnodes == 1:
+        cmd += ["--standalone"]
+    else:
+        cmd += [
+            "--nnodes", str(tp.nnodes), "--node-rank", str(node_rank),
+            "--rdzv-backend", "c10d", "--rdzv-endpoint", str(tp.rdzv_endpoint),
+            "--rdzv-id", "tinyops-train",
+        ]
+    cmd += ["-m", "pipeline.train_worker", "--params", str(params_path), "--backend", backend,
+            "--timing-file", str(TIMING_FILE)]
+    if run_id:
+        cmd += ["--run-id", run_id]
+    return cmd
+
+
+def worker_env(params: Params) -> dict[str, str]:
+    """Thread counts set on purpose per worker; deterministic cuBLAS; quiet torchrun."""
+    threads = str(params.train.threads_per_proc)
+    env = dict(os.environ)
+    env.update({
+        "OMP_NUM_THREADS": threads,
+        "MKL_NUM_THREADS": threads,
+        "CUBLAS_WORKSPACE_CONFIG": ":4096:8",
+        "PYTHONHASHSEED": str(params.train.seed),
+        "TORCHELASTIC_ERROR_FILE": str(Path(".tinyops/torchrun_error.json").resolve()),
+    })
+    return env
+
+
+def train(
+    params: Params,
+    params_path: Path,
+    n_train: int,
+    run_id: str | None = None,
+    on_line: Callable[[str], None] | None = None,
+    node_rank: int = 0,
+) -> TrainResult:
+    """Run torchrun to completion; stream rank-0 output live (to the terminal, or to `on_line`)."""
+    backend = resolve_backend(params)
+    check_world_fits(params, n_train, backend)
+    TIMING_FILE.parent.mkdir(parents=True, exist_ok=True)
+    cmd = torchrun_command(params, params_path, run_id, backend, node_rank)
+    env = worker_env(params)
+    if on_line is None:
+        code = subprocess.run(cmd, env=env).returncode
+    else:
+        with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, bufsize=1) as proc:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                on_line(line.rstrip("\n"))
+            code = proc.wait()
+    if code != 0:
+        raise TrainingError(
+            f"torchrun exited with status {code}; the worker's error is printed above "
+            f"(and in {env['TORCHELASTIC_ERROR_FILE']} when torchrun recorded one)."
+        )
+    summary = json.loads(Path("metrics/train.json").read_text())
+    timing = json.loads(TIMING_FILE.read_text()) if TIMING_FILE.is_file() else {}
+    return TrainResult(model_path=Path("models/model.pt"), summary=summary, timing=timing)

@@ -1,0 +1,275 @@
+"""One DDP worker; torchrun starts N of them. `tinyops stage train` builds the command, e.g.
+
+    torchrun --standalone --nproc-per-node 2 -m pipeline.train_worker --params params.yaml
+    torchrun --nnodes 2 --node-rank R --rdzv-backend c10d --rdzv-endpoint HOST:29400 \\
+        -m pipeline.train_worker --params params.yaml
+
+Every rank trains on its shard (DistributedSampler) and joins the gradient all-reduce; metrics are
+all-reduced so every rank takes the same early-stopping decision. Rank 0 alone prints, logs to
+MLflow and writes files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import os
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+
+from pipeline import atomic
+from pipeline.config import load_params
+from pipeline.models import Architecture, build_model, count_parameters
+from pipeline.prepare import load_processed
+
+MODEL_FORMAT = "tinyops.model/1"
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _save(obj: Any, path: Path) -> None:
+    """torch.save through a temp file and rename: a reader never sees half a checkpoint."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic.write_bytes(path, buf.getvalue())
+
+
+def _evaluate(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, rank: int, world: int, device: torch.device
+) -> tuple[float, float]:
+    """Loss and accuracy over the whole split: each rank takes every world-th sample, then all-reduce."""
+    model.eval()
+    xs, ys = x[rank::world].to(device), y[rank::world].to(device)
+    with torch.no_grad():
+        logits = model(xs) if len(xs) else torch.zeros((0, 1), device=device)
+        loss_sum = nn.functional.cross_entropy(logits, ys, reduction="sum") if len(xs) else 0.0
+        correct = (logits.argmax(1) == ys).sum() if len(xs) else 0
+    totals = torch.tensor([float(loss_sum), float(correct), float(len(xs))], dtype=torch.float64,
+                          device=device)
+    dist.all_reduce(totals)
+    return totals[0].item() / totals[2].item(), totals[1].item() / totals[2].item()
+
+
+class _Reporter:
+    """Rank-0 output: a progress bar on a terminal, one line per epoch, batched MLflow metrics."""
+
+    def __init__(self, run_id: str | None, epochs: int, steps: int) -> None:
+        self.client = None
+        self.run_id = run_id
+        self.log_seconds = 0.0
+        if run_id:
+            from mlflow.tracking import MlflowClient
+
+            self.client = MlflowClient()
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.console = Console(stderr=True)
+        self.progress = Progress(
+            TextColumn("[bold]train[/] epoch {task.fields[epoch]}/" + str(epochs)),
+            BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+            console=self.console, transient=True, disable=not self.console.is_terminal,
+        )
+        self.task = self.progress.add_task("train", total=steps, epoch=1)
+
+    def metrics(self, epoch: int, values: dict[str, float]) -> None:
+        if self.client is None:
+            return
+        from mlflow.entities import Metric
+
+        start = time.perf_counter()
+        now = int(time.time() * 1000)
+        self.client.log_batch(
+            self.run_id, metrics=[Metric(k, float(v), now, epoch) for k, v in values.items()]
+        )
+        self.log_seconds += time.perf_counter() - start
+
+
+def train(args: argparse.Namespace) -> None:
+    params = load_params(args.params)
+    tp = params.train
+    rank, world = dist.get_rank(), dist.get_world_size()
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = dist.get_backend() == "nccl"
+    device = torch.device(f"cuda:{local_rank}") if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(device)
+    torch.set_num_threads(tp.threads_per_proc)
+    torch.use_deterministic_algorithms(tp.deterministic)
+    torch.backends.cudnn.benchmark = False
+    _seed_everything(tp.seed)
+
+    data = load_processed(Path(args.data_dir))
+    arch = Architecture(
+        input_shape=tuple(data.meta["input_shape"]),  # type: ignore[arg-type]
+        num_classes=int(data.meta["num_classes"]),
+        channels=params.model.channels,
+        kernel_size=params.model.kernel_size,
+        dropout=params.model.dropout,
+    )
+    x_train, y_train = torch.from_numpy(data.x["train"]), torch.from_numpy(data.y["train"])
+    x_val, y_val = torch.from_numpy(data.x["val"]), torch.from_numpy(data.y["val"])
+
+    model = build_model(arch).to(device)
+    ddp = nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if use_cuda else None)
+    optimizer = torch.optim.AdamW(ddp.parameters(), lr=tp.lr, weight_decay=tp.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=tp.epochs)
+    sampler = DistributedSampler(
+        TensorDataset(x_train, y_train), num_replicas=world, rank=rank, shuffle=True, seed=tp.seed
+    )
+    loader = DataLoader(
+        TensorDataset(x_train, y_train), batch_size=tp.batch_size // world, sampler=sampler,
+        num_workers=0,
+    )
+
+    out_dir, metrics_dir = Path(args.out_dir), Path(args.metrics_dir)
+    ckpt_dir = out_dir / "checkpoints"
+    reporter = _Reporter(args.run_id, tp.epochs, len(loader)) if rank == 0 else None
+    if reporter:
+        reporter.console.print(
+            f"train: {world} worker(s) × {tp.threads_per_proc} thread(s), backend {dist.get_backend()}, "
+            f"{count_parameters(model):,} parameters, {len(x_train)} training samples"
+        )
+        reporter.progress.start()
+
+    history: list[dict[str, float]] = []
+    best: dict[str, Any] = {"val_loss": float("inf")}
+    best_state: dict[str, torch.Tensor] = {}
+    stale = 0
+    train_seconds = 0.0
+    for epoch in range(1, tp.epochs + 1):
+        started = time.perf_counter()
+        sampler.set_epoch(epoch)
+        ddp.train()
+        loss_sum = torch.zeros(2, dtype=torch.float64, device=device)
+        if reporter:
+            reporter.progress.reset(reporter.task, total=len(loader), epoch=epoch)
+        for xb, yb in loader:
+            xb, yb = xb.to(device), yb.to(device)
+            optimizer.zero_grad(set_to_none=True)
+            loss = nn.functional.cross_entropy(ddp(xb), yb)
+            loss.backward()
+            optimizer.step()
+            loss_sum += torch.tensor([loss.item() * len(yb), len(yb)], dtype=torch.float64,
+                                     device=device)
+            if reporter:
+                reporter.progress.advance(reporter.task)
+        scheduler.step()
+        dist.all_reduce(loss_sum)
+        val_loss, val_acc = _evaluate(model, x_val, y_val, rank, world, device)
+        train_seconds += time.perf_counter() - started
+        row = {
+            "epoch": epoch,
+            "train_loss": loss_sum[0].item() / loss_sum[1].item(),
+            "val_loss": val_loss,
+            "val_accuracy": val_acc,
+            "lr": scheduler.get_last_lr()[0],
+        }
+        history.append(row)
+        improved = val_loss < best["val_loss"]
+        if improved:
+            best = {"epoch": epoch, "val_loss": val_loss, "val_accuracy": val_acc}
+            best_state = {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()}
+            stale = 0
+        else:
+            stale += 1
+        if reporter:
+            reporter.console.print(
+                f"epoch {epoch:3d}/{tp.epochs}  train_loss {row['train_loss']:.4f}  "
+                f"val_loss {val_loss:.4f}  val_acc {val_acc:.4f}" + ("  *best" if improved else "")
+            )
+            reporter.metrics(epoch, {k: v for k, v in row.items() if k != "epoch"})
+            _save(
+                {
+                    "epoch": epoch,
+                    "model": {k: v.detach().to("cpu") for k, v in model.state_dict().items()},
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "best": best,
+                    "best_state": best_state,
+                    "history": history,
+                    "rng_torch": torch.get_rng_state(),
+                },
+                ckpt_dir / f"epoch-{epoch:04d}.pt",
+            )
+            for old in sorted(ckpt_dir.glob("epoch-*.pt"))[: -tp.keep_checkpoints]:
+                old.unlink()
+        if stale >= tp.patience and epoch < tp.epochs:
+            if reporter:
+                reporter.console.print(
+                    f"early stop: no lower val_loss for {tp.patience} epochs; best epoch {best['epoch']}"
+                )
+            break
+
+    if reporter:
+        reporter.progress.stop()
+        _save(
+            {
+                "format": MODEL_FORMAT,
+                "architecture": arch.to_dict(),
+                "state_dict": best_state,
+                "classes": data.meta["classes"],
+                "normalization": data.meta["normalization"],
+                "best_epoch": best["epoch"],
+            },
+            out_dir / "model.pt",
+        )
+        summary = {
+            "best_epoch": best["epoch"],
+            "epochs_run": len(history),
+            "val_loss": round(best["val_loss"], 6),
+            "val_accuracy": round(best["val_accuracy"], 6),
+            "parameters": count_parameters(model),
+            "world_size": world,
+        }
+        atomic.write_json(metrics_dir / "train.json", summary)
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=list(history[0]), lineterminator="\n")
+        writer.writeheader()
+        for row in history:
+            writer.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in row.items()})
+        atomic.write_text(metrics_dir / "train_history.csv", buf.getvalue())
+        # Timing lives outside the DVC outputs: it differs run to run by nature.
+        timing = {"train_seconds": train_seconds, "mlflow_log_seconds": reporter.log_seconds,
+                  "samples_per_second": len(x_train) * len(history) / max(train_seconds, 1e-9)}
+        atomic.write_json(Path(args.timing_file), timing)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="tinyops DDP training worker (run under torchrun)")
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--data-dir", default="data/processed")
+    parser.add_argument("--out-dir", default="models")
+    parser.add_argument("--metrics-dir", default="metrics")
+    parser.add_argument("--timing-file", default=".tinyops/train_timing.json")
+    parser.add_argument("--run-id", default=None, help="MLflow run that rank 0 logs to")
+    parser.add_argument("--backend", default="gloo", choices=["gloo", "nccl"])
+    args = parser.parse_args(argv)
+    dist.init_process_group(backend=args.backend)
+    try:
+        train(args)
+        dist.barrier()
+    except Exception as exc:
+        print(f"rank {os.environ.get('RANK', '?')}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        raise
+    finally:
+        dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
