@@ -1,0 +1,101 @@
+"""params.yaml validation: every bad key or value stops before any work, naming the key."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.config import Params, load_params, parse_params
+from pipeline.errors import ConfigError
+from tests.conftest import BIN, REPO
+
+
+def test_repo_params_yaml_is_valid_and_matches_defaults() -> None:
+    params = load_params(REPO / "params.yaml")
+    assert params == Params(), "params.yaml should spell out the documented defaults"
+
+
+@pytest.mark.parametrize(
+    ("data", "phrases"),
+    [
+        ({"train": {"epoch": 3}}, ["unknown key 'train.epoch'", "Did you mean 'epochs'?"]),
+        ({"trian": {}}, ["unknown key 'trian'", "Did you mean 'train'?", "evaluate, export, model"]),
+        ({"train": {"epochs": 0}}, ["'train.epochs'", "greater than 0", "(got 0)"]),
+        ({"train": {"epochs": -5}}, ["'train.epochs'", "greater than 0"]),
+        ({"train": {"epochs": "ten"}}, ["'train.epochs'", "valid integer", "'ten'"]),
+        ({"train": {"lr": "1e-3"}}, ["'train.lr'", "write it with a dot"]),
+        ({"train": {"batch_size": 2.5}}, ["'train.batch_size'", "integer"]),
+        ({"prepare": {"source": "csv"}}, ["'prepare.source'", "'digits', 'npz' or 'imagefolder'"]),
+        ({"prepare": {"source": "npz"}}, ["needs prepare.path"]),
+        ({"prepare": {"val_fraction": 0.5, "test_fraction": 0.45}}, ["below 0.9"]),
+        ({"prepare": {"val_fraction": 1.5}}, ["'prepare.val_fraction'", "less than 1"]),
+        ({"train": {"nnodes": 2}}, ["needs rdzv_endpoint"]),
+        ({"train": {"backend": "mpi"}}, ["'train.backend'", "'auto', 'gloo' or 'nccl'"]),
+        ({"model": {"channels": []}}, ["'model.channels'", "at least 1"]),
+        ({"model": {"kernel_size": 4}}, ["'model.kernel_size'", "3 or 5"]),
+        ({"evaluate": {"arena_max_bytes": 0}}, ["'evaluate.arena_max_bytes'"]),
+    ],
+)
+def test_bad_values_name_the_key(data: dict, phrases: list[str]) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_params(data)
+    for phrase in phrases:
+        assert phrase in str(err.value)
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_params({"train": {"epochs": 0, "lr": 5.0}, "export": {"samples": 1}})
+    text = str(err.value)
+    assert "'train.epochs'" in text and "'train.lr'" in text and "'export.samples'" in text
+
+
+def test_params_are_frozen() -> None:
+    params = parse_params({})
+    with pytest.raises(Exception, match="frozen"):
+        params.train.epochs = 3  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("text", "phrase"),
+    [("- a\n- b\n", "expected a mapping"), ("train: [1, 2\n", "not valid YAML")],
+)
+def test_malformed_files(tmp_path: Path, text: str, phrase: str) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=phrase):
+        load_params(path)
+
+
+def test_missing_file_says_what_to_do(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no such file"):
+        load_params(tmp_path / "nope.yaml")
+
+
+def test_cli_rejects_bad_config_before_any_work(tmp_path: Path) -> None:
+    bad = tmp_path / "params.yaml"
+    bad.write_text(yaml.safe_dump({"train": {"epochs": 0}}))
+    proc = subprocess.run(
+        [str(BIN / "tinyops"), "stage", "prepare", "--params", str(bad)],
+        cwd=tmp_path, capture_output=True, text=True,
+    )
+    assert proc.returncode == 2
+    assert "'train.epochs'" in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"], "nothing may be written"
+
+
+def test_help_imports_no_heavy_framework() -> None:
+    code = (
+        "import sys\n"
+        "sys.argv = ['tinyops', '--help']\n"
+        "from pipeline.cli import main\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "heavy = [m for m in ('torch', 'tensorflow', 'litert_torch', 'mlflow', 'sklearn') if m in sys.modules]\n"
+        "print('HEAVY', heavy)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "HEAVY []" in proc.stdout

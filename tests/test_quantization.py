@@ -1,0 +1,97 @@
+"""The int8 check reads the flatbuffer; TFLite Micro really runs the exported model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline import tflm
+from pipeline.errors import ExportError, QuantizationCheckError
+from pipeline.evaluate import quantize_input
+from pipeline.export import load_trained
+from pipeline.prepare import load_processed
+from pipeline.tflite_inspect import check_full_int8, read_model
+
+pytestmark = pytest.mark.slow
+
+
+def test_exported_int8_model_is_full_integer(pipeline_ws: Path) -> None:
+    info = check_full_int8(pipeline_ws / "exports/model_int8.tflite")
+    assert "DEQUANTIZE" not in info.op_names and "QUANTIZE" not in info.op_names
+    assert {"CONV_2D", "FULLY_CONNECTED", "MAX_POOL_2D"} <= set(info.op_names)
+    for i in (*info.inputs, *info.outputs):
+        assert info.tensors[i].dtype == "INT8" and len(info.tensors[i].scales) == 1
+    conv = next(op for op in info.ops if op.name == "CONV_2D")
+    weight = info.tensors[conv.inputs[1]]
+    assert weight.dtype == "INT8" and len(weight.scales) == weight.shape[0] > 1, "per-channel weights"
+
+
+def test_fp32_model_is_rejected(pipeline_ws: Path) -> None:
+    with pytest.raises(QuantizationCheckError, match="model input .* is FLOAT32, not INT8"):
+        check_full_int8(pipeline_ws / "exports/model_fp32.tflite")
+
+
+def test_dynamic_range_model_is_rejected(pipeline_ws: Path, tmp_path: Path) -> None:
+    """int8 weights with float activations must not pass as int8."""
+    import litert_torch
+    import torch
+    from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
+    from litert_torch.quantize.quant_config import QuantConfig
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    model, arch, _ = load_trained(pipeline_ws / "models/model.pt")
+    sample = torch.zeros((1, *arch.input_shape))
+    quantizer = PT2EQuantizer().set_global(
+        get_symmetric_quantization_config(is_per_channel=True, is_dynamic=True)
+    )
+    prepared = prepare_pt2e(torch.export.export(model, (sample,)).module(), quantizer)
+    prepared(sample)
+    converted = convert_pt2e(prepared, fold_quantize=False)
+    data = litert_torch.convert(converted, (sample,), quant_config=QuantConfig(pt2e_quantizer=quantizer))
+    path = tmp_path / "dynamic.tflite"
+    path.write_bytes(data.model_content())
+    info = read_model(path)
+    assert any(t.dtype == "INT8" and t.is_constant for t in info.tensors), "weights really are int8"
+    with pytest.raises(QuantizationCheckError, match="dynamic-range quantization"):
+        check_full_int8(path)
+
+
+@pytest.mark.parametrize("payload", [b"", b"not a model at all", b"\x18\x00\x00\x00TFL3" + b"\xff" * 40])
+def test_non_flatbuffers_are_refused(tmp_path: Path, payload: bytes) -> None:
+    path = tmp_path / "bad.tflite"
+    path.write_bytes(payload)
+    with pytest.raises(ExportError, match="bad.tflite"):
+        read_model(path)
+
+
+def test_tflite_micro_runs_the_exported_model(pipeline_ws: Path) -> None:
+    from ai_edge_litert.interpreter import Interpreter
+
+    model = (pipeline_ws / "exports/model_int8.tflite").read_bytes()
+    data = load_processed(pipeline_ws / "data/processed")
+    x, y = data.x["test"][:60], data.y["test"][:60]
+    lite = Interpreter(model_content=model)
+    lite.allocate_tensors()
+    inp, out = lite.get_input_details()[0], lite.get_output_details()[0]
+    xq = quantize_input(x, *inp["quantization"])
+    expected = []
+    for row in xq:
+        lite.set_tensor(inp["index"], row[None])
+        lite.invoke()
+        expected.append(lite.get_tensor(out["index"])[0].copy())
+    micro = tflm.predict(model, xq, arena_size=64 * 1024)
+    assert micro.dtype == np.int8 and micro.shape == (60, 10)
+    assert np.abs(micro.astype(int) - np.stack(expected).astype(int)).max() <= 1
+    assert (micro.argmax(1) == y).mean() >= 0.95
+
+
+def test_arena_measurement_is_minimal(pipeline_ws: Path) -> None:
+    model = (pipeline_ws / "exports/model_int8.tflite").read_bytes()
+    arena = tflm.measure_arena_bytes(model, max_bytes=1 << 20, granularity=16)
+    assert arena % 16 == 0
+    assert tflm.runs_with_arena(model, arena)
+    assert not tflm.runs_with_arena(model, arena - 16)
+    with pytest.raises(ValueError, match="does not run"):
+        tflm.measure_arena_bytes(model, max_bytes=256)
