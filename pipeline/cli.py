@@ -24,7 +24,7 @@ app = typer.Typer(
 ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="The params.yaml to use.")]
 
 
-class StageName(str, enum.Enum):
+class StageName(enum.StrEnum):
     prepare = "prepare"
     train = "train"
     export = "export"
@@ -41,7 +41,9 @@ def _fail(exc: TinyopsError) -> None:
 @app.command()
 def run(
     params: ParamsOpt = Path("params.yaml"),
-    force: Annotated[bool, typer.Option(help="Rerun every stage even if DVC finds it up to date.")] = False,
+    force: Annotated[
+        bool, typer.Option(help="Rerun every stage even if DVC finds it up to date.")
+    ] = False,
 ) -> None:
     """Run the whole pipeline (dvc repro) as one MLflow parent run, then print the metrics."""
     from pipeline.run import run_pipeline
@@ -88,15 +90,24 @@ def _print_summary(result: dict) -> None:
     table = Table(title="tinyops: test-split results", show_header=True)
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for key in ("torch_fp32_accuracy", "tflite_fp32_accuracy", "tflite_int8_accuracy",
-                "tflm_int8_accuracy", "tflite_fp32_bytes", "tflite_int8_bytes", "tflm_arena_bytes"):
+    for key in (
+        "torch_fp32_accuracy",
+        "tflite_fp32_accuracy",
+        "tflite_int8_accuracy",
+        "tflm_int8_accuracy",
+        "tflite_fp32_bytes",
+        "tflite_int8_bytes",
+        "tflm_arena_bytes",
+    ):
         if key in result:
             value = result[key]
             table.add_row(key, f"{value:.4f}" if isinstance(value, float) else f"{value:,}")
     console = Console()
     console.print(table)
-    console.print(f"MLflow run {result.get('run_id')}: "
-                  "mlflow ui --backend-store-uri sqlite:///mlflow/mlflow.db")
+    console.print(
+        f"MLflow run {result.get('run_id')}: "
+        "mlflow ui --backend-store-uri sqlite:///mlflow/mlflow.db"
+    )
 
 
 def main() -> None:

@@ -46,7 +46,9 @@ def load_digits_dataset() -> Dataset:
 def load_npz_dataset(path: Path, max_bytes: int) -> Dataset:
     """Arrays `x` (N,H,W) or (N,H,W,C) and integer `y` (N,); optional `classes` (K,) of names."""
     if not path.is_file():
-        raise DataValidationError(f"{path}: no such file. Set prepare.path to an .npz with arrays x and y.")
+        raise DataValidationError(
+            f"{path}: no such file. Set prepare.path to an .npz with arrays x and y."
+        )
     _check_size(path, max_bytes)
     try:
         with np.load(path, allow_pickle=False) as archive:
@@ -74,7 +76,9 @@ def load_npz_dataset(path: Path, max_bytes: int) -> Dataset:
     if not (np.issubdtype(x.dtype, np.number) and not np.issubdtype(x.dtype, np.complexfloating)):
         raise DataValidationError(f"{path}: x has dtype {x.dtype}; expected integers or floats.")
     if y.ndim != 1:
-        raise DataValidationError(f"{path}: y has shape {y.shape}; expected one label per sample (N,).")
+        raise DataValidationError(
+            f"{path}: y has shape {y.shape}; expected one label per sample (N,)."
+        )
     if len(x) != len(y):
         raise DataValidationError(
             f"{path}: x has {len(x)} samples but y has {len(y)} labels; they must match."
@@ -99,7 +103,9 @@ def load_imagefolder_dataset(root: Path, params: PrepareParams) -> Dataset:
     from PIL import Image, UnidentifiedImageError
 
     if not root.is_dir():
-        raise DataValidationError(f"{root}: no such folder. Set prepare.path to a folder of class folders.")
+        raise DataValidationError(
+            f"{root}: no such folder. Set prepare.path to a folder of class folders."
+        )
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not class_dirs:
         raise DataValidationError(
@@ -111,16 +117,17 @@ def load_imagefolder_dataset(root: Path, params: PrepareParams) -> Dataset:
     labels: list[int] = []
     for label, folder in enumerate(class_dirs):
         files = sorted(
-            p for p in folder.iterdir()
+            p
+            for p in folder.iterdir()
             if not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
         )
         if not files:
-            raise DataValidationError(
-                f"{folder}: class '{folder.name}' holds no PNG/JPEG files."
-            )
+            raise DataValidationError(f"{folder}: class '{folder.name}' holds no PNG/JPEG files.")
         for file in files:
             if not file.is_file():
-                raise DataValidationError(f"{file}: not a regular file (a folder or a broken link).")
+                raise DataValidationError(
+                    f"{file}: not a regular file (a folder or a broken link)."
+                )
             _check_size(file, params.max_file_bytes)
             try:
                 with Image.open(file) as img:

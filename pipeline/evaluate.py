@@ -80,7 +80,9 @@ def evaluate(
 
     arena = tflm.measure_arena_bytes(int8_bytes, params.arena_max_bytes, params.arena_granularity)
     try:
-        fp32_arena = tflm.measure_arena_bytes(fp32_bytes, params.arena_max_bytes, params.arena_granularity)
+        fp32_arena = tflm.measure_arena_bytes(
+            fp32_bytes, params.arena_max_bytes, params.arena_granularity
+        )
     except ValueError:
         fp32_arena = -1  # informative only: fp32 is not the MCU deployment target
     n_micro = len(x) if params.tflm_samples == 0 else min(params.tflm_samples, len(x))
@@ -101,7 +103,9 @@ def evaluate(
         "tflm_arena_bytes": arena,
         "tflm_fp32_arena_bytes": fp32_arena,
         "int8_fp32_agreement": round(float((pred_int8 == lite_fp32.argmax(1)).mean()), 6),
-        "tflm_litert_int8_agreement": round(float((micro.argmax(1) == pred_int8[:n_micro]).mean()), 6),
+        "tflm_litert_int8_agreement": round(
+            float((micro.argmax(1) == pred_int8[:n_micro]).mean()), 6
+        ),
         "torch_tflite_fp32_max_logit_diff": float(f"{np.abs(torch_logits - lite_fp32).max():.3e}"),
         "test_samples": len(y),
         "tflm_samples": n_micro,
@@ -113,8 +117,11 @@ def evaluate(
     return EvaluateResult(metrics=metrics, confusion=confusion, classes=list(data.meta["classes"]))
 
 
-def write_outputs(result: EvaluateResult, metrics_file: Path = METRICS_FILE,
-                  predictions_file: Path = PREDICTIONS_FILE) -> None:
+def write_outputs(
+    result: EvaluateResult,
+    metrics_file: Path = METRICS_FILE,
+    predictions_file: Path = PREDICTIONS_FILE,
+) -> None:
     """metrics JSON and a long-form (actual, predicted) CSV that DVC draws as a confusion matrix."""
     atomic.write_json(metrics_file, result.metrics)
     buf = io.StringIO()
@@ -149,4 +156,3 @@ def confusion_png(result: EvaluateResult, path: Path) -> Path:
     plt.close(fig)
     atomic.write_bytes(path, buf.getvalue())
     return path
-

@@ -68,7 +68,10 @@ def convert_int8(model, sample, calibration: np.ndarray) -> bytes:  # type: igno
     """Static int8: export, insert observers, calibrate sample by sample, convert."""
     import litert_torch
     import torch
-    from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
+    from litert_torch.quantize.pt2e_quantizer import (
+        PT2EQuantizer,
+        get_symmetric_quantization_config,
+    )
     from litert_torch.quantize.quant_config import QuantConfig
     from torchao.quantization.pt2e import move_exported_model_to_eval
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
@@ -86,7 +89,9 @@ def convert_int8(model, sample, calibration: np.ndarray) -> bytes:  # type: igno
     # only the nn.Module flag still says training, and litert-torch reads that flag.
     for module in converted.modules():
         module.training = False
-    edge = litert_torch.convert(converted, (sample,), quant_config=QuantConfig(pt2e_quantizer=quantizer))
+    edge = litert_torch.convert(
+        converted, (sample,), quant_config=QuantConfig(pt2e_quantizer=quantizer)
+    )
     return bytes(edge.model_content())
 
 
@@ -115,9 +120,13 @@ def export(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # torch/litert API deprecations
             fp32 = convert_fp32(model, sample)
-            int8 = convert_int8(model, sample, calibration_set(x_train, params.calibration_samples, seed))
+            int8 = convert_int8(
+                model, sample, calibration_set(x_train, params.calibration_samples, seed)
+            )
     except Exception as exc:
-        raise ExportError(f"litert-torch conversion of {model_path} failed: {type(exc).__name__}: {exc}") from exc
+        raise ExportError(
+            f"litert-torch conversion of {model_path} failed: {type(exc).__name__}: {exc}"
+        ) from exc
     read_model(fp32, "fp32 export")
     info = check_full_int8(int8, f"int8 export of {model_path}")
     fp32_path, int8_path = out_dir / FP32_NAME, out_dir / INT8_NAME

@@ -53,7 +53,9 @@ def build_model(arch: Architecture) -> torch.nn.Module:
             layers: list[nn.Module] = []
             for c_out in arch.channels:
                 layers += [
-                    nn.Conv2d(c_in, c_out, arch.kernel_size, padding=arch.kernel_size // 2, bias=False),
+                    nn.Conv2d(
+                        c_in, c_out, arch.kernel_size, padding=arch.kernel_size // 2, bias=False
+                    ),
                     nn.BatchNorm2d(c_out),
                     nn.ReLU(),
                 ]

@@ -87,7 +87,7 @@ def prepare(params: PrepareParams, out_dir: Path = PROCESSED_DIR) -> PrepareResu
             "std": [round(float(s), 8) for s in std],
             "note": "model input = (raw - mean) / std, per channel; statistics from train only",
         },
-        "splits": {name: int(len(parts[name])) for name in SPLITS},
+        "splits": {name: len(parts[name]) for name in SPLITS},
         "class_counts": {c: int(n) for c, n in zip(ds.classes, np.bincount(ds.y), strict=True)},
         "seed": params.seed,
         "data_sha256": content_sha256(ds),
@@ -112,7 +112,9 @@ class Splits:
 def load_processed(out_dir: Path = PROCESSED_DIR) -> Splits:
     meta_path = out_dir / "meta.json"
     if not meta_path.is_file():
-        raise ArtifactError(f"{meta_path}: missing. Run `tinyops stage prepare` (or `dvc repro`) first.")
+        raise ArtifactError(
+            f"{meta_path}: missing. Run `tinyops stage prepare` (or `dvc repro`) first."
+        )
     meta = json.loads(meta_path.read_text())
     xs, ys = {}, {}
     for name in SPLITS:

@@ -40,7 +40,9 @@ def run_pipeline(params_path: Path, force: bool = False) -> dict[str, Any]:
     try:
         code = subprocess.run(cmd, env=env).returncode
         if code != 0:
-            raise PipelineError(f"`{' '.join(cmd[1:])}` failed (exit {code}); see the stage error above.")
+            raise PipelineError(
+                f"`{' '.join(cmd[1:])}` failed (exit {code}); see the stage error above."
+            )
         metrics = json.loads(Path("metrics/evaluate.json").read_text())
         parent.set_tags(run_tags())
         parent.log_metrics(metrics)

@@ -49,8 +49,10 @@ def run_prepare(params_path: Path) -> dict[str, Any]:
         result = prepare(params.prepare)
         meta = result.meta
         run.set_tags({"data_sha256": meta["data_sha256"]})
-        run.log_metrics({f"{k}_samples": v for k, v in meta["splits"].items()}
-                        | {"num_classes": meta["num_classes"]})
+        run.log_metrics(
+            {f"{k}_samples": v for k, v in meta["splits"].items()}
+            | {"num_classes": meta["num_classes"]}
+        )
         run.log_artifact(result.out_dir / "meta.json")
     return meta
 
@@ -78,11 +80,17 @@ def run_export(params_path: Path) -> dict[str, Any]:
     x_train = load_processed().x["train"]
     with tracking.stage_run("export", stage_params(params, "export"), run_tags("export")) as run:
         result = export(params.export, x_train, seed=params.train.seed)
-        run.log_metrics({"tflite_fp32_bytes": result.fp32_bytes, "tflite_int8_bytes": result.int8_bytes})
+        run.log_metrics(
+            {"tflite_fp32_bytes": result.fp32_bytes, "tflite_int8_bytes": result.int8_bytes}
+        )
         run.set_tags({"int8_ops": ",".join(result.int8_ops)})
         run.log_artifact(result.fp32_path, "tflite")
         run.log_artifact(result.int8_path, "tflite")
-    return {"fp32_bytes": result.fp32_bytes, "int8_bytes": result.int8_bytes, "ops": result.int8_ops}
+    return {
+        "fp32_bytes": result.fp32_bytes,
+        "int8_bytes": result.int8_bytes,
+        "ops": result.int8_ops,
+    }
 
 
 def run_evaluate(params_path: Path) -> dict[str, Any]:
@@ -91,7 +99,9 @@ def run_evaluate(params_path: Path) -> dict[str, Any]:
 
     params = load_params(params_path)
     data = load_processed()
-    with tracking.stage_run("evaluate", stage_params(params, "evaluate"), run_tags("evaluate")) as run:
+    with tracking.stage_run(
+        "evaluate", stage_params(params, "evaluate"), run_tags("evaluate")
+    ) as run:
         result = evaluate(params.evaluate, data)
         write_outputs(result)
         run.log_metrics(result.metrics)

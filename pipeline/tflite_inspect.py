@@ -70,7 +70,9 @@ def read_model(data: bytes | Path, source: str = "model") -> ModelInfo:
     try:
         model = s.ModelT.InitFromPackedBuf(data, 0)
     except Exception as exc:  # the generated parser raises anything on a corrupt buffer
-        raise ExportError(f"{source}: corrupt TFLite flatbuffer ({type(exc).__name__}: {exc}).") from None
+        raise ExportError(
+            f"{source}: corrupt TFLite flatbuffer ({type(exc).__name__}: {exc})."
+        ) from None
     if not model.subgraphs:
         raise ExportError(f"{source}: the flatbuffer holds no subgraph.")
     graph = model.subgraphs[0]
@@ -88,9 +90,12 @@ def read_model(data: bytes | Path, source: str = "model") -> ModelInfo:
                 name=t.name.decode() if isinstance(t.name, bytes) else str(t.name),
                 dtype=type_names.get(t.type, str(t.type)),
                 shape=tuple(int(d) for d in (t.shape if t.shape is not None else [])),
-                scales=tuple(float(v) for v in (q.scale if q is not None and q.scale is not None else [])),
+                scales=tuple(
+                    float(v) for v in (q.scale if q is not None and q.scale is not None else [])
+                ),
                 zero_points=tuple(
-                    int(v) for v in (q.zeroPoint if q is not None and q.zeroPoint is not None else [])
+                    int(v)
+                    for v in (q.zeroPoint if q is not None and q.zeroPoint is not None else [])
                 ),
                 is_constant=has_data,
             )
@@ -130,7 +135,9 @@ def int8_violations(info: ModelInfo) -> list[str]:
     float_acts = weight_int8 = False
     for n, op in enumerate(info.ops):
         if op.name == "DEQUANTIZE":
-            problems.append(f"op {n} DEQUANTIZE turns int8 back into float (a float island follows)")
+            problems.append(
+                f"op {n} DEQUANTIZE turns int8 back into float (a float island follows)"
+            )
             continue
         bias = _BIAS_INPUT.get(op.name)
         skip = _SHAPE_INPUTS.get(op.name, set())
@@ -141,10 +148,14 @@ def int8_violations(info: ModelInfo) -> list[str]:
             wanted = "INT32" if pos == bias else "INT8"
             if t.dtype != wanted:
                 kind = "weight" if t.is_constant else "activation"
-                problems.append(f"op {n} {op.name}: {kind} '{t.name}' is {t.dtype}, expected {wanted}")
+                problems.append(
+                    f"op {n} {op.name}: {kind} '{t.name}' is {t.dtype}, expected {wanted}"
+                )
                 float_acts |= kind == "activation" and t.dtype.startswith("FLOAT")
             elif t.dtype == "INT8" and not t.scales:
-                problems.append(f"op {n} {op.name}: '{t.name}' is INT8 without quantization parameters")
+                problems.append(
+                    f"op {n} {op.name}: '{t.name}' is INT8 without quantization parameters"
+                )
             weight_int8 |= t.is_constant and t.dtype == "INT8"
         for i in op.outputs:
             t = info.tensors[i]

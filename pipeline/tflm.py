@@ -62,7 +62,9 @@ def measure_arena_bytes(model: bytes, max_bytes: int, granularity: int = 16) -> 
     Binary search: a larger arena never fails where a smaller one succeeds.
     """
     if not runs_with_arena(model, max_bytes):
-        raise ValueError(f"the model does not run in TFLite Micro even with a {max_bytes:,}-byte arena")
+        raise ValueError(
+            f"the model does not run in TFLite Micro even with a {max_bytes:,}-byte arena"
+        )
     lo, hi = 0, max_bytes  # lo fails (or is zero), hi runs
     while hi - lo > granularity:
         mid = (lo + hi) // 2
@@ -82,4 +84,3 @@ def predict(model: bytes, x: np.ndarray, arena_size: int) -> np.ndarray:
         interp.invoke()
         outputs.append(np.array(interp.get_output(0))[0])
     return np.stack(outputs)
-

@@ -36,7 +36,9 @@ def _artifact_root(uri: str) -> str | None:
     """mlflow/artifacts beside a sqlite store; None (the server's default) for other stores."""
     if not uri.startswith("sqlite:///"):
         return None
-    db = Path(urlparse(uri).path if uri.startswith("sqlite:////") else uri.removeprefix("sqlite:///"))
+    db = Path(
+        urlparse(uri).path if uri.startswith("sqlite:////") else uri.removeprefix("sqlite:///")
+    )
     return (db.parent / "artifacts").resolve().as_uri()
 
 
@@ -44,8 +46,9 @@ def client() -> MlflowClient:
     """A client on the project's store, creating the store folder and experiment on first use."""
     import logging
 
-    import mlflow
     from mlflow.tracking import MlflowClient
+
+    import mlflow
 
     logging.getLogger("alembic").setLevel(logging.WARNING)
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
@@ -144,7 +147,9 @@ def _find_or_create_parent(c: MlflowClient, base_tags: Mapping[str, str]) -> tup
     execution = _dvc_execution()
     if execution:
         found = c.search_runs(
-            [experiment_id(c)], filter_string=f"tags.`{TAG_EXECUTION}` = '{execution}'", max_results=1
+            [experiment_id(c)],
+            filter_string=f"tags.`{TAG_EXECUTION}` = '{execution}'",
+            max_results=1,
         )
         if found:
             c.update_run(found[0].info.run_id, status="RUNNING")

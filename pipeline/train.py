@@ -31,7 +31,9 @@ def _cuda_devices() -> int:
     """Count GPUs in a child process, so CUDA is never initialised in this one."""
     probe = "import torch; print(torch.cuda.device_count() if torch.cuda.is_available() else 0)"
     try:
-        out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+        )
         return int(out.stdout.strip() or 0)
     except (subprocess.CalledProcessError, ValueError):
         return 0
@@ -43,7 +45,9 @@ def resolve_backend(params: Params) -> str:
     backend = tp.backend if tp.backend != "auto" else ("nccl" if gpus else "gloo")
     if backend == "nccl":
         if gpus == 0:
-            raise ConfigError("train.backend is 'nccl' but no CUDA device is visible; use 'gloo' or 'auto'.")
+            raise ConfigError(
+                "train.backend is 'nccl' but no CUDA device is visible; use 'gloo' or 'auto'."
+            )
         if tp.nproc_per_node > gpus:
             raise ConfigError(
                 f"train.nproc_per_node = {tp.nproc_per_node} but only {gpus} GPU(s) are visible; "
@@ -55,7 +59,9 @@ def resolve_backend(params: Params) -> str:
 def check_world_fits(params: Params, n_train: int, backend: str) -> None:
     """Fail in the first second, not after an epoch: threads, batch split, dataset size."""
     tp = params.train
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = (
+        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    )
     if backend == "gloo" and tp.nproc_per_node * tp.threads_per_proc > cores:
         raise ConfigError(
             f"train.nproc_per_node × train.threads_per_proc = {tp.nproc_per_node} × "
@@ -74,20 +80,42 @@ def check_world_fits(params: Params, n_train: int, backend: str) -> None:
         )
 
 
-def torchrun_command(params: Params, params_path: Path, run_id: str | None, backend: str,
-                     node_rank: int = 0) -> list[str]:
+def torchrun_command(
+    params: Params, params_path: Path, run_id: str | None, backend: str, node_rank: int = 0
+) -> list[str]:
     tp = params.train
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(tp.nproc_per_node)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        str(tp.nproc_per_node),
+    ]
     if tp.nnodes == 1:
         cmd += ["--standalone"]
     else:
         cmd += [
-            "--nnodes", str(tp.nnodes), "--node-rank", str(node_rank),
-            "--rdzv-backend", "c10d", "--rdzv-endpoint", str(tp.rdzv_endpoint),
-            "--rdzv-id", "tinyops-train",
+            "--nnodes",
+            str(tp.nnodes),
+            "--node-rank",
+            str(node_rank),
+            "--rdzv-backend",
+            "c10d",
+            "--rdzv-endpoint",
+            str(tp.rdzv_endpoint),
+            "--rdzv-id",
+            "tinyops-train",
         ]
-    cmd += ["-m", "pipeline.train_worker", "--params", str(params_path), "--backend", backend,
-            "--timing-file", str(TIMING_FILE)]
+    cmd += [
+        "-m",
+        "pipeline.train_worker",
+        "--params",
+        str(params_path),
+        "--backend",
+        backend,
+        "--timing-file",
+        str(TIMING_FILE),
+    ]
     if run_id:
         cmd += ["--run-id", run_id]
     return cmd
@@ -97,13 +125,15 @@ def worker_env(params: Params) -> dict[str, str]:
     """Thread counts set on purpose per worker; deterministic cuBLAS; quiet torchrun."""
     threads = str(params.train.threads_per_proc)
     env = dict(os.environ)
-    env.update({
-        "OMP_NUM_THREADS": threads,
-        "MKL_NUM_THREADS": threads,
-        "CUBLAS_WORKSPACE_CONFIG": ":4096:8",
-        "PYTHONHASHSEED": str(params.train.seed),
-        "TORCHELASTIC_ERROR_FILE": str(Path(".tinyops/torchrun_error.json").resolve()),
-    })
+    env.update(
+        {
+            "OMP_NUM_THREADS": threads,
+            "MKL_NUM_THREADS": threads,
+            "CUBLAS_WORKSPACE_CONFIG": ":4096:8",
+            "PYTHONHASHSEED": str(params.train.seed),
+            "TORCHELASTIC_ERROR_FILE": str(Path(".tinyops/torchrun_error.json").resolve()),
+        }
+    )
     return env
 
 
@@ -124,8 +154,9 @@ def train(
     if on_line is None:
         code = subprocess.run(cmd, env=env).returncode
     else:
-        with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True, bufsize=1) as proc:
+        with subprocess.Popen(
+            cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+        ) as proc:
             assert proc.stdout is not None
             for line in proc.stdout:
                 on_line(line.rstrip("\n"))

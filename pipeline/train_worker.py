@@ -58,8 +58,9 @@ def _evaluate(
         logits = model(xs) if len(xs) else torch.zeros((0, 1), device=device)
         loss_sum = nn.functional.cross_entropy(logits, ys, reduction="sum") if len(xs) else 0.0
         correct = (logits.argmax(1) == ys).sum() if len(xs) else 0
-    totals = torch.tensor([float(loss_sum), float(correct), float(len(xs))], dtype=torch.float64,
-                          device=device)
+    totals = torch.tensor(
+        [float(loss_sum), float(correct), float(len(xs))], dtype=torch.float64, device=device
+    )
     dist.all_reduce(totals)
     return totals[0].item() / totals[2].item(), totals[1].item() / totals[2].item()
 
@@ -76,13 +77,23 @@ class _Reporter:
 
             self.client = MlflowClient()
         from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
 
         self.console = Console(stderr=True)
         self.progress = Progress(
             TextColumn("[bold]train[/] epoch {task.fields[epoch]}/" + str(epochs)),
-            BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-            console=self.console, transient=True, disable=not self.console.is_terminal,
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=True,
+            disable=not self.console.is_terminal,
         )
         self.task = self.progress.add_task("train", total=steps, epoch=1)
 
@@ -132,7 +143,9 @@ def train(args: argparse.Namespace) -> None:
         TensorDataset(x_train, y_train), num_replicas=world, rank=rank, shuffle=True, seed=tp.seed
     )
     loader = DataLoader(
-        TensorDataset(x_train, y_train), batch_size=tp.batch_size // world, sampler=sampler,
+        TensorDataset(x_train, y_train),
+        batch_size=tp.batch_size // world,
+        sampler=sampler,
         num_workers=0,
     )
 
@@ -164,8 +177,9 @@ def train(args: argparse.Namespace) -> None:
             loss = nn.functional.cross_entropy(ddp(xb), yb)
             loss.backward()
             optimizer.step()
-            loss_sum += torch.tensor([loss.item() * len(yb), len(yb)], dtype=torch.float64,
-                                     device=device)
+            loss_sum += torch.tensor(
+                [loss.item() * len(yb), len(yb)], dtype=torch.float64, device=device
+            )
             if reporter:
                 reporter.progress.advance(reporter.task)
         scheduler.step()
@@ -241,11 +255,16 @@ def train(args: argparse.Namespace) -> None:
         writer = csv.DictWriter(buf, fieldnames=list(history[0]), lineterminator="\n")
         writer.writeheader()
         for row in history:
-            writer.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in row.items()})
+            writer.writerow(
+                {k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in row.items()}
+            )
         atomic.write_text(metrics_dir / "train_history.csv", buf.getvalue())
         # Timing lives outside the DVC outputs: it differs run to run by nature.
-        timing = {"train_seconds": train_seconds, "mlflow_log_seconds": reporter.log_seconds,
-                  "samples_per_second": len(x_train) * len(history) / max(train_seconds, 1e-9)}
+        timing = {
+            "train_seconds": train_seconds,
+            "mlflow_log_seconds": reporter.log_seconds,
+            "samples_per_second": len(x_train) * len(history) / max(train_seconds, 1e-9),
+        }
         atomic.write_json(Path(args.timing_file), timing)
 
 

@@ -34,7 +34,9 @@ def make_workspace(dest: Path, train_overrides: dict | None = None) -> Path:
     """A copy of the project (code, params, dvc.yaml) in its own git repo, as a user's clone."""
     dest.mkdir(parents=True, exist_ok=True)
     for name in ("pipeline", "flows", "data/raw", ".dvc"):
-        shutil.copytree(REPO / name, dest / name, ignore=shutil.ignore_patterns("__pycache__", "tmp", "cache"))
+        shutil.copytree(
+            REPO / name, dest / name, ignore=shutil.ignore_patterns("__pycache__", "tmp", "cache")
+        )
     for name in ("dvc.yaml", ".dvcignore", "params.yaml"):
         shutil.copy2(REPO / name, dest / name)
     params = yaml.safe_load((REPO / "params.yaml").read_text())
@@ -52,15 +54,23 @@ def workspace_env(ws: Path) -> dict[str, str]:
     return env
 
 
-def run_cmd(args: list[str], ws: Path, check: bool = True, timeout: int = 900) -> subprocess.CompletedProcess:
+def run_cmd(
+    args: list[str], ws: Path, check: bool = True, timeout: int = 900
+) -> subprocess.CompletedProcess:
     """Run a project command (tinyops, dvc) in the workspace; show its output when it fails."""
     exe = BIN / args[0]
     proc = subprocess.run(
         [str(exe) if exe.exists() else args[0], *args[1:]],
-        cwd=ws, env=workspace_env(ws), capture_output=True, text=True, timeout=timeout,
+        cwd=ws,
+        env=workspace_env(ws),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     if check and proc.returncode != 0:
-        raise AssertionError(f"{args} exited {proc.returncode}\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+        raise AssertionError(
+            f"{args} exited {proc.returncode}\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+        )
     return proc
 
 

@@ -23,7 +23,10 @@ def test_repo_params_yaml_is_valid_and_matches_defaults() -> None:
     ("data", "phrases"),
     [
         ({"train": {"epoch": 3}}, ["unknown key 'train.epoch'", "Did you mean 'epochs'?"]),
-        ({"trian": {}}, ["unknown key 'trian'", "Did you mean 'train'?", "evaluate, export, model"]),
+        (
+            {"trian": {}},
+            ["unknown key 'trian'", "Did you mean 'train'?", "evaluate, export, model"],
+        ),
         ({"train": {"epochs": 0}}, ["'train.epochs'", "greater than 0", "(got 0)"]),
         ({"train": {"epochs": -5}}, ["'train.epochs'", "greater than 0"]),
         ({"train": {"epochs": "ten"}}, ["'train.epochs'", "valid integer", "'ten'"]),
@@ -81,7 +84,9 @@ def test_cli_rejects_bad_config_before_any_work(tmp_path: Path) -> None:
     bad.write_text(yaml.safe_dump({"train": {"epochs": 0}}))
     proc = subprocess.run(
         [str(BIN / "tinyops"), "stage", "prepare", "--params", str(bad)],
-        cwd=tmp_path, capture_output=True, text=True,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode == 2
     assert "'train.epochs'" in proc.stderr
@@ -94,7 +99,8 @@ def test_help_imports_no_heavy_framework() -> None:
         "sys.argv = ['tinyops', '--help']\n"
         "from pipeline.cli import main\n"
         "try:\n    main()\nexcept SystemExit:\n    pass\n"
-        "heavy = [m for m in ('torch', 'tensorflow', 'litert_torch', 'mlflow', 'sklearn') if m in sys.modules]\n"
+        "heavy = ('torch', 'tensorflow', 'litert_torch', 'mlflow', 'sklearn')\n"
+        "heavy = [m for m in heavy if m in sys.modules]\n"
         "print('HEAVY', heavy)\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -15,7 +15,12 @@ from tests.conftest import run_cmd, tree_digest, workspace_env
 
 pytestmark = pytest.mark.slow
 
-OUTPUTS = ("data/processed", "models/model.pt", "exports/model_fp32.tflite", "exports/model_int8.tflite")
+OUTPUTS = (
+    "data/processed",
+    "models/model.pt",
+    "exports/model_fp32.tflite",
+    "exports/model_int8.tflite",
+)
 
 
 def _metrics(ws: Path) -> dict:
@@ -24,8 +29,12 @@ def _metrics(ws: Path) -> dict:
 
 def _digests(ws: Path) -> dict[str, object]:
     """sha256 of every pipeline output (folders file by file)."""
-    return {name: tree_digest(ws / name) if (ws / name).is_dir()
-            else hashlib.sha256((ws / name).read_bytes()).hexdigest() for name in OUTPUTS}
+    return {
+        name: tree_digest(ws / name)
+        if (ws / name).is_dir()
+        else hashlib.sha256((ws / name).read_bytes()).hexdigest()
+        for name in OUTPUTS
+    }
 
 
 def _mlflow(ws: Path):  # type: ignore[no-untyped-def]
@@ -67,8 +76,11 @@ def test_mlflow_holds_parent_with_stage_runs(pipeline_ws: Path) -> None:
     parents = [r for r in runs if r.data.tags.get("mlflow.runName") == "pipeline"]
     assert len(parents) == 1
     parent = parents[0]
-    children = {r.data.tags["tinyops.stage"]: r for r in runs
-                if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    children = {
+        r.data.tags["tinyops.stage"]: r
+        for r in runs
+        if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id
+    }
     assert set(children) == {"prepare", "train", "export", "evaluate"}
     meta = json.loads((pipeline_ws / "data/processed/meta.json").read_text())
     for run in [parent, *children.values()]:
@@ -82,10 +94,15 @@ def test_mlflow_holds_parent_with_stage_runs(pipeline_ws: Path) -> None:
     curve = client.get_metric_history(train_run.info.run_id, "val_loss")
     assert [m.step for m in curve] == list(range(1, len(curve) + 1)), "one val_loss per epoch"
     assert {a.path for a in client.list_artifacts(children["export"].info.run_id, "tflite")} == {
-        "tflite/model_fp32.tflite", "tflite/model_int8.tflite"}
+        "tflite/model_fp32.tflite",
+        "tflite/model_int8.tflite",
+    }
     plots = {a.path for a in client.list_artifacts(children["evaluate"].info.run_id, "plots")}
     assert "plots/confusion_matrix.png" in plots
-    assert children["evaluate"].data.metrics["tflm_arena_bytes"] == _metrics(pipeline_ws)["tflm_arena_bytes"]
+    assert (
+        children["evaluate"].data.metrics["tflm_arena_bytes"]
+        == _metrics(pipeline_ws)["tflm_arena_bytes"]
+    )
 
 
 def test_dvc_is_clean_and_a_rerun_does_nothing(pipeline_ws: Path) -> None:
@@ -107,7 +124,12 @@ def test_force_repro_reproduces_identical_bytes(pipeline_ws: Path) -> None:
     dvc_parents = [r for r in runs if r.data.tags.get("mlflow.runName") == "dvc repro"]
     assert len(dvc_parents) == 1
     kids = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == dvc_parents[0].info.run_id]
-    assert sorted(r.data.tags["tinyops.stage"] for r in kids) == ["evaluate", "export", "prepare", "train"]
+    assert sorted(r.data.tags["tinyops.stage"] for r in kids) == [
+        "evaluate",
+        "export",
+        "prepare",
+        "train",
+    ]
 
 
 def test_changing_epochs_reruns_train_and_after_but_not_prepare(pipeline_ws: Path) -> None:

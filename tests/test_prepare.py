@@ -27,7 +27,9 @@ def _blobs(n_per_class: int = 12, classes: int = 3, shape: tuple[int, ...] = (6,
     return x, y
 
 
-def _png_folder(root: Path, classes: int = 2, per_class: int = 12, size: tuple[int, int] = (10, 12)) -> Path:
+def _png_folder(
+    root: Path, classes: int = 2, per_class: int = 12, size: tuple[int, int] = (10, 12)
+) -> Path:
     rng = np.random.default_rng(1)
     for c in range(classes):
         (root / f"class_{c}").mkdir(parents=True)
@@ -129,7 +131,9 @@ def _bad_npz(tmp_path: Path, case: str) -> tuple[PrepareParams, str]:
         return PrepareParams(source="npz", path=str(path)), "not a readable .npz"
     if case == "too_large":
         _npz(path, x=x, y=y)
-        return PrepareParams(source="npz", path=str(path), max_file_bytes=1000), "refused before reading"
+        return PrepareParams(
+            source="npz", path=str(path), max_file_bytes=1000
+        ), "refused before reading"
     if case == "missing_file":
         return PrepareParams(source="npz", path=str(tmp_path / "absent.npz")), "no such file"
     raise AssertionError(case)
@@ -140,7 +144,9 @@ def _bad_folder(tmp_path: Path, case: str) -> tuple[PrepareParams, str]:
     if case == "unreadable_image":
         _png_folder(root)
         (root / "class_1" / "005.png").write_bytes(b"this is not a png")
-        return PrepareParams(source="imagefolder", path=str(root)), "class_1/005.png: not a readable image"
+        return PrepareParams(
+            source="imagefolder", path=str(root)
+        ), "class_1/005.png: not a readable image"
     if case == "wrong_size_no_resize":
         _png_folder(root, size=(10, 12))
         return (
@@ -150,17 +156,37 @@ def _bad_folder(tmp_path: Path, case: str) -> tuple[PrepareParams, str]:
     if case == "empty_class_folder":
         _png_folder(root)
         (root / "class_2").mkdir()
-        return PrepareParams(source="imagefolder", path=str(root)), "class 'class_2' holds no PNG/JPEG"
+        return PrepareParams(
+            source="imagefolder", path=str(root)
+        ), "class 'class_2' holds no PNG/JPEG"
     if case == "no_class_folders":
         root.mkdir()
         return PrepareParams(source="imagefolder", path=str(root)), "no class folders found"
     raise AssertionError(case)
 
 
-NPZ_CASES = ["nan", "inf", "label_out_of_range", "negative_label", "float_labels", "mismatched_lengths",
-             "bad_shape", "class_below_minimum", "single_class", "missing_arrays", "truncated", "not_npz",
-             "too_large", "missing_file"]
-FOLDER_CASES = ["unreadable_image", "wrong_size_no_resize", "empty_class_folder", "no_class_folders"]
+NPZ_CASES = [
+    "nan",
+    "inf",
+    "label_out_of_range",
+    "negative_label",
+    "float_labels",
+    "mismatched_lengths",
+    "bad_shape",
+    "class_below_minimum",
+    "single_class",
+    "missing_arrays",
+    "truncated",
+    "not_npz",
+    "too_large",
+    "missing_file",
+]
+FOLDER_CASES = [
+    "unreadable_image",
+    "wrong_size_no_resize",
+    "empty_class_folder",
+    "no_class_folders",
+]
 
 
 @pytest.mark.parametrize("case", NPZ_CASES + FOLDER_CASES)

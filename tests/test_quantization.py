@@ -25,11 +25,13 @@ def test_exported_int8_model_is_full_integer(pipeline_ws: Path) -> None:
         assert info.tensors[i].dtype == "INT8" and len(info.tensors[i].scales) == 1
     conv = next(op for op in info.ops if op.name == "CONV_2D")
     weight = info.tensors[conv.inputs[1]]
-    assert weight.dtype == "INT8" and len(weight.scales) == weight.shape[0] > 1, "per-channel weights"
+    assert weight.dtype == "INT8" and len(weight.scales) == weight.shape[0] > 1, (
+        "per-channel weights"
+    )
 
 
 def test_fp32_model_is_rejected(pipeline_ws: Path) -> None:
-    with pytest.raises(QuantizationCheckError, match="model input .* is FLOAT32, not INT8"):
+    with pytest.raises(QuantizationCheckError, match=r"model input .* is FLOAT32, not INT8"):
         check_full_int8(pipeline_ws / "exports/model_fp32.tflite")
 
 
@@ -37,7 +39,10 @@ def test_dynamic_range_model_is_rejected(pipeline_ws: Path, tmp_path: Path) -> N
     """int8 weights with float activations must not pass as int8."""
     import litert_torch
     import torch
-    from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
+    from litert_torch.quantize.pt2e_quantizer import (
+        PT2EQuantizer,
+        get_symmetric_quantization_config,
+    )
     from litert_torch.quantize.quant_config import QuantConfig
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
@@ -49,7 +54,9 @@ def test_dynamic_range_model_is_rejected(pipeline_ws: Path, tmp_path: Path) -> N
     prepared = prepare_pt2e(torch.export.export(model, (sample,)).module(), quantizer)
     prepared(sample)
     converted = convert_pt2e(prepared, fold_quantize=False)
-    data = litert_torch.convert(converted, (sample,), quant_config=QuantConfig(pt2e_quantizer=quantizer))
+    data = litert_torch.convert(
+        converted, (sample,), quant_config=QuantConfig(pt2e_quantizer=quantizer)
+    )
     path = tmp_path / "dynamic.tflite"
     path.write_bytes(data.model_content())
     info = read_model(path)
@@ -58,11 +65,13 @@ def test_dynamic_range_model_is_rejected(pipeline_ws: Path, tmp_path: Path) -> N
         check_full_int8(path)
 
 
-@pytest.mark.parametrize("payload", [b"", b"not a model at all", b"\x18\x00\x00\x00TFL3" + b"\xff" * 40])
+@pytest.mark.parametrize(
+    "payload", [b"", b"not a model at all", b"\x18\x00\x00\x00TFL3" + b"\xff" * 40]
+)
 def test_non_flatbuffers_are_refused(tmp_path: Path, payload: bytes) -> None:
     path = tmp_path / "bad.tflite"
     path.write_bytes(payload)
-    with pytest.raises(ExportError, match="bad.tflite"):
+    with pytest.raises(ExportError, match=r"bad\.tflite"):
         read_model(path)
 
 
