@@ -18,6 +18,7 @@ from pipeline.config import Params
 from pipeline.errors import ConfigError, TrainingError
 
 TIMING_FILE = Path(".tinyops/train_timing.json")
+WRITER_ENV = "TINYOPS_WRITER_NODE"  # marks the node whose local rank 0 writes (see train_worker)
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,7 @@ def check_world_fits(params: Params, n_train: int, backend: str) -> None:
 
 
 def torchrun_command(
-    params: Params, params_path: Path, run_id: str | None, backend: str, node_rank: int = 0
+    params: Params, params_path: Path, run_id: str | None, backend: str
 ) -> list[str]:
     tp = params.train
     cmd = [
@@ -97,8 +98,6 @@ def torchrun_command(
         cmd += [
             "--nnodes",
             str(tp.nnodes),
-            "--node-rank",
-            str(node_rank),
             "--rdzv-backend",
             "c10d",
             "--rdzv-endpoint",
@@ -132,6 +131,7 @@ def worker_env(params: Params) -> dict[str, str]:
             "CUBLAS_WORKSPACE_CONFIG": ":4096:8",
             "PYTHONHASHSEED": str(params.train.seed),
             "TORCHELASTIC_ERROR_FILE": str(Path(".tinyops/torchrun_error.json").resolve()),
+            WRITER_ENV: "1",
         }
     )
     return env
@@ -143,13 +143,12 @@ def train(
     n_train: int,
     run_id: str | None = None,
     on_line: Callable[[str], None] | None = None,
-    node_rank: int = 0,
 ) -> TrainResult:
     """Run torchrun to completion; stream rank-0 output live (to the terminal, or to `on_line`)."""
     backend = resolve_backend(params)
     check_world_fits(params, n_train, backend)
     TIMING_FILE.parent.mkdir(parents=True, exist_ok=True)
-    cmd = torchrun_command(params, params_path, run_id, backend, node_rank)
+    cmd = torchrun_command(params, params_path, run_id, backend)
     env = worker_env(params)
     if on_line is None:
         code = subprocess.run(cmd, env=env).returncode

@@ -1,12 +1,13 @@
 """One DDP worker; torchrun starts N of them. `tinyops stage train` builds the command, e.g.
 
     torchrun --standalone --nproc-per-node 2 -m pipeline.train_worker --params params.yaml
-    torchrun --nnodes 2 --node-rank R --rdzv-backend c10d --rdzv-endpoint HOST:29400 \\
-        -m pipeline.train_worker --params params.yaml
+    torchrun --nnodes 2 --nproc-per-node 2 --rdzv-backend c10d --rdzv-endpoint HOST:29400 \\
+        --rdzv-id tinyops-train -m pipeline.train_worker --params params.yaml   # other nodes
 
 Every rank trains on its shard (DistributedSampler) and joins the gradient all-reduce; metrics are
-all-reduced so every rank takes the same early-stopping decision. Rank 0 alone prints, logs to
-MLflow and writes files.
+all-reduced so every rank takes the same early-stopping decision. One process alone prints, logs to
+MLflow and writes files: rank 0 on one node, local rank 0 of the `tinyops stage train` node across
+several (see _is_writer).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import os
 import random
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,7 @@ from pipeline import atomic
 from pipeline.config import load_params
 from pipeline.models import Architecture, build_model, count_parameters
 from pipeline.prepare import load_processed
+from pipeline.train import WRITER_ENV
 
 MODEL_FORMAT = "tinyops.model/1"
 
@@ -110,6 +113,18 @@ class _Reporter:
         self.log_seconds += time.perf_counter() - start
 
 
+def _is_writer(rank: int, nnodes: int) -> bool:
+    """The one process that prints, logs and writes files.
+
+    On one node: rank 0. Across nodes, c10d hands global rank 0 to whichever agent hosts the
+    rendezvous store, so the writer is local rank 0 of the node started by `tinyops stage train`
+    (it sets TINYOPS_WRITER_NODE); DDP keeps every replica's weights identical, so any rank may write.
+    """
+    if nnodes == 1:
+        return rank == 0
+    return os.environ.get(WRITER_ENV) == "1" and os.environ.get("LOCAL_RANK") == "0"
+
+
 def train(args: argparse.Namespace) -> None:
     params = load_params(args.params)
     tp = params.train
@@ -136,6 +151,9 @@ def train(args: argparse.Namespace) -> None:
     x_val, y_val = torch.from_numpy(data.x["val"]), torch.from_numpy(data.y["val"])
 
     model = build_model(arch).to(device)
+    # A 1-channel first conv's weight grad comes back with strides (9,1,3,1) against the
+    # parameter's (9,9,3,1): the same memory, since that dim has size 1. DDP warns anyway.
+    warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
     ddp = nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if use_cuda else None)
     optimizer = torch.optim.AdamW(ddp.parameters(), lr=tp.lr, weight_decay=tp.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=tp.epochs)
@@ -151,7 +169,9 @@ def train(args: argparse.Namespace) -> None:
 
     out_dir, metrics_dir = Path(args.out_dir), Path(args.metrics_dir)
     ckpt_dir = out_dir / "checkpoints"
-    reporter = _Reporter(args.run_id, tp.epochs, len(loader)) if rank == 0 else None
+    reporter = (
+        _Reporter(args.run_id, tp.epochs, len(loader)) if _is_writer(rank, tp.nnodes) else None
+    )
     if reporter:
         reporter.console.print(
             f"train: {world} worker(s) × {tp.threads_per_proc} thread(s), backend {dist.get_backend()}, "
