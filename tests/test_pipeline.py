@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -130,6 +132,28 @@ def test_force_repro_reproduces_identical_bytes(pipeline_ws: Path) -> None:
         "prepare",
         "train",
     ]
+
+
+def test_prefect_flow_runs_the_same_pipeline(pipeline_ws: Path, tmp_path: Path) -> None:
+    """The flow calls the same pipeline: with nothing changed it completes without rerunning."""
+    env = workspace_env(pipeline_ws) | {
+        "PREFECT_HOME": str(tmp_path / "prefect"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }
+    env.pop("PREFECT_API_URL", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "flows.retrain"],
+        cwd=pipeline_ws,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    assert "Flow run" in out and "Finished in state Completed()" in out
+    assert "Running stage" not in out
+    assert f"tflm_int8_accuracy={_metrics(pipeline_ws)['tflm_int8_accuracy']}" in out
 
 
 def test_changing_epochs_reruns_train_and_after_but_not_prepare(pipeline_ws: Path) -> None:

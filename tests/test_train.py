@@ -1,0 +1,109 @@
+"""The launcher's checks, and a real two-node DDP job on one machine through a c10d rendezvous."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import parse_params
+from pipeline.errors import ConfigError
+from pipeline.train import check_world_fits, resolve_backend, torchrun_command
+from tests.conftest import make_workspace, run_cmd, workspace_env
+
+
+@pytest.mark.parametrize(
+    ("train", "n_train", "phrase"),
+    [
+        ({"nproc_per_node": 2, "threads_per_proc": 64}, 1000, "oversubscribing"),
+        ({"nproc_per_node": 2, "batch_size": 33}, 1000, "does not split evenly over 2"),
+        ({"nproc_per_node": 1, "batch_size": 512}, 100, "larger than the training split (100"),
+    ],
+)
+def test_world_checks_fail_in_the_first_second(train: dict, n_train: int, phrase: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(phrase)):
+        check_world_fits(parse_params({"train": train}), n_train, backend="gloo")
+
+
+def test_nccl_without_a_gpu_is_refused() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(ConfigError, match="no CUDA device is visible"):
+        resolve_backend(parse_params({"train": {"backend": "nccl"}}))
+    assert resolve_backend(parse_params({})) == "gloo"
+
+
+def test_torchrun_command_shapes() -> None:
+    single = torchrun_command(parse_params({}), Path("params.yaml"), "abc", "gloo")
+    assert "--standalone" in single and single[single.index("--nproc-per-node") + 1] == "2"
+    assert single[-2:] == ["--run-id", "abc"]
+    multi = torchrun_command(
+        parse_params({"train": {"nnodes": 3, "rdzv_endpoint": "10.0.0.1:29400"}}),
+        Path("params.yaml"),
+        None,
+        "gloo",
+    )
+    assert "--standalone" not in multi
+    assert multi[multi.index("--rdzv-endpoint") + 1] == "10.0.0.1:29400"
+    assert multi[multi.index("--nnodes") + 1] == "3"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_nodes_by_rendezvous(tmp_path: Path) -> None:
+    """Node A is `tinyops stage train`, node B a bare torchrun: one 2-rank job; A alone writes."""
+    endpoint = f"127.0.0.1:{_free_port()}"
+    ws = make_workspace(
+        tmp_path / "ws",
+        {"nnodes": 2, "rdzv_endpoint": endpoint, "nproc_per_node": 1, "epochs": 2, "patience": 2},
+    )
+    run_cmd(["tinyops", "stage", "prepare"], ws)
+    node_b = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nnodes",
+            "2",
+            "--nproc-per-node",
+            "1",
+            "--rdzv-backend",
+            "c10d",
+            "--rdzv-endpoint",
+            endpoint,
+            "--rdzv-id",
+            "tinyops-train",
+            "-m",
+            "pipeline.train_worker",
+            "--params",
+            "params.yaml",
+            "--backend",
+            "gloo",
+        ],
+        cwd=ws,
+        env=workspace_env(ws) | {"OMP_NUM_THREADS": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        out = run_cmd(["tinyops", "stage", "train"], ws, timeout=300)
+        b_log, _ = node_b.communicate(timeout=120)
+    finally:
+        node_b.kill()
+    assert node_b.returncode == 0, b_log[-3000:]
+    assert json.loads((ws / "metrics/train.json").read_text())["world_size"] == 2
+    assert "epoch   2/2" in out.stdout + out.stderr
+    assert "epoch" not in b_log, "only the tinyops node prints"
