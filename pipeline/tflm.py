@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
 import os
+import sys
 from collections.abc import Iterator
 
 import numpy as np
@@ -31,29 +33,32 @@ def _interpreter(model: bytes, arena_size: int):  # type: ignore[no-untyped-def]
     return runtime.Interpreter.from_bytes(model, arena_size=arena_size)
 
 
+def _probe(model: bytes, arena_size: int) -> None:
+    """Child body: exit status 0 when the model allocates and completes one invoke."""
+    try:
+        with _silenced_native_output():
+            interp = _interpreter(model, arena_size)
+            details = interp.get_input_details(0)
+            interp.set_input(np.zeros(details["shape"], dtype=details["dtype"]), 0)
+            interp.invoke()
+    except Exception:
+        sys.exit(1)
+
+
 def runs_with_arena(model: bytes, arena_size: int) -> bool:
     """True if the model allocates and completes one invoke within `arena_size` bytes.
 
-    Each probe runs in a forked child: TFLite Micro keeps its allocator inside the arena and
-    crashes the process outright (SIGSEGV) on arenas of a few hundred bytes; a crash there is
-    simply "does not fit", and this process is unharmed.
+    Each probe runs in its own process: TFLite Micro keeps its allocator inside the arena and
+    crashes outright (SIGSEGV) on arenas of a few hundred bytes, which then simply reads as
+    "does not fit". The processes come from a forkserver, a clean single-threaded parent, never
+    from a fork of this process (torch and JAX threads make that deadlock-prone).
     """
-    from tflite_micro.python.tflite_micro import runtime  # noqa: F401  (imported once, before forking)
-
-    pid = os.fork()
-    if pid == 0:  # child: probe, report through the exit status, never return
-        code = 1
-        try:
-            with _silenced_native_output():
-                interp = _interpreter(model, arena_size)
-                details = interp.get_input_details(0)
-                interp.set_input(np.zeros(details["shape"], dtype=details["dtype"]), 0)
-                interp.invoke()
-                code = 0
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status) == 0
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["pipeline.tflm", "tflite_micro.python.tflite_micro.runtime"])
+    proc = ctx.Process(target=_probe, args=(model, arena_size), daemon=True)
+    proc.start()
+    proc.join()
+    return proc.exitcode == 0
 
 
 def measure_arena_bytes(model: bytes, max_bytes: int, granularity: int = 16) -> int:
