@@ -29,6 +29,8 @@ class StageName(enum.StrEnum):
     train = "train"
     export = "export"
     evaluate = "evaluate"
+    deploy = "deploy"
+    report = "report"
 
 
 def _fail(exc: TinyopsError) -> None:
@@ -59,14 +61,93 @@ def run(
 def stage(
     name: Annotated[StageName, typer.Argument(help="The stage to run.")],
     params: ParamsOpt = Path("params.yaml"),
+    device: Annotated[
+        str | None, typer.Option(help="deploy: the device (a key of params.yaml's devices).")
+    ] = None,
 ) -> None:
     """Run one stage (what dvc.yaml calls). Logs a nested MLflow run under the pipeline's run."""
-    from pipeline.stages import STAGES
+    from pipeline.errors import ConfigError
+    from pipeline.stages import STAGES, run_deploy
 
     try:
-        STAGES[name.value](params)
+        if name is StageName.deploy:
+            if not device:
+                raise ConfigError(
+                    "`tinyops stage deploy` needs --device NAME (see `tinyops devices`)."
+                )
+            run_deploy(params, device)
+        elif device:
+            raise ConfigError(f"--device applies to the deploy stage only, not '{name.value}'.")
+        else:
+            STAGES[name.value](params)
     except TinyopsError as exc:
         _fail(exc)
+
+
+@app.command()
+def rollback(
+    device: Annotated[str, typer.Argument(help="The device whose production version moves back.")],
+) -> None:
+    """Move the device's `production` alias to the previous version; restore deploy/<device>/."""
+    from pipeline import registry, tracking
+    from pipeline.config import check_device_name
+    from pipeline.deploy import DEPLOY_ROOT
+    from pipeline.errors import ConfigError
+
+    try:
+        try:
+            check_device_name(device)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        old, new = registry.rollback(tracking.client(), device, DEPLOY_ROOT)
+    except TinyopsError as exc:
+        _fail(exc)
+    typer.echo(f"{device}: production v{old} → v{new}; {DEPLOY_ROOT / device}/ restored.")
+
+
+@app.command()
+def devices(params: ParamsOpt = Path("params.yaml")) -> None:
+    """Every device with its production version, variant, size, arena, accuracy and latency."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from pipeline import registry, tracking
+    from pipeline.config import load_params
+
+    try:
+        parsed = load_params(params)
+    except TinyopsError as exc:
+        _fail(exc)
+    client = tracking.client()
+    table = Table(title="tinyops devices")
+    for col in (
+        "device",
+        "runtime",
+        "production",
+        "variant",
+        "size (B)",
+        "arena (B)",
+        "accuracy",
+        "latency (ms)",
+    ):
+        table.add_column(col)
+    for name, profile in sorted(parsed.devices.items()):
+        v = registry.production(client, name)
+        if v is None:
+            table.add_row(name, profile.runtime, "-", "-", "-", "-", "-", "-")
+            continue
+        t = v.tags
+        table.add_row(
+            name,
+            profile.runtime,
+            f"v{v.version}",
+            t.get("variant", "?"),
+            t.get("model_bytes", "?"),
+            t.get("arena_bytes") or "-",
+            t.get("accuracy", "?"),
+            t.get("latency_ms", "?"),
+        )
+    Console().print(table)
 
 
 @app.command()

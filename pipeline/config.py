@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline.errors import ConfigError
 
@@ -115,6 +116,57 @@ class EvaluateParams(_Section):
     """Test samples run through TFLite Micro (0: all of them)."""
 
 
+VARIANTS = ("fp32", "float16", "dynamic_int8", "int8")
+Variant = Literal["fp32", "float16", "dynamic_int8", "int8"]
+DEVICE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+
+
+class DeviceProfile(_Section):
+    """One deployment target, with datasheet figures and the user's own limits."""
+
+    description: str = ""
+    """Board and chip, e.g. 'nRF52840, Cortex-M4F'."""
+    runtime: Literal["tflm", "litert"]
+    """tflm: TensorFlow Lite Micro on a microcontroller; litert: LiteRT on an application processor."""
+    flash_bytes: PositiveInt
+    """Storage available for the model plus the runtime (flash on an MCU, disk elsewhere)."""
+    ram_bytes: PositiveInt
+    """RAM available for the tensor arena plus the runtime's own data."""
+    clock_mhz: Annotated[float, Field(gt=0.0)]
+    variants: tuple[Variant, ...] = Field(default=("int8",), strict=False, min_length=1)
+    """Variants the device accepts (its quantization schemes); TFLite Micro targets: int8 only."""
+    cycles_per_mac: Annotated[float, Field(gt=0.0)]
+    """Average CPU cycles per multiply-accumulate of the int8 kernels, for latency estimates."""
+    min_accuracy: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
+    """The chosen variant's accuracy, measured in this device's runtime, must reach this."""
+    max_latency_ms: Annotated[float, Field(gt=0.0)] = 1000.0
+
+    @model_validator(mode="after")
+    def _check(self) -> DeviceProfile:
+        if self.runtime == "tflm" and set(self.variants) != {"int8"}:
+            raise ValueError("TFLite Micro targets take full-int8 models only: variants: [int8]")
+        return self
+
+
+class DeployParams(_Section):
+    """Fit checks, bundles and promotion."""
+
+    require_all: bool = False
+    """Fail the deploy stage when a device gets no bundle (else it gets rejected.json)."""
+    promotion_tolerance: Annotated[float, Field(ge=0.0, le=1.0)] = 0.005
+    """'production' moves only if accuracy is not lower than production's by more than this."""
+    runtime_flash_bytes: dict[Literal["tflm", "litert"], Annotated[int, Field(ge=0)]] = Field(
+        default_factory=lambda: {"tflm": 65536, "litert": 4194304}, strict=False
+    )
+    """The runtime's own code size, added to the model's bytes in the flash check."""
+    runtime_ram_bytes: dict[Literal["tflm", "litert"], Annotated[int, Field(ge=0)]] = Field(
+        default_factory=lambda: {"tflm": 8192, "litert": 16777216}, strict=False
+    )
+    """The runtime's own RAM (interpreter, stack; LiteRT's process), added to the arena."""
+    latency_runs: PositiveInt = 50
+    """LiteRT targets: invokes timed on the host (median reported)."""
+
+
 class Params(_Section):
     """The whole params.yaml."""
 
@@ -123,6 +175,27 @@ class Params(_Section):
     train: TrainParams = TrainParams()
     export: ExportParams = ExportParams()
     evaluate: EvaluateParams = EvaluateParams()
+    deploy: DeployParams = DeployParams()
+    devices: dict[str, DeviceProfile] = Field(default_factory=dict, strict=False)
+    """The device catalogue, keyed by device name (a folder name: lowercase letters, digits, _ and -)."""
+
+    @field_validator("devices", mode="before")
+    @classmethod
+    def _check_names(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            for name in value:
+                check_device_name(name)
+        return value
+
+
+def check_device_name(name: Any) -> str:
+    """A device name becomes a folder name: refuse anything but a plain identifier."""
+    if not isinstance(name, str) or not DEVICE_NAME.match(name):
+        raise ValueError(
+            f"device name {name!r} is not allowed: use 1-63 lowercase letters, digits, '_' or '-', "
+            "starting with a letter or digit (it becomes the folder deploy/<name>/)"
+        )
+    return name
 
 
 def _model_for(loc: tuple[int | str, ...]) -> type[BaseModel] | None:

@@ -12,19 +12,22 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import atomic, tflm
-from pipeline.config import EvaluateParams
+from pipeline.config import VARIANTS, EvaluateParams
 from pipeline.errors import ArtifactError
-from pipeline.export import FP32_NAME, INT8_NAME, load_trained
+from pipeline.export import INT8_NAME, load_trained, variant_file
 from pipeline.prepare import Splits
-from pipeline.tflite_inspect import check_full_int8, read_model
+from pipeline.tflite_inspect import check_full_int8, count_macs, read_model
 
 METRICS_FILE = Path("metrics/evaluate.json")
 PREDICTIONS_FILE = Path("metrics/predictions.csv")
+VARIANTS_FILE = Path("metrics/variants.json")
 
 
 @dataclass(frozen=True)
 class EvaluateResult:
     metrics: dict[str, float | int]
+    variants: dict[str, dict]
+    """Per variant: file, bytes, MACs, LiteRT accuracy; int8 also TFLite Micro accuracy, arena, ops."""
     confusion: np.ndarray
     classes: list[str]
 
@@ -67,8 +70,9 @@ def evaluate(
     import torch
 
     x, y = data.x["test"], data.y["test"]
-    fp32_bytes, int8_bytes = _read(export_dir / FP32_NAME), _read(export_dir / INT8_NAME)
-    read_model(fp32_bytes, str(export_dir / FP32_NAME))
+    blobs = {v: _read(export_dir / variant_file(v)) for v in VARIANTS}
+    fp32_bytes, int8_bytes = blobs["fp32"], blobs["int8"]
+    infos = {v: read_model(b, str(export_dir / variant_file(v))) for v, b in blobs.items()}
     check_full_int8(int8_bytes, str(export_dir / INT8_NAME))
 
     model, _, _ = load_trained(model_path)
@@ -77,6 +81,9 @@ def evaluate(
         torch_logits = model(torch.from_numpy(x)).numpy()
     lite_fp32, _ = _litert_outputs(fp32_bytes, x)
     lite_int8, int8_in = _litert_outputs(int8_bytes, x)
+    lite_outputs = {"fp32": lite_fp32, "int8": lite_int8}
+    for variant in ("float16", "dynamic_int8"):
+        lite_outputs[variant], _ = _litert_outputs(blobs[variant], x)
 
     arena = tflm.measure_arena_bytes(int8_bytes, params.arena_max_bytes, params.arena_granularity)
     try:
@@ -114,16 +121,40 @@ def evaluate(
     pred_micro = micro.argmax(1)
     confusion = np.zeros((k, k), dtype=np.int64)
     np.add.at(confusion, (y[:n_micro], pred_micro), 1)
-    return EvaluateResult(metrics=metrics, confusion=confusion, classes=list(data.meta["classes"]))
+    variants = {
+        v: {
+            "file": str(export_dir / variant_file(v)),
+            "bytes": len(blobs[v]),
+            "macs": count_macs(infos[v]),
+            "litert_accuracy": acc(lite_outputs[v], y),
+        }
+        for v in VARIANTS
+    }
+    variants["int8"] |= {
+        "tflm_accuracy": metrics["tflm_int8_accuracy"],
+        "tflm_arena_bytes": arena,
+        "ops": list(infos["int8"].op_names),
+        "input_scale": float(scale),
+        "input_zero_point": int(zp),
+    }
+    for v in ("float16", "dynamic_int8"):
+        metrics[f"tflite_{v}_accuracy"] = variants[v]["litert_accuracy"]
+        metrics[f"tflite_{v}_bytes"] = variants[v]["bytes"]
+    return EvaluateResult(
+        metrics=metrics, variants=variants, confusion=confusion, classes=list(data.meta["classes"])
+    )
 
 
 def write_outputs(
     result: EvaluateResult,
     metrics_file: Path = METRICS_FILE,
     predictions_file: Path = PREDICTIONS_FILE,
+    variants_file: Path = VARIANTS_FILE,
 ) -> None:
-    """metrics JSON and a long-form (actual, predicted) CSV that DVC draws as a confusion matrix."""
+    """metrics JSON, per-variant JSON (read by deploy), and a long-form (actual, predicted) CSV
+    that DVC draws as a confusion matrix."""
     atomic.write_json(metrics_file, result.metrics)
+    atomic.write_json(variants_file, result.variants)
     buf = io.StringIO()
     buf.write("actual,predicted\n")
     for a in range(len(result.classes)):

@@ -1,12 +1,17 @@
-"""Stage `export`: models/model.pt → fp32 and full-integer int8 .tflite with litert-torch.
+"""Stage `export`: models/model.pt → four .tflite variants.
 
-int8 is post-training static quantization through torchao's pt2e flow and litert-torch's
-PT2EQuantizer: per-channel symmetric int8 weights, int8 activations calibrated on training
-samples, int8 input and output. The result is checked in the flatbuffer before it is written.
+- fp32 and int8 with litert-torch. int8 is post-training static quantization through torchao's
+  pt2e flow and litert-torch's PT2EQuantizer: per-channel symmetric int8 weights, int8
+  activations calibrated on training samples, int8 input and output; it is checked in the
+  flatbuffer before it is written. This is the one TFLite Micro runs.
+- float16 (weights stored as fp16) and dynamic_int8 (int8 weights, float activations quantized on
+  the fly) from the fp32 model with ai-edge-quantizer; LiteRT runs them, TFLite Micro does not.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import warnings
 from dataclasses import dataclass
@@ -25,12 +30,14 @@ FP32_NAME = "model_fp32.tflite"
 INT8_NAME = "model_int8.tflite"
 
 
+def variant_file(variant: str) -> str:
+    return f"model_{variant}.tflite"
+
+
 @dataclass(frozen=True)
 class ExportResult:
-    fp32_path: Path
-    int8_path: Path
-    fp32_bytes: int
-    int8_bytes: int
+    paths: dict[str, Path]
+    sizes: dict[str, int]
     int8_ops: tuple[str, ...]
 
 
@@ -95,6 +102,36 @@ def convert_int8(model, sample, calibration: np.ndarray) -> bytes:  # type: igno
     return bytes(edge.model_content())
 
 
+def _quantize_with_aeq(fp32: bytes, recipe) -> bytes:  # type: ignore[no-untyped-def]
+    from ai_edge_quantizer import quantizer
+
+    with contextlib.redirect_stdout(io.StringIO()):  # it prints a size summary
+        return bytes(quantizer.Quantizer(fp32, recipe).quantize().quantized_model)
+
+
+def convert_float16(fp32: bytes) -> bytes:
+    """Weights stored as float16 (half the bytes), computed in float32 or fp16 by LiteRT."""
+    from ai_edge_quantizer import recipe_manager
+    from ai_edge_quantizer.algorithm_manager import AlgorithmName
+    from ai_edge_quantizer.qtyping import TFLOperationName
+
+    manager = recipe_manager.RecipeManager()
+    manager.add_weight_only_config(
+        regex=".*",
+        operation_name=TFLOperationName.ALL_SUPPORTED,
+        num_bits=16,
+        algorithm_key=AlgorithmName.FLOAT_CASTING,
+    )
+    return _quantize_with_aeq(fp32, manager.get_quantization_recipe())
+
+
+def convert_dynamic_int8(fp32: bytes) -> bytes:
+    """Dynamic-range: per-channel int8 weights, float activations quantized at run time."""
+    from ai_edge_quantizer import recipe
+
+    return _quantize_with_aeq(fp32, recipe.dynamic_wi8_afp32())
+
+
 def calibration_set(x_train: np.ndarray, n: int, seed: int) -> np.ndarray:
     """A seeded, class-agnostic subset of the training split (the same every run)."""
     rng = np.random.default_rng(seed)
@@ -109,7 +146,7 @@ def export(
     model_path: Path = Path("models/model.pt"),
     out_dir: Path = EXPORT_DIR,
 ) -> ExportResult:
-    """Convert both variants, check the int8 one is full-integer, then write both atomically."""
+    """Convert every variant, check each (int8: full-integer), then write them atomically."""
     import torch
 
     _quiet_litert()
@@ -127,9 +164,19 @@ def export(
         raise ExportError(
             f"litert-torch conversion of {model_path} failed: {type(exc).__name__}: {exc}"
         ) from exc
-    read_model(fp32, "fp32 export")
+    try:
+        models = {
+            "fp32": fp32,
+            "float16": convert_float16(fp32),
+            "dynamic_int8": convert_dynamic_int8(fp32),
+            "int8": int8,
+        }
+    except Exception as exc:
+        raise ExportError(f"quantizing {model_path} failed: {type(exc).__name__}: {exc}") from exc
+    for variant, data in models.items():
+        read_model(data, f"{variant} export")
     info = check_full_int8(int8, f"int8 export of {model_path}")
-    fp32_path, int8_path = out_dir / FP32_NAME, out_dir / INT8_NAME
-    atomic.write_bytes(fp32_path, fp32)
-    atomic.write_bytes(int8_path, int8)
-    return ExportResult(fp32_path, int8_path, len(fp32), len(int8), info.op_names)
+    paths = {v: out_dir / variant_file(v) for v in models}
+    for variant, data in models.items():  # all checked before the first is written
+        atomic.write_bytes(paths[variant], data)
+    return ExportResult(paths, {v: len(d) for v, d in models.items()}, info.op_names)

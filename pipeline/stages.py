@@ -80,17 +80,11 @@ def run_export(params_path: Path) -> dict[str, Any]:
     x_train = load_processed().x["train"]
     with tracking.stage_run("export", stage_params(params, "export"), run_tags("export")) as run:
         result = export(params.export, x_train, seed=params.train.seed)
-        run.log_metrics(
-            {"tflite_fp32_bytes": result.fp32_bytes, "tflite_int8_bytes": result.int8_bytes}
-        )
+        run.log_metrics({f"tflite_{v}_bytes": n for v, n in result.sizes.items()})
         run.set_tags({"int8_ops": ",".join(result.int8_ops)})
-        run.log_artifact(result.fp32_path, "tflite")
-        run.log_artifact(result.int8_path, "tflite")
-    return {
-        "fp32_bytes": result.fp32_bytes,
-        "int8_bytes": result.int8_bytes,
-        "ops": result.int8_ops,
-    }
+        for path in result.paths.values():
+            run.log_artifact(path, "tflite")
+    return {"sizes": result.sizes, "ops": result.int8_ops}
 
 
 def run_evaluate(params_path: Path) -> dict[str, Any]:
@@ -110,9 +104,40 @@ def run_evaluate(params_path: Path) -> dict[str, Any]:
     return result.metrics
 
 
+def run_deploy(params_path: Path, device: str) -> dict[str, Any]:
+    from pipeline.deploy import deploy_device
+
+    params = load_params(params_path)
+    if device not in params.devices:
+        from pipeline.errors import ConfigError
+
+        known = ", ".join(sorted(params.devices)) or "(none)"
+        raise ConfigError(f"device '{device}' is not in {params_path}'s devices; known: {known}.")
+    dumped = params.model_dump(mode="json")
+    section = tracking.flatten(
+        "", {"deploy": dumped["deploy"], "device": dumped["devices"][device]}
+    )
+    with tracking.stage_run(f"deploy@{device}", section, run_tags("deploy")) as run:
+        result = deploy_device(params, device, run)
+        print(f"deploy@{device}: {result.status}: {result.record.get('reason', '')}")
+    return result.record
+
+
+def run_report(params_path: Path) -> dict[str, Any]:
+    from pipeline.report import write_report
+
+    params = load_params(params_path)
+    with tracking.stage_run("report", {}, run_tags("report")) as run:
+        md, png = write_report(params)
+        run.log_artifact(md, "report")
+        run.log_artifact(png, "report")
+    return {"markdown": str(md), "chart": str(png)}
+
+
 STAGES: dict[str, Callable[[Path], dict[str, Any]]] = {
     "prepare": run_prepare,
     "train": run_train,
     "export": run_export,
     "evaluate": run_evaluate,
+    "report": run_report,
 }

@@ -180,3 +180,23 @@ def check_full_int8(data: bytes | Path, source: str = "model") -> ModelInfo:
             "TFLite Micro targets need int8 everywhere; re-export with static (calibrated) int8."
         )
     return info
+
+
+def count_macs(info: ModelInfo) -> int:
+    """Multiply-accumulates of one inference (conv, depthwise conv, fully connected)."""
+    total = 0
+    for op in info.ops:
+        if op.name not in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"):
+            continue
+        out = info.tensors[op.outputs[0]].shape
+        weight = info.tensors[op.inputs[1]].shape
+        if op.name == "CONV_2D":  # out [N,H,W,Cout], filter [Cout,kh,kw,Cin]
+            total += out[0] * out[1] * out[2] * out[3] * weight[1] * weight[2] * weight[3]
+        elif op.name == "DEPTHWISE_CONV_2D":  # filter [1,kh,kw,Cout]
+            total += out[0] * out[1] * out[2] * out[3] * weight[1] * weight[2]
+        else:  # out [N,units], weights [units,in]
+            rows = 1
+            for d in out[:-1]:
+                rows *= d
+            total += rows * weight[0] * weight[1]
+    return total

@@ -1,0 +1,140 @@
+"""Stage `report`: every device's outcome as a markdown table, and accuracy against size for every
+variant with each device's model-size budget drawn in."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+from pipeline import atomic
+from pipeline.config import Params
+
+REPORT_MD = Path("report/deploy.md")
+REPORT_PNG = Path("report/accuracy_vs_size.png")
+
+
+def load_statuses(status_dir: Path, devices: list[str]) -> dict[str, dict[str, Any]]:
+    out = {}
+    for device in devices:
+        path = status_dir / f"{device}.json"
+        out[device] = json.loads(path.read_text()) if path.is_file() else {"status": "not deployed"}
+    return out
+
+
+def _row(device: str, runtime: str, s: dict[str, Any]) -> str:
+    prod = f"v{s['production_version']}" if s.get("production_version") else "-"
+    if "model_bytes" not in s:  # rejected or not deployed: no chosen variant
+        cells = [
+            device,
+            runtime,
+            s["status"],
+            "-",
+            "-",
+            "-",
+            "-",
+            "-",
+            "no",
+            prod,
+            s.get("reason", ""),
+        ]
+    else:
+        kind = "est." if runtime == "tflm" else "host"
+        cells = [
+            device,
+            runtime,
+            s["status"],
+            s["variant"],
+            f"{s['model_bytes']:,}",
+            f"{s['arena_bytes']:,}" if s.get("arena_bytes") else "-",
+            f"{s['latency_ms']:.3f} ({kind})",
+            f"{s['accuracy']:.4f}",
+            "yes",
+            prod,
+            s.get("reason", ""),
+        ]
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def markdown(params: Params, evaluate: dict, statuses: dict[str, dict[str, Any]]) -> str:
+    levels = (
+        "torch_fp32",
+        "tflite_fp32",
+        "tflite_float16",
+        "tflite_dynamic_int8",
+        "tflite_int8",
+        "tflm_int8",
+    )
+    lines = [
+        "# Deployment report",
+        "",
+        "Test-split accuracy per level: "
+        + ", ".join(
+            f"{lvl} {evaluate[f'{lvl}_accuracy']:.4f}"
+            for lvl in levels
+            if f"{lvl}_accuracy" in evaluate
+        ),
+        "",
+        "| device | runtime | status | variant | size (B) | arena (B) | latency (ms) | accuracy "
+        "| fits | production | why |",
+        "|---|---|---|---|---:|---:|---:|---:|---|---|---|",
+    ]
+    for device, s in statuses.items():
+        lines.append(_row(device, params.devices[device].runtime, s))
+    lines += ["", "Every variant checked, per device:", ""]
+    lines += ["| device | variant | fits | failed checks |", "|---|---|---|---|"]
+    for device, s in statuses.items():
+        for c in s.get("candidates", []):
+            failed = "; ".join(ch["reason"] for ch in c["checks"] if not ch["passed"]) or "-"
+            lines.append(
+                f"| {device} | {c['variant']} | {'yes' if c['fits'] else 'no'} | {failed} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def chart(params: Params, variants: dict) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
+    for name, v in variants.items():
+        acc = v.get("tflm_accuracy", v["litert_accuracy"])
+        ax.scatter(v["bytes"], acc, s=40, zorder=3)
+        ax.annotate(name, (v["bytes"], acc), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    sizes = [v["bytes"] for v in variants.values()]
+    lo, hi = min(sizes) / 4, max(sizes) * 40
+    for device, profile in params.devices.items():
+        budget = profile.flash_bytes - params.deploy.runtime_flash_bytes[profile.runtime]
+        if lo < budget < hi:
+            ax.axvline(budget, linestyle="--", linewidth=0.8, color="grey")
+            ax.text(
+                budget,
+                ax.get_ylim()[0],
+                f" {device}",
+                rotation=90,
+                fontsize=7,
+                va="bottom",
+                color="grey",
+            )
+    ax.set_xscale("log")
+    ax.set_xlim(lo, hi)
+    ax.set_xlabel("model size (bytes, log); dashed: each device's flash budget for the model")
+    ax.set_ylabel("test accuracy (int8: TFLite Micro; others: LiteRT)")
+    ax.set_title("Accuracy against size, every variant")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", metadata={"Software": None})
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def write_report(params: Params, status_dir: Path = Path("metrics/deploy")) -> tuple[Path, Path]:
+    evaluate = json.loads(Path("metrics/evaluate.json").read_text())
+    variants = json.loads(Path("metrics/variants.json").read_text())
+    statuses = load_statuses(status_dir, sorted(params.devices))
+    atomic.write_text(REPORT_MD, markdown(params, evaluate, statuses))
+    atomic.write_bytes(REPORT_PNG, chart(params, variants))
+    return REPORT_MD, REPORT_PNG
