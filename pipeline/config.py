@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -200,17 +200,20 @@ def check_device_name(name: Any) -> str:
 
 def _model_for(loc: tuple[int | str, ...]) -> type[BaseModel] | None:
     """The pydantic model that owns the key at `loc`, to list its allowed keys."""
-    model: type[BaseModel] | None = Params
-    for part in loc[:-1]:
-        if model is None or not isinstance(part, str) or part not in model.model_fields:
+    model: Any = Params
+    parts = list(loc[:-1])
+    while parts:
+        part = parts.pop(0)
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
             return None
-        annotation = model.model_fields[part].annotation
-        model = (
-            annotation
-            if isinstance(annotation, type) and issubclass(annotation, BaseModel)
-            else None
-        )
-    return model
+        if not isinstance(part, str) or part not in model.model_fields:
+            return None
+        model = model.model_fields[part].annotation
+        if get_origin(model) is dict:  # devices: {name: DeviceProfile}; skip the name
+            model = get_args(model)[1]
+            if parts:
+                parts.pop(0)
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
 
 
 def _describe(error: dict[str, Any], source: str) -> str:
@@ -219,7 +222,10 @@ def _describe(error: dict[str, Any], source: str) -> str:
     if error["type"] == "extra_forbidden":
         owner = _model_for(loc)
         allowed = sorted(owner.model_fields) if owner else []
-        close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+        given = str(loc[-1])
+        close = [k for k in allowed if k.startswith(given)] or difflib.get_close_matches(
+            given, allowed, n=1
+        )
         hint = f" Did you mean '{close[0]}'?" if close else ""
         return f"{source}: unknown key '{key}'.{hint} Allowed keys here: {', '.join(allowed)}."
     msg = error["msg"]

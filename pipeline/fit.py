@@ -78,19 +78,17 @@ def activation_bytes(model: bytes) -> int:
     return total
 
 
+def _fmt(value: float, unit: str) -> str:
+    return f"{value:,.0f} {unit}" if unit == "B" else f"{value:.4g}{' ' + unit if unit else ''}"
+
+
 def _check(
     name: str, value: float, budget: float, unit: str, what: str, higher_ok: bool = False
 ) -> Check:
     passed = value >= budget if higher_ok else value <= budget
     relation = (">=" if passed else "<") if higher_ok else ("<=" if passed else ">")
-    return Check(
-        name,
-        passed,
-        value,
-        budget,
-        unit,
-        f"{what} {value:,.4g} {unit} {relation} budget {budget:,.4g} {unit}",
-    )
+    reason = f"{what} {_fmt(value, unit)} {relation} budget {_fmt(budget, unit)}"
+    return Check(name, passed, value, budget, unit, reason)
 
 
 def assess(

@@ -100,25 +100,32 @@ def chart(params: Params, variants: dict) -> bytes:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
-    for name, v in variants.items():
+    accs = []
+    for name, v in sorted(variants.items(), key=lambda kv: kv[1]["bytes"]):
         acc = v.get("tflm_accuracy", v["litert_accuracy"])
-        ax.scatter(v["bytes"], acc, s=40, zorder=3)
-        ax.annotate(name, (v["bytes"], acc), textcoords="offset points", xytext=(5, 5), fontsize=8)
+        accs.append(acc)
+        ax.scatter(v["bytes"], acc, s=40, zorder=3, label=f"{name} ({v['bytes']:,} B)")
+    ax.set_ylim(max(0.0, min(accs) - 0.05), min(1.0, max(accs)) + 0.01)
     sizes = [v["bytes"] for v in variants.values()]
     lo, hi = min(sizes) / 4, max(sizes) * 40
+    budgets: dict[int, list[str]] = {}
     for device, profile in params.devices.items():
         budget = profile.flash_bytes - params.deploy.runtime_flash_bytes[profile.runtime]
         if lo < budget < hi:
-            ax.axvline(budget, linestyle="--", linewidth=0.8, color="grey")
-            ax.text(
-                budget,
-                ax.get_ylim()[0],
-                f" {device}",
-                rotation=90,
-                fontsize=7,
-                va="bottom",
-                color="grey",
-            )
+            budgets.setdefault(budget, []).append(device)
+    for budget, names in sorted(budgets.items()):
+        ax.axvline(budget, linestyle="--", linewidth=0.8, color="grey")
+        ax.text(
+            budget,
+            ax.get_ylim()[0],
+            " " + ", ".join(sorted(names)),
+            rotation=90,
+            fontsize=7,
+            va="bottom",
+            ha="right",
+            color="grey",
+        )
+    ax.legend(loc="lower left", fontsize=8, title="variant", title_fontsize=8)
     ax.set_xscale("log")
     ax.set_xlim(lo, hi)
     ax.set_xlabel("model size (bytes, log); dashed: each device's flash budget for the model")

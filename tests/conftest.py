@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -81,6 +82,8 @@ def pipeline_ws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     ws = make_workspace(tmp_path_factory.mktemp("pipeline"), FAST_TRAIN)
     proc = run_cmd(["tinyops", "run"], ws)
     (ws / "run.log").write_text(proc.stdout + proc.stderr)
+    first = {d.name: tree_digest(d) for d in sorted((ws / "deploy").iterdir()) if d.is_dir()}
+    (ws / "first_deploy.json").write_text(json.dumps(first))
     yield ws
 
 

@@ -16,7 +16,54 @@ from tests.conftest import BIN, REPO
 
 def test_repo_params_yaml_is_valid_and_matches_defaults() -> None:
     params = load_params(REPO / "params.yaml")
-    assert params == Params(), "params.yaml should spell out the documented defaults"
+    assert params.model_copy(update={"devices": {}}) == Params(), (
+        "params.yaml spells out the defaults"
+    )
+    assert {
+        "arduino_nano_33_ble_sense",
+        "raspberry_pi_pico",
+        "esp32_s3",
+        "stm32f746",
+        "raspberry_pi_4",
+        "android_phone",
+    } <= set(params.devices)
+
+
+NANO = {
+    "runtime": "tflm",
+    "flash_bytes": 1048576,
+    "ram_bytes": 262144,
+    "clock_mhz": 64,
+    "cycles_per_mac": 2.0,
+}
+
+
+@pytest.mark.parametrize(
+    ("devices", "phrases"),
+    [
+        ({"../x": NANO}, ["device name '../x' is not allowed"]),
+        ({"a/b": NANO}, ["device name 'a/b' is not allowed"]),
+        ({"": NANO}, ["device name '' is not allowed"]),
+        ({"nano": NANO | {"ram_bytes": 0}}, ["'devices.nano.ram_bytes'", "greater than 0"]),
+        ({"nano": NANO | {"clock_mhz": -64}}, ["'devices.nano.clock_mhz'", "greater than 0"]),
+        ({"nano": NANO | {"runtime": "arduino"}}, ["'devices.nano.runtime'", "'tflm' or 'litert'"]),
+        (
+            {"nano": NANO | {"variants": ["fp32"]}},
+            ["TFLite Micro targets take full-int8 models only"],
+        ),
+        ({"nano": NANO | {"variants": ["int4"]}}, ["'devices.nano.variants.0'"]),
+        (
+            {"nano": NANO | {"ram": 1}},
+            ["unknown key 'devices.nano.ram'", "Did you mean 'ram_bytes'?"],
+        ),
+        ({"nano": {"runtime": "tflm"}}, ["'devices.nano.flash_bytes'", "Field required"]),
+    ],
+)
+def test_bad_device_profiles_name_the_device_and_key(devices: dict, phrases: list[str]) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_params({"devices": devices})
+    for phrase in phrases:
+        assert phrase in str(err.value)
 
 
 @pytest.mark.parametrize(

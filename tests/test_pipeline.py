@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,8 @@ import pytest
 import torch
 import yaml
 
+from pipeline.bundle import verify_bundle
+from pipeline.tflite_inspect import check_full_int8, read_model
 from tests.conftest import run_cmd, tree_digest, workspace_env
 
 pytestmark = pytest.mark.slow
@@ -134,6 +137,170 @@ def test_force_repro_reproduces_identical_bytes(pipeline_ws: Path) -> None:
     ]
 
 
+MCUS = ("arduino_nano_33_ble_sense", "raspberry_pi_pico", "esp32_s3", "stm32f746")
+CPP_DIR = Path(__file__).parent / "cpp"
+
+
+def _devices(ws: Path) -> dict:
+    return yaml.safe_load((ws / "params.yaml").read_text())["devices"]
+
+
+def test_every_device_has_a_verified_bundle_or_a_rejection(pipeline_ws: Path) -> None:
+    devices = _devices(pipeline_ws)
+    assert len(devices) >= 6
+    for name in devices:
+        folder = pipeline_ws / "deploy" / name
+        assert (folder / "manifest.json").is_file() or (folder / "rejected.json").is_file(), name
+    for name in MCUS:
+        manifest = verify_bundle(pipeline_ws / "deploy" / name)  # sha256 and size against the file
+        model = (pipeline_ws / "deploy" / name / "model.tflite").read_bytes()
+        assert manifest["model_sha256"] == hashlib.sha256(model).hexdigest()
+        assert manifest["variant"] == "int8" and manifest["runtime"] == "tflm"
+        check_full_int8(model)
+        for key in (
+            "device",
+            "model_file",
+            "model_bytes",
+            "arena_bytes",
+            "accuracy",
+            "estimated_latency_ms",
+            "checks",
+            "mlflow_run_id",
+            "git_commit",
+            "data_sha256",
+        ):
+            assert key in manifest, key
+        assert {c["name"] for c in manifest["checks"]} == {
+            "flash",
+            "ram",
+            "ops",
+            "accuracy",
+            "latency",
+        }
+        assert all(c["passed"] for c in manifest["checks"])
+        measured = _metrics(pipeline_ws)["tflm_arena_bytes"]
+        assert measured <= manifest["arena_bytes"] <= 1.25 * measured
+    status = json.loads((pipeline_ws / "metrics/deploy/raspberry_pi_4.json").read_text())
+    assert {c["variant"] for c in status["candidates"]} == {
+        "fp32",
+        "float16",
+        "dynamic_int8",
+        "int8",
+    }
+    assert "host" in status["candidates"][0]["latency_kind"]
+
+
+def test_generated_cpp_compiles_embeds_the_model_and_registers_its_ops(
+    pipeline_ws: Path, tmp_path: Path
+) -> None:
+    for name in MCUS:
+        bundle = pipeline_ws / "deploy" / name
+        manifest = json.loads((bundle / "manifest.json").read_text())
+        flags = ["g++", "-std=c++17", "-Wall", "-Werror", f"-I{CPP_DIR}", f"-I{bundle}"]
+        subprocess.run(
+            [*flags, "-c", str(bundle / "tinyops_model.cc"), "-o", str(tmp_path / f"{name}.o")],
+            check=True,
+        )
+        exe = tmp_path / f"dump_{name}"
+        subprocess.run(
+            [
+                *flags,
+                str(CPP_DIR / "dump_bundle.cc"),
+                str(bundle / "tinyops_model.cc"),
+                "-o",
+                str(exe),
+            ],
+            check=True,
+        )
+        out = subprocess.run(
+            [str(exe), str(tmp_path / f"{name}.bin")], check=True, capture_output=True, text=True
+        ).stdout.splitlines()
+        model = (bundle / "model.tflite").read_bytes()
+        assert (tmp_path / f"{name}.bin").read_bytes() == model, "the C array is the model"
+        assert (
+            f"arena {manifest['arena_bytes']}" in out
+            and "aligned16 1" in out
+            and "labels 10" in out
+        )
+        registered = [line.removeprefix("op ") for line in out if line.startswith("op ")]
+        assert registered == list(read_model(model).op_names) == manifest["ops"]
+
+
+def test_too_small_profiles_are_rejected_naming_the_budget(
+    pipeline_ws: Path, tmp_path: Path
+) -> None:
+    params = yaml.safe_load((pipeline_ws / "params.yaml").read_text())
+    base = params["devices"]["arduino_nano_33_ble_sense"]
+    params["devices"] = {
+        "tiny_ram": base | {"ram_bytes": 8192},
+        "tiny_flash": base | {"flash_bytes": 100_000},
+    }
+    other = tmp_path / "tiny.yaml"
+    other.write_text(yaml.safe_dump(params))
+    for device, check, budget in (
+        ("tiny_ram", "ram", "budget 8,192 B"),
+        ("tiny_flash", "flash", "budget 100,000 B"),
+    ):
+        out = run_cmd(
+            ["tinyops", "stage", "deploy", "--params", str(other), "--device", device], pipeline_ws
+        )
+        assert f"deploy@{device}: rejected" in out.stdout
+        rejected = json.loads((pipeline_ws / "deploy" / device / "rejected.json").read_text())
+        failed = [c for c in rejected["candidates"][0]["checks"] if not c["passed"]]
+        assert [c["name"] for c in failed] == [check]
+        assert budget in failed[0]["reason"]
+        assert not (pipeline_ws / "deploy" / device / "model.tflite").exists()
+    params["deploy"]["require_all"] = True
+    other.write_text(yaml.safe_dump(params))
+    proc = run_cmd(
+        ["tinyops", "stage", "deploy", "--params", str(other), "--device", "tiny_ram"],
+        pipeline_ws,
+        check=False,
+    )
+    assert proc.returncode == 10 and "no variant fits" in proc.stderr
+    for device in ("tiny_ram", "tiny_flash"):
+        shutil.rmtree(pipeline_ws / "deploy" / device)
+
+
+@pytest.mark.parametrize("name", ["../x", "a/b", "", "UPPER"])
+def test_unsafe_device_names_are_refused_before_writing(
+    pipeline_ws: Path, tmp_path: Path, name: str
+) -> None:
+    params = yaml.safe_load((pipeline_ws / "params.yaml").read_text())
+    params["devices"] = {name: params["devices"]["esp32_s3"]}
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(params))
+    before = tree_digest(pipeline_ws / "deploy"), sorted(p.name for p in pipeline_ws.iterdir())
+    proc = run_cmd(
+        ["tinyops", "stage", "deploy", "--params", str(bad), "--device", name or "x"],
+        pipeline_ws,
+        check=False,
+    )
+    assert proc.returncode == 2 and "is not allowed" in proc.stderr
+    rb = run_cmd(["tinyops", "rollback", name], pipeline_ws, check=False)
+    assert rb.returncode == 2 and "is not allowed" in rb.stderr
+    assert (
+        tree_digest(pipeline_ws / "deploy"),
+        sorted(p.name for p in pipeline_ws.iterdir()),
+    ) == before
+
+
+def test_registry_has_production_per_device(pipeline_ws: Path) -> None:
+    client = _mlflow(pipeline_ws)
+    for name in _devices(pipeline_ws):
+        version = client.get_model_version_by_alias(f"tinyops-{name}", "production")
+        manifest = json.loads((pipeline_ws / "deploy" / name / "manifest.json").read_text())
+        assert version.tags["model_sha256"] == manifest["model_sha256"]
+        assert version.tags["variant"] == manifest["variant"]
+    out = run_cmd(["tinyops", "devices"], pipeline_ws).stdout
+    for name in _devices(pipeline_ws):
+        assert name[:12] in out
+    assert "v1" in out
+    report = (pipeline_ws / "report/deploy.md").read_text()
+    assert all(name in report for name in _devices(pipeline_ws))
+    assert (pipeline_ws / "report/accuracy_vs_size.png").read_bytes()[:4] == b"\x89PNG"
+
+
 def test_prefect_flow_runs_the_same_pipeline(pipeline_ws: Path, tmp_path: Path) -> None:
     """The flow calls the same pipeline: with nothing changed it completes without rerunning."""
     env = workspace_env(pipeline_ws) | {
@@ -156,15 +323,51 @@ def test_prefect_flow_runs_the_same_pipeline(pipeline_ws: Path, tmp_path: Path) 
     assert f"tflm_int8_accuracy={_metrics(pipeline_ws)['tflm_int8_accuracy']}" in out
 
 
-def test_changing_epochs_reruns_train_and_after_but_not_prepare(pipeline_ws: Path) -> None:
+def test_rollback_restores_the_previous_bundle_byte_for_byte(pipeline_ws: Path) -> None:
+    """After --force every device's production is v2 (same accuracy: promoted); roll one back."""
+    device = "arduino_nano_33_ble_sense"
+    client = _mlflow(pipeline_ws)
+    assert client.get_model_version_by_alias(f"tinyops-{device}", "production").version == "2"
+    first = json.loads((pipeline_ws / "first_deploy.json").read_text())[device]
+    assert tree_digest(pipeline_ws / "deploy" / device) != first, "v2's manifest names another run"
+    out = run_cmd(["tinyops", "rollback", device], pipeline_ws).stdout
+    assert "production v2 → v1" in out
+    assert tree_digest(pipeline_ws / "deploy" / device) == first
+    assert client.get_model_version_by_alias(f"tinyops-{device}", "production").version == "1"
+    again = run_cmd(["tinyops", "rollback", device], pipeline_ws, check=False)
+    assert again.returncode == 9 and "nothing to roll back to" in again.stderr
+
+
+def test_a_worse_model_reruns_train_not_prepare_and_production_stays(pipeline_ws: Path) -> None:
+    """A smaller, shorter-trained model: train and later stages rerun, prepare does not; every
+    device registers the candidate but keeps its production version and bundle."""
     params_path = pipeline_ws / "params.yaml"
     params = yaml.safe_load(params_path.read_text())
-    params["train"]["epochs"] = 10
+    params["train"]["epochs"] = 2
+    params["model"]["channels"] = [4]
+    for profile in params["devices"].values():
+        profile["min_accuracy"] = 0.0  # it fits; only the promotion rule may stop it
     params_path.write_text(yaml.safe_dump(params, sort_keys=False))
     processed = tree_digest(pipeline_ws / "data/processed")
+    client = _mlflow(pipeline_ws)
+    prod_before = {
+        d: client.get_model_version_by_alias(f"tinyops-{d}", "production").version
+        for d in params["devices"]
+    }
+    bundles_before = {d: tree_digest(pipeline_ws / "deploy" / d) for d in params["devices"]}
     out = run_cmd(["dvc", "repro"], pipeline_ws).stdout
     assert "Stage 'prepare' didn't change, skipping" in out
-    for stage in ("train", "export", "evaluate"):
+    for stage in ("train", "export", "evaluate", "deploy@esp32_s3", "report"):
         assert f"Running stage '{stage}'" in out
     assert tree_digest(pipeline_ws / "data/processed") == processed
-    assert json.loads((pipeline_ws / "metrics/train.json").read_text())["epochs_run"] <= 10
+    assert _metrics(pipeline_ws)["tflm_int8_accuracy"] < 0.99
+    for device in params["devices"]:
+        status = json.loads((pipeline_ws / "metrics/deploy" / f"{device}.json").read_text())
+        assert status["status"] == "kept", (device, status["reason"])
+        assert "lower than production" in status["reason"]
+        assert (
+            client.get_model_version_by_alias(f"tinyops-{device}", "production").version
+            == prod_before[device]
+        )
+        assert tree_digest(pipeline_ws / "deploy" / device) == bundles_before[device]
+    assert "lower than production" in (pipeline_ws / "report/deploy.md").read_text()
