@@ -33,6 +33,13 @@ class StageName(enum.StrEnum):
     report = "report"
 
 
+def _console():  # type: ignore[no-untyped-def]
+    """A terminal gets its own width; a pipe or log gets tables wide enough not to truncate."""
+    from rich.console import Console
+
+    return Console() if sys.stdout.isatty() else Console(width=200)
+
+
 def _fail(exc: TinyopsError) -> None:
     from rich.console import Console
 
@@ -108,7 +115,6 @@ def rollback(
 @app.command()
 def devices(params: ParamsOpt = Path("params.yaml")) -> None:
     """Every device with its production version, variant, size, arena, accuracy and latency."""
-    from rich.console import Console
     from rich.table import Table
 
     from pipeline import registry, tracking
@@ -145,9 +151,9 @@ def devices(params: ParamsOpt = Path("params.yaml")) -> None:
             t.get("model_bytes", "?"),
             t.get("arena_bytes") or "-",
             t.get("accuracy", "?"),
-            t.get("latency_ms", "?"),
+            f"{t.get('latency_ms', '?')} ({'est.' if profile.runtime == 'tflm' else 'host'})",
         )
-    Console().print(table)
+    _console().print(table)
 
 
 @app.command()
@@ -165,7 +171,6 @@ def check(params: ParamsOpt = Path("params.yaml")) -> None:
 
 
 def _print_summary(result: dict) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title="tinyops: test-split results", show_header=True)
@@ -183,7 +188,7 @@ def _print_summary(result: dict) -> None:
         if key in result:
             value = result[key]
             table.add_row(key, f"{value:.4f}" if isinstance(value, float) else f"{value:,}")
-    console = Console()
+    console = _console()
     console.print(table)
     console.print(
         f"MLflow run {result.get('run_id')}: "

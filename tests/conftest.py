@@ -84,7 +84,15 @@ def pipeline_ws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     (ws / "run.log").write_text(proc.stdout + proc.stderr)
     first = {d.name: tree_digest(d) for d in sorted((ws / "deploy").iterdir()) if d.is_dir()}
     (ws / "first_deploy.json").write_text(json.dumps(first))
+    for name in ("data/processed", "models", "exports"):  # later tests change these; keep the first
+        shutil.copytree(ws / name, ws / "first_run" / name)
     yield ws
+
+
+@pytest.fixture(scope="session")
+def first_run(pipeline_ws: Path) -> Path:
+    """The outputs of the workspace's first run (default model), untouched by later tests."""
+    return pipeline_ws / "first_run"
 
 
 @pytest.fixture()

@@ -17,8 +17,8 @@ from pipeline.tflite_inspect import check_full_int8, read_model
 pytestmark = pytest.mark.slow
 
 
-def test_exported_int8_model_is_full_integer(pipeline_ws: Path) -> None:
-    info = check_full_int8(pipeline_ws / "exports/model_int8.tflite")
+def test_exported_int8_model_is_full_integer(first_run: Path) -> None:
+    info = check_full_int8(first_run / "exports/model_int8.tflite")
     assert "DEQUANTIZE" not in info.op_names and "QUANTIZE" not in info.op_names
     assert {"CONV_2D", "FULLY_CONNECTED", "MAX_POOL_2D"} <= set(info.op_names)
     for i in (*info.inputs, *info.outputs):
@@ -30,12 +30,12 @@ def test_exported_int8_model_is_full_integer(pipeline_ws: Path) -> None:
     )
 
 
-def test_fp32_model_is_rejected(pipeline_ws: Path) -> None:
+def test_fp32_model_is_rejected(first_run: Path) -> None:
     with pytest.raises(QuantizationCheckError, match=r"model input .* is FLOAT32, not INT8"):
-        check_full_int8(pipeline_ws / "exports/model_fp32.tflite")
+        check_full_int8(first_run / "exports/model_fp32.tflite")
 
 
-def test_dynamic_range_model_is_rejected(pipeline_ws: Path, tmp_path: Path) -> None:
+def test_dynamic_range_model_is_rejected(first_run: Path, tmp_path: Path) -> None:
     """int8 weights with float activations must not pass as int8."""
     import litert_torch
     import torch
@@ -46,7 +46,7 @@ def test_dynamic_range_model_is_rejected(pipeline_ws: Path, tmp_path: Path) -> N
     from litert_torch.quantize.quant_config import QuantConfig
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    model, arch, _ = load_trained(pipeline_ws / "models/model.pt")
+    model, arch, _ = load_trained(first_run / "models/model.pt")
     sample = torch.zeros((1, *arch.input_shape))
     quantizer = PT2EQuantizer().set_global(
         get_symmetric_quantization_config(is_per_channel=True, is_dynamic=True)
@@ -75,11 +75,11 @@ def test_non_flatbuffers_are_refused(tmp_path: Path, payload: bytes) -> None:
         read_model(path)
 
 
-def test_tflite_micro_runs_the_exported_model(pipeline_ws: Path) -> None:
+def test_tflite_micro_runs_the_exported_model(first_run: Path) -> None:
     from ai_edge_litert.interpreter import Interpreter
 
-    model = (pipeline_ws / "exports/model_int8.tflite").read_bytes()
-    data = load_processed(pipeline_ws / "data/processed")
+    model = (first_run / "exports/model_int8.tflite").read_bytes()
+    data = load_processed(first_run / "data/processed")
     x, y = data.x["test"][:60], data.y["test"][:60]
     lite = Interpreter(model_content=model)
     lite.allocate_tensors()
@@ -96,8 +96,8 @@ def test_tflite_micro_runs_the_exported_model(pipeline_ws: Path) -> None:
     assert (micro.argmax(1) == y).mean() >= 0.95
 
 
-def test_arena_measurement_is_minimal(pipeline_ws: Path) -> None:
-    model = (pipeline_ws / "exports/model_int8.tflite").read_bytes()
+def test_arena_measurement_is_minimal(first_run: Path) -> None:
+    model = (first_run / "exports/model_int8.tflite").read_bytes()
     arena = tflm.measure_arena_bytes(model, max_bytes=1 << 20, granularity=16)
     assert arena % 16 == 0
     assert tflm.runs_with_arena(model, arena)
