@@ -129,6 +129,11 @@ def _keep_production(client: Any, device: str, target: Path) -> dict[str, Any] |
     try:
         manifest = verify_bundle(target)
         if manifest.get("model_sha256") == current.tags.get("model_sha256"):
+            if (target / REJECTED_FILE).exists():  # from an earlier candidate: stale now
+                with atomic.atomic_dir(target) as staged:
+                    for f in sorted(target.iterdir()):
+                        if f.name != REJECTED_FILE:
+                            shutil.copy2(f, staged / f.name)
             return manifest
     except (ArtifactError, OSError, ValueError, KeyError):
         pass

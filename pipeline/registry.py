@@ -93,9 +93,16 @@ def download_bundle(client: MlflowClient, version: Any, dest: Path) -> dict[str,
     mlflow.artifacts.download_artifacts(artifact_uri=version.source, dst_path=str(dest))
     folder = dest / "bundle" if (dest / "bundle").is_dir() else dest
     try:
-        return verify_bundle(folder)
+        manifest = verify_bundle(folder)
     except ArtifactError as exc:
         raise RegistryError(f"{version.name} v{version.version}: {exc}") from None
+    if manifest["model_sha256"] != version.tags.get("model_sha256"):
+        raise RegistryError(
+            f"{version.name} v{version.version}: the stored bundle's model (sha256 "
+            f"{manifest['model_sha256'][:12]}…) is not the one registered "
+            f"({str(version.tags.get('model_sha256'))[:12]}…); refusing to restore it."
+        )
+    return manifest
 
 
 def restore(client: MlflowClient, version: Any, target: Path) -> dict[str, Any]:

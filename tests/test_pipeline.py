@@ -304,8 +304,9 @@ def test_registry_has_production_per_device(pipeline_ws: Path) -> None:
         assert version.tags["variant"] == manifest["variant"]
     out = run_cmd(["tinyops", "devices"], pipeline_ws).stdout
     for name in _devices(pipeline_ws):
-        assert name[:12] in out
-    assert "v1" in out
+        version = client.get_model_version_by_alias(f"tinyops-{name}", "production").version
+        row = next(line for line in out.splitlines() if f" {name} " in line)
+        assert f" v{version} " in row, out
     report = (pipeline_ws / "report/deploy.md").read_text()
     assert all(name in report for name in _devices(pipeline_ws))
     assert (pipeline_ws / "report/accuracy_vs_size.png").read_bytes()[:4] == b"\x89PNG"
@@ -337,13 +338,13 @@ def test_rollback_restores_the_previous_bundle_byte_for_byte(pipeline_ws: Path) 
     """After --force every device's production is v2 (same accuracy: promoted); roll one back."""
     device = "arduino_nano_33_ble_sense"
     client = _mlflow(pipeline_ws)
-    assert client.get_model_version_by_alias(f"tinyops-{device}", "production").version == "2"
+    assert client.get_model_version_by_alias(f"tinyops-{device}", "production").version == 2
     first = json.loads((pipeline_ws / "first_deploy.json").read_text())[device]
     assert tree_digest(pipeline_ws / "deploy" / device) != first, "v2's manifest names another run"
     out = run_cmd(["tinyops", "rollback", device], pipeline_ws).stdout
     assert "production v2 → v1" in out
     assert tree_digest(pipeline_ws / "deploy" / device) == first
-    assert client.get_model_version_by_alias(f"tinyops-{device}", "production").version == "1"
+    assert client.get_model_version_by_alias(f"tinyops-{device}", "production").version == 1
     again = run_cmd(["tinyops", "rollback", device], pipeline_ws, check=False)
     assert again.returncode == 9 and "nothing to roll back to" in again.stderr
 
