@@ -214,20 +214,8 @@ def deploy_device(
         staged = Path(tmp)
         build_bundle(staged, model, manifest, cpp)
         run.client.log_artifacts(run.run_id, str(staged), "bundle")
-        tags = {
-            k: str(manifest[k])
-            for k in (
-                "device",
-                "variant",
-                "accuracy",
-                "model_bytes",
-                "model_sha256",
-                "latency_ms",
-                "git_commit",
-                "data_sha256",
-            )
-        }
-        tags["arena_bytes"] = str(manifest.get("arena_bytes", ""))
+        # The manifest's scalar fields, as the version's tags (lists stay in manifest.json).
+        tags = {k: str(v) for k, v in manifest.items() if isinstance(v, str | int | float)}
         version = registry.register(client, device, run.run_id, tags)
         decision = registry.decide(
             client, device, chosen.accuracy, params.deploy.promotion_tolerance
