@@ -53,12 +53,17 @@ def run(
     force: Annotated[
         bool, typer.Option(help="Rerun every stage even if DVC finds it up to date.")
     ] = False,
+    wait: Annotated[
+        bool,
+        typer.Option(help="If another run holds this workspace, wait for it instead of failing."),
+    ] = False,
 ) -> None:
-    """Run the whole pipeline (dvc repro) as one MLflow parent run, then print the metrics."""
-    from pipeline.run import run_pipeline
+    """Run the pipeline as the Prefect `retrain` flow (ephemeral, or the server at PREFECT_API_URL):
+    every stage through DVC, one MLflow parent run; then print the metrics."""
+    from flows.retrain import retrain
 
     try:
-        result = run_pipeline(params, force=force)
+        result = retrain(params_path=str(params), force=force, wait=wait)
     except TinyopsError as exc:
         _fail(exc)
     _print_summary(result)

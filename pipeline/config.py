@@ -116,6 +116,14 @@ class EvaluateParams(_Section):
     """Test samples run through TFLite Micro (0: all of them)."""
 
 
+class OrchestrateParams(_Section):
+    """The Prefect flow: retries of transient stage failures (never of validation errors)."""
+
+    retries: Annotated[int, Field(ge=0, le=10)] = 2
+    retry_delay_seconds: Annotated[float, Field(ge=0.0)] = 5.0
+    """First retry delay; each later one doubles (exponential back-off, with jitter)."""
+
+
 VARIANTS = ("fp32", "float16", "dynamic_int8", "int8")
 Variant = Literal["fp32", "float16", "dynamic_int8", "int8"]
 DEVICE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
@@ -176,6 +184,7 @@ class Params(_Section):
     export: ExportParams = ExportParams()
     evaluate: EvaluateParams = EvaluateParams()
     deploy: DeployParams = DeployParams()
+    orchestrate: OrchestrateParams = OrchestrateParams()
     devices: dict[str, DeviceProfile] = Field(default_factory=dict, strict=False)
     """The device catalogue, keyed by device name (a folder name: lowercase letters, digits, _ and -)."""
 

@@ -1,24 +1,64 @@
-"""`tinyops run`: the whole pipeline as one tracked execution, driven by `dvc repro`.
+"""Running the pipeline: each stage through `dvc repro --single-item`, so DVC alone decides what is
+stale (params, code, data) and a stage with nothing new is skipped whoever runs it (`tinyops run`,
+the Prefect flow, or a bare `dvc repro`). One run at a time per workspace, by a file lock.
 
-DVC decides which stages are stale (params, code, data), so the same run reproduces the same
-outputs and a run with nothing changed does nothing. The MLflow parent run is opened here and
-its id handed to every stage process through the environment.
+`run_pipeline` runs the stages in order in this process; flows/retrain.py runs the same stages
+as Prefect tasks. Both open one MLflow parent run and hand its id to every stage process.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
+import fcntl
 import os
+import re
 import shutil
 import subprocess
 import sys
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pipeline import tracking
-from pipeline.config import load_params
-from pipeline.errors import PipelineError
+from pipeline.config import Params, load_params
+from pipeline.errors import PipelineError, TinyopsError
 from pipeline.stages import run_tags
+
+LOCK_FILE = Path(".tinyops/pipeline.lock")
+TRAINING_STAGES = ("prepare", "train", "export", "evaluate")
+# Exit codes of failures that a retry cannot fix: bad config or data, failed int8 check,
+# a device budget, a registry refusal (see pipeline/errors.py and the deploy module).
+NOT_RETRYABLE = {2, 3, 6, 9, 10}
+_DVC_LOCK = threading.Lock()  # mapped deploy tasks share one DVC repo: one repro at a time
+
+
+class PipelineBusyError(TinyopsError):
+    """Another pipeline run holds this workspace."""
+
+    exit_code = 11
+
+
+class StageFailed(PipelineError):
+    """A stage's command failed; `retryable` says whether trying again could help."""
+
+    def __init__(self, target: str, code: int, tail: str) -> None:
+        self.target, self.code = target, code
+        self.retryable = code not in NOT_RETRYABLE
+        kind = "transient or unknown" if self.retryable else "not retryable"
+        super().__init__(f"stage '{target}' failed with exit code {code} ({kind}):\n{tail}")
+
+
+@dataclass(frozen=True)
+class StageOutcome:
+    target: str
+    ran: bool  # False: DVC found nothing changed and skipped it
+
+
+def stage_targets(params: Params) -> list[str]:
+    """Every DVC stage in pipeline order (deploy once per device)."""
+    return [*TRAINING_STAGES, *(f"deploy@{d}" for d in sorted(params.devices)), "report"]
 
 
 def _tool(name: str) -> str:
@@ -27,29 +67,101 @@ def _tool(name: str) -> str:
     return str(local) if local.exists() else (shutil.which(name) or name)
 
 
-def run_pipeline(params_path: Path, force: bool = False) -> dict[str, Any]:
-    params = load_params(params_path)  # stop on a bad config before any work
-    c = tracking.client()
-    parent = tracking.start_parent(c, "pipeline", run_tags())
-    parent.log_params(tracking.flatten("", params.model_dump(mode="json")))
+def stage_env(parent_run_id: str) -> dict[str, str]:
     env = dict(os.environ)
-    env[tracking.ENV_PARENT] = parent.run_id
+    env[tracking.ENV_PARENT] = parent_run_id
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    cmd = [_tool("dvc"), "repro", *(["--force"] if force else [])]
-    status = "FAILED"
-    try:
-        code = subprocess.run(cmd, env=env).returncode
-        if code != 0:
-            raise PipelineError(
-                f"`{' '.join(cmd[1:])}` failed (exit {code}); see the stage error above."
-            )
-        metrics = json.loads(Path("metrics/evaluate.json").read_text())
+    return env
+
+
+def repro_stage(
+    target: str,
+    env: dict[str, str],
+    on_line: Callable[[str], None] = print,
+    force: bool = False,
+) -> StageOutcome:
+    """`dvc repro --single-item TARGET`, streaming its output (rank 0's included) line by line."""
+    cmd = [_tool("dvc"), "repro", "--single-item", *(["--force"] if force else []), target]
+    lines: list[str] = []
+    with (
+        _DVC_LOCK,
+        subprocess.Popen(
+            cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+        ) as proc,
+    ):
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            line = line.rstrip("\n")
+            lines.append(line)
+            on_line(line)
+        code = proc.wait()
+    text = "\n".join(lines)
+    if code != 0:
+        found = re.search(r"exited with (\d+)", text)
+        raise StageFailed(target, int(found.group(1)) if found else code, "\n".join(lines[-15:]))
+    return StageOutcome(target, ran=f"Running stage '{target}'" in text)
+
+
+@contextlib.contextmanager
+def workspace_lock(wait: bool = False) -> Iterator[None]:
+    """Hold the workspace for one pipeline run; a second run waits (wait=True) or fails clearly."""
+    LOCK_FILE.parent.mkdir(parents=True, exist_ok=True)
+    with open(LOCK_FILE, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "unknown"
+            raise PipelineBusyError(
+                f"another pipeline run (pid {holder}) is running in this workspace and holds "
+                f"{LOCK_FILE}; wait for it to finish (or pass --wait)."
+            ) from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        try:
+            yield
+        finally:
+            fh.seek(0)
+            fh.truncate()
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def open_parent(params: Params, extra_tags: dict[str, str] | None = None) -> tracking.Run:
+    c = tracking.client()
+    parent = tracking.start_parent(c, "pipeline", {**run_tags(), **(extra_tags or {})})
+    parent.log_params(tracking.flatten("", params.model_dump(mode="json")))
+    return parent
+
+
+def close_parent(parent: tracking.Run, status: str) -> dict[str, Any]:
+    """Tag and log the final metrics (when there are any) and end the parent run."""
+    metrics: dict[str, Any] = {}
+    path = Path("metrics/evaluate.json")
+    if status == "FINISHED" and path.is_file():
+        import json
+
+        metrics = json.loads(path.read_text())
         parent.set_tags(run_tags())
         parent.log_metrics(metrics)
-        status = "FINISHED"
-        return {"run_id": parent.run_id, **metrics}
-    except KeyboardInterrupt:
-        status = "KILLED"
-        raise
-    finally:
-        c.set_terminated(parent.run_id, status)
+    parent.client.set_terminated(parent.run_id, status)
+    return metrics
+
+
+def run_pipeline(params_path: Path, force: bool = False, wait: bool = False) -> dict[str, Any]:
+    """Every stage in order, in this process (no orchestrator)."""
+    params = load_params(params_path)  # stop on a bad config before any work
+    with workspace_lock(wait):
+        parent = open_parent(params)
+        env = stage_env(parent.run_id)
+        status = "FAILED"
+        try:
+            outcomes = [repro_stage(t, env, force=force) for t in stage_targets(params)]
+            status = "FINISHED"
+        except KeyboardInterrupt:
+            status = "KILLED"
+            raise
+        finally:
+            metrics = close_parent(parent, status)
+    return {"run_id": parent.run_id, "ran": [o.target for o in outcomes if o.ran], **metrics}

@@ -88,7 +88,7 @@ class _Reporter:
             TimeRemainingColumn,
         )
 
-        self.console = Console(stderr=True)
+        self.console = Console(stderr=True, soft_wrap=True)  # whole lines in logs
         self.progress = Progress(
             TextColumn("[bold]train[/] epoch {task.fields[epoch]}/" + str(epochs)),
             BarColumn(),

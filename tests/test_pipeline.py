@@ -312,26 +312,66 @@ def test_registry_has_production_per_device(pipeline_ws: Path) -> None:
     assert (pipeline_ws / "report/accuracy_vs_size.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_prefect_flow_runs_the_same_pipeline(pipeline_ws: Path, tmp_path: Path) -> None:
-    """The flow calls the same pipeline: with nothing changed it completes without rerunning."""
-    env = workspace_env(pipeline_ws) | {
-        "PREFECT_HOME": str(tmp_path / "prefect"),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    }
-    env.pop("PREFECT_API_URL", None)
-    proc = subprocess.run(
-        [sys.executable, "-m", "flows.retrain"],
-        cwd=pipeline_ws,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+def test_flow_on_a_real_server_completes_and_skips_what_is_unchanged(
+    pipeline_ws: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The retrain flow against a real (temporary) Prefect server: flow and every task run end
+    Completed; with nothing changed every stage is skipped by DVC; dvc status stays clean."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.client.schemas.sorting import TaskRunSort
+    from prefect.testing.utilities import prefect_test_harness
+
+    from flows.retrain import retrain
+
+    monkeypatch.chdir(pipeline_ws)
+    for key, value in workspace_env(pipeline_ws).items():
+        monkeypatch.setenv(key, value)
+    with prefect_test_harness():
+        state = retrain(return_state=True)
+        assert state.is_completed(), state
+        result = state.result()
+        with get_client(sync_client=True) as client:
+            flow_run = client.read_flow_run(state.state_details.flow_run_id)
+            tasks = client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id])),
+                sort=TaskRunSort.EXPECTED_START_TIME_ASC,
+                limit=200,
+            )
+    assert flow_run.state.is_completed()
+    assert len(tasks) == len(ALL_STAGES)
+    assert all(t.state.is_completed() for t in tasks)
+    assert {t.name for t in tasks} == ALL_STAGES
+    assert result["ran"] == [], "nothing changed: no training, no export"
+    assert "up to date" in run_cmd(["dvc", "status"], pipeline_ws).stdout
+    runs = _mlflow(pipeline_ws).search_runs(
+        [_mlflow(pipeline_ws).get_experiment_by_name("tinyops").experiment_id],
+        filter_string=f"tags.`prefect.flow_run_id` = '{flow_run.id}'",
     )
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out[-4000:]
-    assert "Flow run" in out and "Finished in state Completed()" in out
-    assert "Running stage" not in out
-    assert f"tflm_int8_accuracy={_metrics(pipeline_ws)['tflm_int8_accuracy']}" in out
+    assert len(runs) == 1 and runs[0].info.run_id == result["run_id"]
+
+
+def test_two_runs_at_once_one_waits_out_nothing_half_written(pipeline_ws: Path) -> None:
+    before = _digests(pipeline_ws), tree_digest(pipeline_ws / "deploy")
+    env = workspace_env(pipeline_ws)
+    procs = [
+        subprocess.Popen(
+            [str(Path(sys.executable).parent / "tinyops"), "run"],
+            cwd=pipeline_ws,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=600) for p in procs]
+    codes = sorted(p.returncode for p in procs)
+    assert codes == [0, 11], outs
+    busy = next(err for (_, err), p in zip(outs, procs, strict=True) if p.returncode == 11)
+    assert "another pipeline run" in busy and "holds .tinyops/pipeline.lock" in busy
+    assert (_digests(pipeline_ws), tree_digest(pipeline_ws / "deploy")) == before
+    assert "up to date" in run_cmd(["dvc", "status"], pipeline_ws).stdout
 
 
 def test_rollback_restores_the_previous_bundle_byte_for_byte(pipeline_ws: Path) -> None:
@@ -366,7 +406,8 @@ def test_a_worse_model_reruns_train_not_prepare_and_production_stays(pipeline_ws
         for d in params["devices"]
     }
     bundles_before = {d: tree_digest(pipeline_ws / "deploy" / d) for d in params["devices"]}
-    out = run_cmd(["dvc", "repro"], pipeline_ws).stdout
+    proc = run_cmd(["tinyops", "run"], pipeline_ws)  # the flow: a params change retrains
+    out = proc.stdout + proc.stderr
     assert "Stage 'prepare' didn't change, skipping" in out
     for stage in ("train", "export", "evaluate", "deploy@esp32_s3", "report"):
         assert f"Running stage '{stage}'" in out
