@@ -197,6 +197,12 @@ class Params(_Section):
         return value
 
 
+def require_device(params: Params, device: str, source: str = "params.yaml") -> None:
+    if device not in params.devices:
+        known = ", ".join(sorted(params.devices)) or "(none)"
+        raise ConfigError(f"device '{device}' is not in {source}'s devices; known: {known}.")
+
+
 def check_device_name(name: Any) -> str:
     """A device name becomes a folder name: refuse anything but a plain identifier."""
     if not isinstance(name, str) or not DEVICE_NAME.match(name):

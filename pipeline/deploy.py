@@ -25,8 +25,8 @@ from pipeline.bundle import (
     reserved_arena,
     verify_bundle,
 )
-from pipeline.config import Params
-from pipeline.errors import ArtifactError, ConfigError, TinyopsError
+from pipeline.config import Params, require_device
+from pipeline.errors import ArtifactError, TinyopsError
 from pipeline.export import EXPORT_DIR, variant_file
 from pipeline.fit import Candidate, assess, choose
 from pipeline.provenance import git_commit, sha256_bytes
@@ -148,9 +148,7 @@ def deploy_device(
     deploy_root: Path = DEPLOY_ROOT,
     status_dir: Path = STATUS_DIR,
 ) -> DeployResult:
-    if device not in params.devices:
-        known = ", ".join(sorted(params.devices)) or "(none)"
-        raise ConfigError(f"device '{device}' is not in params.yaml's devices; known: {known}.")
+    require_device(params, device)
     profile = params.devices[device]
     variants = _read_json(Path("metrics/variants.json"), "evaluate")
     meta = _read_json(Path("data/processed/meta.json"), "prepare")

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import tracking
-from pipeline.config import Params, load_params
+from pipeline.config import Params, load_params, require_device
 from pipeline.provenance import git_commit
 
 META_FILE = Path("data/processed/meta.json")
@@ -57,14 +57,14 @@ def run_prepare(params_path: Path) -> dict[str, Any]:
     return meta
 
 
-def run_train(params_path: Path, on_line: Callable[[str], None] | None = None) -> dict[str, Any]:
+def run_train(params_path: Path) -> dict[str, Any]:
     from pipeline.prepare import load_processed
     from pipeline.train import train
 
     params = load_params(params_path)
     n_train = int(load_processed().meta["splits"]["train"])
     with tracking.stage_run("train", stage_params(params, "train"), run_tags("train")) as run:
-        result = train(params, params_path, n_train, run_id=run.run_id, on_line=on_line)
+        result = train(params, params_path, n_train, run_id=run.run_id)
         run.log_metrics({f"best_{k}": v for k, v in result.summary.items() if k != "world_size"})
         if result.timing:
             run.log_metrics(result.timing)
@@ -108,11 +108,7 @@ def run_deploy(params_path: Path, device: str) -> dict[str, Any]:
     from pipeline.deploy import deploy_device
 
     params = load_params(params_path)
-    if device not in params.devices:
-        from pipeline.errors import ConfigError
-
-        known = ", ".join(sorted(params.devices)) or "(none)"
-        raise ConfigError(f"device '{device}' is not in {params_path}'s devices; known: {known}.")
+    require_device(params, device, str(params_path))  # before any MLflow run is opened
     dumped = params.model_dump(mode="json")
     section = tracking.flatten(
         "", {"deploy": dumped["deploy"], "device": dumped["devices"][device]}

@@ -10,7 +10,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -142,24 +141,14 @@ def train(
     params_path: Path,
     n_train: int,
     run_id: str | None = None,
-    on_line: Callable[[str], None] | None = None,
 ) -> TrainResult:
-    """Run torchrun to completion; stream rank-0 output live (to the terminal, or to `on_line`)."""
+    """Run torchrun to completion; rank 0's output goes straight to this process's stdout/stderr."""
     backend = resolve_backend(params)
     check_world_fits(params, n_train, backend)
     TIMING_FILE.parent.mkdir(parents=True, exist_ok=True)
     cmd = torchrun_command(params, params_path, run_id, backend)
     env = worker_env(params)
-    if on_line is None:
-        code = subprocess.run(cmd, env=env).returncode
-    else:
-        with subprocess.Popen(
-            cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
-        ) as proc:
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                on_line(line.rstrip("\n"))
-            code = proc.wait()
+    code = subprocess.run(cmd, env=env).returncode
     if code != 0:
         raise TrainingError(
             f"torchrun exited with status {code}; the worker's error is printed above "
