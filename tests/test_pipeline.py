@@ -20,7 +20,8 @@ from tests.conftest import run_cmd, tree_digest, workspace_env
 
 pytestmark = pytest.mark.slow
 
-ALL_STAGES = {"prepare", "train", "export", "evaluate", "report"} | {
+TRAINING = ("prepare", "train", "export", "evaluate")
+ALL_STAGES = {*TRAINING, "report"} | {
     f"deploy@{d}"
     for d in (
         "arduino_nano_33_ble_sense",
@@ -129,8 +130,9 @@ def test_dvc_is_clean_and_a_rerun_does_nothing(pipeline_ws: Path) -> None:
 
 
 def test_force_repro_reproduces_identical_bytes(pipeline_ws: Path) -> None:
+    """Forced rerun of the training stages (what the bytes depend on); deploy has its own tests."""
     before = _digests(pipeline_ws)
-    run_cmd(["dvc", "repro", "--force"], pipeline_ws)
+    run_cmd(["dvc", "repro", "--force", "evaluate"], pipeline_ws)
     assert _digests(pipeline_ws) == before
     assert "up to date" in run_cmd(["dvc", "status"], pipeline_ws).stdout
     # A bare `dvc repro` still groups its stages under one parent run.
@@ -139,8 +141,7 @@ def test_force_repro_reproduces_identical_bytes(pipeline_ws: Path) -> None:
     dvc_parents = [r for r in runs if r.data.tags.get("mlflow.runName") == "dvc repro"]
     assert len(dvc_parents) == 1
     kids = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == dvc_parents[0].info.run_id]
-    assert {r.data.tags["tinyops.stage"] for r in kids} == ALL_STAGES
-    assert len(kids) == len(ALL_STAGES)
+    assert sorted(r.data.tags["tinyops.stage"] for r in kids) == sorted(TRAINING)
 
 
 MCUS = ("arduino_nano_33_ble_sense", "raspberry_pi_pico", "esp32_s3", "stm32f746")
@@ -375,9 +376,11 @@ def test_two_runs_at_once_one_waits_out_nothing_half_written(pipeline_ws: Path) 
 
 
 def test_rollback_restores_the_previous_bundle_byte_for_byte(pipeline_ws: Path) -> None:
-    """After --force every device's production is v2 (same accuracy: promoted); roll one back."""
+    """Deploy the same model again (v2, same accuracy: promoted), then roll back to v1."""
     device = "arduino_nano_33_ble_sense"
     client = _mlflow(pipeline_ws)
+    out = run_cmd(["tinyops", "stage", "deploy", "--device", device], pipeline_ws).stdout
+    assert f"deploy@{device}: promoted" in out
     assert client.get_model_version_by_alias(f"tinyops-{device}", "production").version == 2
     first = json.loads((pipeline_ws / "first_deploy.json").read_text())[device]
     assert tree_digest(pipeline_ws / "deploy" / device) != first, "v2's manifest names another run"
