@@ -16,6 +16,15 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+# The shipped device catalogue (params.yaml's devices).
+CATALOGUE = (
+    "arduino_nano_33_ble_sense",
+    "raspberry_pi_pico",
+    "esp32_s3",
+    "stm32f746",
+    "raspberry_pi_4",
+    "android_phone",
+)
 # Small enough for CI, large enough that the accuracy targets mean something.
 FAST_TRAIN = {"epochs": 12, "patience": 4}
 

@@ -11,7 +11,7 @@ import yaml
 
 from pipeline.config import Params, load_params, parse_params
 from pipeline.errors import ConfigError
-from tests.conftest import BIN, REPO
+from tests.conftest import BIN, CATALOGUE, REPO
 
 
 def test_repo_params_yaml_is_valid_and_matches_defaults() -> None:
@@ -19,14 +19,7 @@ def test_repo_params_yaml_is_valid_and_matches_defaults() -> None:
     assert params.model_copy(update={"devices": {}}) == Params(), (
         "params.yaml spells out the defaults"
     )
-    assert {
-        "arduino_nano_33_ble_sense",
-        "raspberry_pi_pico",
-        "esp32_s3",
-        "stm32f746",
-        "raspberry_pi_4",
-        "android_phone",
-    } <= set(params.devices)
+    assert set(CATALOGUE) <= set(params.devices)
 
 
 NANO = {

@@ -16,22 +16,12 @@ import yaml
 
 from pipeline.bundle import verify_bundle
 from pipeline.tflite_inspect import check_full_int8, read_model
-from tests.conftest import run_cmd, tree_digest, workspace_env
+from tests.conftest import CATALOGUE, run_cmd, tree_digest, workspace_env
 
 pytestmark = pytest.mark.slow
 
 TRAINING = ("prepare", "train", "export", "evaluate")
-ALL_STAGES = {*TRAINING, "report"} | {
-    f"deploy@{d}"
-    for d in (
-        "arduino_nano_33_ble_sense",
-        "raspberry_pi_pico",
-        "esp32_s3",
-        "stm32f746",
-        "raspberry_pi_4",
-        "android_phone",
-    )
-}
+ALL_STAGES = {*TRAINING, "report"} | {f"deploy@{d}" for d in CATALOGUE}
 OUTPUTS = (
     "data/processed",
     "models/model.pt",
