@@ -4,25 +4,34 @@ Each task runs its stage through `pipeline.run.repro_stage` (dvc repro --single-
 definition `tinyops run` and `dvc repro` use, so DVC skips what has not changed and `dvc status`
 is clean after a flow run. Stages run in their own processes: this process never imports torch.
 
+Before any work the flow versions new raw data (`dvc add`, pipeline/ingest.py) and asks whether
+anything is new since the last successful run (pipeline/freshness.py): if not, it ends at once in
+a Completed state named "Skipped", with no MLflow run. `force=True` retrains anyway.
+
     tinyops run                 # runs this flow (Prefect's ephemeral mode, or PREFECT_API_URL)
-    python -m flows.retrain
+    tinyops schedule --cron ... # serves it as a scheduled deployment on a Prefect server
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 from prefect import flow, task, unmapped
 from prefect.artifacts import create_link_artifact, create_table_artifact
 from prefect.logging import get_run_logger
+from prefect.states import Completed, State
 from prefect.tasks import exponential_backoff
 
+from pipeline import freshness
 from pipeline.config import load_params
 from pipeline.run import (
     StageFailed,
+    anything_new,
     close_parent,
+    fingerprint_tags,
     open_parent,
     repro_stage,
     stage_env,
@@ -59,6 +68,14 @@ def stage(target: str, env: dict[str, str], force: bool = False) -> dict[str, An
     return {"target": outcome.target, "ran": outcome.ran}
 
 
+@task(name="ingest", task_run_name="ingest")
+def ingest() -> list[str]:
+    """Version whatever is new in data/raw with `dvc add` before the freshness check hashes it."""
+    from pipeline.ingest import ingest_raw
+
+    return ingest_raw(on_line=get_run_logger().info)
+
+
 def _device_rows(devices: list[str]) -> list[dict[str, Any]]:
     rows = []
     for device in devices:
@@ -81,8 +98,9 @@ def _device_rows(devices: list[str]) -> list[dict[str, Any]]:
 @flow(name="retrain", log_prints=True)
 def retrain(
     params_path: str = "params.yaml", force: bool = False, wait: bool = False
-) -> dict[str, Any]:
-    """prepare → train → export → evaluate → deploy (per device) → report, as one tracked run."""
+) -> dict[str, Any] | State:
+    """ingest → (skip if nothing new) → prepare → train → export → evaluate → deploy per device
+    → report, as one tracked run."""
     from prefect.runtime import flow_run
 
     params = load_params(Path(params_path))  # a bad config fails the flow before any work
@@ -92,7 +110,17 @@ def retrain(
     }
     run_stage = stage.with_options(**retries)
     with workspace_lock(wait):
-        parent = open_parent(params, {"prefect.flow_run_id": str(flow_run.id)})
+        ingest()
+        fp = freshness.fingerprint(params)
+        new, why = anything_new(fp, dict(os.environ))
+        if not (new or force):
+            print(f"skipped: {why}")
+            return Completed(
+                name="Skipped", message=why, data={"skipped": True, "reason": why, "ran": []}
+            )
+        print(f"running: {'forced' if force and not new else why}")
+        tags = {"prefect.flow_run_id": str(flow_run.id), **fingerprint_tags(fp)}
+        parent = open_parent(params, tags)
         env = stage_env(parent.run_id)
         status = "FAILED"
         try:
@@ -106,6 +134,7 @@ def retrain(
             status = "FINISHED"
         finally:
             metrics = close_parent(parent, status)
+        freshness.record_success(fp, mlflow_run_id=parent.run_id, flow_run_id=str(flow_run.id))
     exp = parent.client.get_run(parent.run_id).info.experiment_id
     create_link_artifact(
         f"{MLFLOW_UI}/#/experiments/{exp}/runs/{parent.run_id}",

@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from pipeline import interrupt
+
 
 def _fsync_dir(path: Path) -> None:
     with contextlib.suppress(OSError):
@@ -40,6 +42,7 @@ def atomic_path(target: Path | str) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
+        interrupt.check()  # stopped meanwhile: the old file stays
         os.replace(tmp, target)
         _fsync_dir(target.parent)
     finally:
@@ -77,6 +80,7 @@ def atomic_dir(target: Path | str) -> Iterator[Path]:
             if f.is_file():
                 with open(f, "rb") as fh:
                     os.fsync(fh.fileno())
+        interrupt.check()
         if backup.exists():
             shutil.rmtree(backup)
         if target.exists():

@@ -179,26 +179,44 @@ def readme(manifest: dict[str, Any]) -> str:
 
 def build_bundle(
     folder: Path, model: bytes, manifest: dict[str, Any], cpp: dict[str, str] | None
-) -> None:
-    """Write every file of a bundle into an empty folder (callers swap it in atomically)."""
-    (folder / MODEL_FILE).write_bytes(model)
-    for name, text in (cpp or {}).items():
-        (folder / name).write_text(text)
+) -> dict[str, Any]:
+    """Write every file of a bundle into an empty folder (callers swap it in atomically). The
+    manifest lists each other file's sha256, so no part of a bundle can change unnoticed."""
+    files = {
+        MODEL_FILE: model,
+        **{name: text.encode() for name, text in (cpp or {}).items()},
+        "README.md": readme(manifest).encode(),
+    }
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    manifest = {**manifest, "files": {n: sha256_bytes(d) for n, d in sorted(files.items())}}
     atomic.write_json(folder / MANIFEST_FILE, manifest)
-    (folder / "README.md").write_text(readme(manifest))
+    return manifest
 
 
 def verify_bundle(folder: Path) -> dict[str, Any]:
-    """The bundle's manifest, after checking the model file against its sha256 and size."""
+    """The bundle's manifest, after checking the model and every listed file against it."""
     manifest_path = folder / MANIFEST_FILE
     if not manifest_path.is_file():
         raise ArtifactError(f"{folder}: no {MANIFEST_FILE}; not a tinyops bundle.")
-    manifest = json.loads(manifest_path.read_text())
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        expected = {manifest["model_file"]: manifest["model_sha256"], **manifest.get("files", {})}
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ArtifactError(f"{manifest_path}: not a valid tinyops manifest ({exc}).") from None
     model = folder / manifest["model_file"]
-    data = model.read_bytes() if model.is_file() else b""
-    if sha256_bytes(data) != manifest["model_sha256"] or len(data) != manifest["model_bytes"]:
-        raise ArtifactError(
-            f"{model}: does not match {manifest_path} (sha256 or size differs); the bundle was "
-            "altered or is incomplete. Refusing to use it: rerun `tinyops stage deploy`."
-        )
+    sizes_ok = model.is_file() and model.stat().st_size == manifest.get("model_bytes")
+    for name, digest in sorted(expected.items()):
+        path = folder / name
+        if (
+            Path(name).name != name
+            or not path.is_file()
+            or sha256_bytes(path.read_bytes()) != digest
+        ):
+            raise ArtifactError(
+                f"{path}: missing or does not match the sha256 in {manifest_path}; the bundle was "
+                "altered or is incomplete. Refusing to use it: rerun `tinyops stage deploy`."
+            )
+    if not sizes_ok:
+        raise ArtifactError(f"{model}: size differs from {manifest_path}; refusing to use it.")
     return manifest

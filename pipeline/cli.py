@@ -5,6 +5,7 @@ messages and exit codes. Heavy frameworks are imported only by the commands that
 from __future__ import annotations
 
 import enum
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -58,15 +59,70 @@ def run(
         typer.Option(help="If another run holds this workspace, wait for it instead of failing."),
     ] = False,
 ) -> None:
-    """Run the pipeline as the Prefect `retrain` flow (ephemeral, or the server at PREFECT_API_URL):
-    every stage through DVC, one MLflow parent run; then print the metrics."""
+    """Run the pipeline as the Prefect `retrain` flow and print the metrics.
+
+    Every stage runs through DVC under one MLflow parent run, on Prefect's ephemeral server or
+    the one at PREFECT_API_URL. With nothing new since the last success it ends as skipped.
+    """
+    from flows.schedule import prefect_defaults
+    from pipeline.config import load_params
+    from pipeline.preflight import preflight
+
+    try:  # bad config, no MLflow store, a full disk, too many workers: fail now, not mid-run
+        preflight(load_params(params))
+    except TinyopsError as exc:
+        _fail(exc)
+    prefect_defaults()
     from flows.retrain import retrain
 
     try:
         result = retrain(params_path=str(params), force=force, wait=wait)
     except TinyopsError as exc:
         _fail(exc)
+    if result.get("skipped"):
+        typer.echo(f"skipped: {result['reason']}")
+        return
     _print_summary(result)
+
+
+@app.command()
+def server(
+    host: Annotated[str, typer.Option(help="Address to bind; keep 127.0.0.1 unless you must.")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int, typer.Option(help="Port of the API and UI.")] = 4200,
+) -> None:
+    """Start a Prefect server for scheduled runs (UI at http://127.0.0.1:4200).
+
+    Its database lives in .tinyops/prefect/. Runs until Ctrl-C.
+    """
+    from flows.schedule import start_server
+
+    start_server(host, port)
+
+
+@app.command()
+def schedule(
+    cron: Annotated[str, typer.Option(help="When to retrain, e.g. '0 3 * * *' (03:00 daily).")],
+    name: Annotated[str, typer.Option(help="Deployment name: retrain/NAME.")] = "nightly",
+    timezone: Annotated[str, typer.Option(help="IANA timezone of the cron fields.")] = "UTC",
+    params: ParamsOpt = Path("params.yaml"),
+    force: Annotated[
+        bool, typer.Option(help="Retrain on every run, even when nothing is new.")
+    ] = False,
+) -> None:
+    """Schedule retraining: deployment retrain/NAME, served from this workspace.
+
+    Needs a Prefect server (PREFECT_API_URL, else 127.0.0.1:4200: see `tinyops server`); serves
+    until Ctrl-C. A run with no new data, params or code ends at once as Skipped.
+    """
+    from flows.schedule import prefect_defaults, serve
+
+    prefect_defaults()
+    try:
+        serve(cron, name=name, timezone=timezone, params_path=str(params), force=force)
+    except TinyopsError as exc:
+        _fail(exc)
 
 
 @app.command()
@@ -115,6 +171,28 @@ def rollback(
     except TinyopsError as exc:
         _fail(exc)
     typer.echo(f"{device}: production v{old} → v{new}; {DEPLOY_ROOT / device}/ restored.")
+
+
+@app.command()
+def promote(
+    device: Annotated[str, typer.Argument(help="The device.")],
+    version: Annotated[str, typer.Argument(help="The registered version to put in production.")],
+) -> None:
+    """Put a registered version in production by hand; its bundle is verified first."""
+    from pipeline import registry, tracking
+    from pipeline.config import check_device_name
+    from pipeline.deploy import DEPLOY_ROOT
+    from pipeline.errors import ConfigError
+
+    try:
+        try:
+            check_device_name(device)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        old, new = registry.promote_version(tracking.client(), device, version, DEPLOY_ROOT)
+    except TinyopsError as exc:
+        _fail(exc)
+    typer.echo(f"{device}: production v{old or '-'} → v{new}; {DEPLOY_ROOT / device}/ restored.")
 
 
 @app.command()
@@ -202,11 +280,22 @@ def _print_summary(result: dict) -> None:
 
 
 def main() -> None:
+    from pipeline import interrupt
+
+    interrupt.install()  # SIGTERM unwinds like Ctrl-C: outputs stay whole, MLflow runs end KILLED
     try:
-        app()
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
+        try:
+            app()
+        except SystemExit as done:
+            if interrupt.received is None:
+                raise
+            raise KeyboardInterrupt from done
+        interrupt.check()  # a stop whose exception some library swallowed still counts
+    except KeyboardInterrupt:  # Terminated included (some libraries re-raise it as this type)
+        signum = interrupt.received or signal.SIGINT
+        what = "terminated" if signum == signal.SIGTERM else "interrupted"
+        print(f"{what} (signal {int(signum)}); earlier outputs are unchanged", file=sys.stderr)
+        sys.exit(128 + signum)
 
 
 if __name__ == "__main__":

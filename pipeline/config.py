@@ -20,6 +20,7 @@ class _Section(BaseModel):
 
 
 PositiveInt = Annotated[int, Field(gt=0)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
 Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]
 
 
@@ -90,6 +91,9 @@ class TrainParams(_Section):
     """torch.use_deterministic_algorithms: same params, same world size → same weights."""
     keep_checkpoints: PositiveInt = 2
     """Per-epoch checkpoints kept under models/checkpoints/."""
+    max_restarts: NonNegativeInt = 3
+    """torchrun --max-restarts: a lost worker restarts the job, which resumes from the last
+    complete epoch's checkpoint."""
 
     @model_validator(mode="after")
     def _check(self) -> TrainParams:
@@ -200,7 +204,12 @@ class Params(_Section):
 def require_device(params: Params, device: str, source: str = "params.yaml") -> None:
     if device not in params.devices:
         known = ", ".join(sorted(params.devices)) or "(none)"
-        raise ConfigError(f"device '{device}' is not in {source}'s devices; known: {known}.")
+        close = difflib.get_close_matches(device, list(params.devices), n=1)
+        hint = f"Did you mean '{close[0]}'? " if close else ""
+        raise ConfigError(
+            f"device '{device}' is not in {source}'s devices. {hint}Known: {known}. "
+            "Add a profile under devices: to deploy to a new device."
+        )
 
 
 def check_device_name(name: Any) -> str:

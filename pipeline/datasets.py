@@ -126,7 +126,8 @@ def load_imagefolder_dataset(root: Path, params: PrepareParams) -> Dataset:
         for file in files:
             if not file.is_file():
                 raise DataValidationError(
-                    f"{file}: not a regular file (a folder or a broken link)."
+                    f"{file}: not a regular file (a folder, a broken link or a link loop). "
+                    "Remove it or replace it with the image itself."
                 )
             _check_size(file, params.max_file_bytes)
             try:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline import atomic, registry, tflm
+from pipeline import atomic, interrupt, registry, tflm
 from pipeline.bundle import (
     MODEL_FILE,
     REJECTED_FILE,
@@ -210,7 +210,8 @@ def deploy_device(
     )
     with tempfile.TemporaryDirectory() as tmp:
         staged = Path(tmp)
-        build_bundle(staged, model, manifest, cpp)
+        manifest = build_bundle(staged, model, manifest, cpp)
+        verify_bundle(staged)  # what gets registered and promoted is exactly what was built
         run.client.log_artifacts(run.run_id, str(staged), "bundle")
         # The manifest's scalar fields, as the version's tags (lists stay in manifest.json).
         tags = {k: str(v) for k, v in manifest.items() if isinstance(v, str | int | float)}
@@ -219,10 +220,11 @@ def deploy_device(
             client, device, chosen.accuracy, params.deploy.promotion_tolerance
         )
         if decision.promote:
-            registry.promote(client, device, version.version)
-            with atomic.atomic_dir(target) as swap:
-                for f in sorted(staged.iterdir()):
-                    shutil.copy2(f, swap / f.name)
+            with interrupt.deferred():  # the alias and the bundle move together, or neither
+                registry.promote(client, device, version.version)
+                with atomic.atomic_dir(target) as swap:
+                    for f in sorted(staged.iterdir()):
+                        shutil.copy2(f, swap / f.name)
         else:
             _keep_production(client, device, target)
     status = "promoted" if decision.promote else "kept"

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import atomic
+from pipeline import atomic, interrupt
 from pipeline.config import ExportParams
 from pipeline.errors import ArtifactError, ExportError
 from pipeline.models import Architecture, build_model
@@ -177,6 +177,7 @@ def export(
         read_model(data, f"{variant} export")
     info = check_full_int8(int8, f"int8 export of {model_path}")
     paths = {v: out_dir / variant_file(v) for v in models}
-    for variant, data in models.items():  # all checked before the first is written
-        atomic.write_bytes(paths[variant], data)
+    with interrupt.deferred():  # all checked before the first is written; all or none replaced
+        for variant, data in models.items():
+            atomic.write_bytes(paths[variant], data)
     return ExportResult(paths, {v: len(d) for v, d in models.items()}, info.op_names)

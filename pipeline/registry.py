@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline import atomic
+from pipeline import atomic, interrupt
 from pipeline.bundle import verify_bundle
 from pipeline.errors import ArtifactError, TinyopsError
 
@@ -136,7 +136,30 @@ def rollback(client: MlflowClient, device: str, deploy_root: Path) -> tuple[str,
             "in production; nothing to roll back to."
         )
     target = max(earlier, key=lambda v: int(v.version))
-    restore(client, target, deploy_root / device)  # verified before anything moves
-    client.set_model_version_tag(model_name(device), current.version, TAG_ROLLED_BACK, "true")
-    client.set_registered_model_alias(model_name(device), ALIAS, target.version)
+    with interrupt.deferred():  # bundle and alias move together, or neither
+        restore(client, target, deploy_root / device)  # verified before anything moves
+        client.set_model_version_tag(model_name(device), current.version, TAG_ROLLED_BACK, "true")
+        client.set_registered_model_alias(model_name(device), ALIAS, target.version)
     return current.version, target.version
+
+
+def promote_version(
+    client: MlflowClient, device: str, version: str, deploy_root: Path
+) -> tuple[str | None, str]:
+    """Put a registered version into production by hand (e.g. forward again after a rollback):
+    its stored bundle is verified, then restored, then the alias moves. Returns (from, to)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        chosen = client.get_model_version(model_name(device), version)
+    except MlflowException:
+        raise RegistryError(
+            f"{model_name(device)} has no version '{version}'; `tinyops devices` shows production."
+        ) from None
+    current = production(client, device)
+    with interrupt.deferred():
+        restore(client, chosen, deploy_root / device)
+        promote(client, device, chosen.version)
+        if chosen.tags.get(TAG_ROLLED_BACK):  # it may be rolled back to again
+            client.delete_model_version_tag(model_name(device), chosen.version, TAG_ROLLED_BACK)
+    return (current.version if current else None), chosen.version

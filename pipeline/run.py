@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline import tracking
+from pipeline import freshness, tracking
 from pipeline.config import Params, load_params
 from pipeline.errors import PipelineError, TinyopsError
 from pipeline.stages import run_tags
@@ -61,7 +61,7 @@ def stage_targets(params: Params) -> list[str]:
     return [*TRAINING_STAGES, *(f"deploy@{d}" for d in sorted(params.devices)), "report"]
 
 
-def _tool(name: str) -> str:
+def tool(name: str) -> str:
     """The executable from this interpreter's environment, so a bare checkout needs no activation."""
     local = Path(sys.executable).parent / name
     return str(local) if local.exists() else (shutil.which(name) or name)
@@ -81,7 +81,7 @@ def repro_stage(
     force: bool = False,
 ) -> StageOutcome:
     """`dvc repro --single-item TARGET`, streaming its output (rank 0's included) line by line."""
-    cmd = [_tool("dvc"), "repro", "--single-item", *(["--force"] if force else []), target]
+    cmd = [tool("dvc"), "repro", "--single-item", *(["--force"] if force else []), target]
     lines: list[str] = []
     with (
         _DVC_LOCK,
@@ -100,6 +100,33 @@ def repro_stage(
         found = re.search(r"exited with (\d+)", text)
         raise StageFailed(target, int(found.group(1)) if found else code, "\n".join(lines[-15:]))
     return StageOutcome(target, ran=f"Running stage '{target}'" in text)
+
+
+def stale_stages(env: dict[str, str] | None = None) -> list[str]:
+    """What `dvc status` finds out of date (changed deps, params, code or missing outputs)."""
+    import json
+
+    proc = subprocess.run(
+        [tool("dvc"), "status", "--json"], env=env, capture_output=True, text=True
+    )
+    if proc.returncode != 0:
+        raise PipelineError(f"`dvc status` failed:\n{(proc.stderr or proc.stdout).strip()}")
+    return sorted(json.loads(proc.stdout or "{}"))
+
+
+def anything_new(fp: freshness.Fingerprint, env: dict[str, str]) -> tuple[bool, str]:
+    """Whether to run, and why: new data, params or code since the last success, or stale DVC."""
+    last = freshness.unchanged(fp)
+    if last is None:
+        return True, "; ".join(freshness.changes(fp))
+    stale = stale_stages(env)
+    if stale:
+        return True, f"DVC finds stages out of date: {', '.join(stale)}"
+    return False, (
+        f"nothing new since the last successful run (MLflow run {last.get('mlflow_run_id')}): "
+        "raw data, params and code hash the same and DVC finds every stage up to date. "
+        "Pass --force to retrain anyway."
+    )
 
 
 @contextlib.contextmanager
@@ -149,11 +176,27 @@ def close_parent(parent: tracking.Run, status: str) -> dict[str, Any]:
     return metrics
 
 
+def fingerprint_tags(fp: freshness.Fingerprint) -> dict[str, str]:
+    return {
+        "tinyops.raw_data_sha256": fp.data,
+        "tinyops.params_sha256": fp.params,
+        "tinyops.code_sha256": fp.code,
+    }
+
+
 def run_pipeline(params_path: Path, force: bool = False, wait: bool = False) -> dict[str, Any]:
-    """Every stage in order, in this process (no orchestrator)."""
+    """Every stage in order, in this process (no orchestrator); the flow's logic without Prefect."""
+    from pipeline.ingest import ingest_raw
+
     params = load_params(params_path)  # stop on a bad config before any work
     with workspace_lock(wait):
-        parent = open_parent(params)
+        ingest_raw()
+        fp = freshness.fingerprint(params)
+        new, why = anything_new(fp, dict(os.environ))
+        if not (new or force):
+            print(why)
+            return {"skipped": True, "reason": why, "ran": []}
+        parent = open_parent(params, fingerprint_tags(fp))
         env = stage_env(parent.run_id)
         status = "FAILED"
         try:
@@ -164,4 +207,5 @@ def run_pipeline(params_path: Path, force: bool = False, wait: bool = False) -> 
             raise
         finally:
             metrics = close_parent(parent, status)
+        freshness.record_success(fp, mlflow_run_id=parent.run_id)
     return {"run_id": parent.run_id, "ran": [o.target for o in outcomes if o.ran], **metrics}

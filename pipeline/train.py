@@ -15,6 +15,7 @@ from pathlib import Path
 
 from pipeline.config import Params
 from pipeline.errors import ConfigError, TrainingError
+from pipeline.preflight import check_disk, check_threads
 
 TIMING_FILE = Path(".tinyops/train_timing.json")
 WRITER_ENV = "TINYOPS_WRITER_NODE"  # marks the node whose local rank 0 writes (see train_worker)
@@ -59,15 +60,9 @@ def resolve_backend(params: Params) -> str:
 def check_world_fits(params: Params, n_train: int, backend: str) -> None:
     """Fail in the first second, not after an epoch: threads, batch split, dataset size."""
     tp = params.train
-    cores = (
-        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    )
-    if backend == "gloo" and tp.nproc_per_node * tp.threads_per_proc > cores:
-        raise ConfigError(
-            f"train.nproc_per_node × train.threads_per_proc = {tp.nproc_per_node} × "
-            f"{tp.threads_per_proc} = {tp.nproc_per_node * tp.threads_per_proc} threads, but this "
-            f"machine has {cores} core(s); oversubscribing only slows training. Lower one of them."
-        )
+    if backend == "gloo":
+        check_threads(params)
+    check_disk()
     world = tp.nproc_per_node * tp.nnodes
     if tp.batch_size % world:
         raise ConfigError(
@@ -90,6 +85,8 @@ def torchrun_command(
         "torch.distributed.run",
         "--nproc-per-node",
         str(tp.nproc_per_node),
+        "--max-restarts",
+        str(tp.max_restarts),
     ]
     if tp.nnodes == 1:
         cmd += ["--standalone"]

@@ -51,6 +51,56 @@ def _save(obj: Any, path: Path) -> None:
     atomic.write_bytes(path, buf.getvalue())
 
 
+RUN_FILE = "run.json"  # beside the checkpoints: which training they belong to, and if it finished
+
+
+def run_key(params_dump: dict[str, Any], data_sha256: str, world: int) -> str:
+    """What the weights depend on: train + model params (not restarts or checkpoint count),
+    the data, the world size. Checkpoints resume only a run with the same key."""
+    import hashlib
+    import json
+
+    train = {
+        k: v
+        for k, v in params_dump["train"].items()
+        if k not in ("max_restarts", "keep_checkpoints")
+    }
+    blob = json.dumps(
+        {"train": train, "model": params_dump["model"], "data": data_sha256, "world": world},
+        sort_keys=True,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def latest_checkpoint(ckpt_dir: Path, key: str, say) -> dict[str, Any] | None:  # type: ignore[no-untyped-def]
+    """The newest readable checkpoint of an unfinished run with this key; a truncated or
+    unreadable one is reported and skipped for the one before it."""
+    import json
+
+    try:
+        run = json.loads((ckpt_dir / RUN_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    if run.get("key") != key or run.get("complete"):
+        return None
+    for path in sorted(ckpt_dir.glob("epoch-*.pt"), reverse=True):
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+            if ckpt.get("key") == key:
+                return ckpt
+            say(f"checkpoint {path} belongs to another training run; skipping it")
+        except Exception as exc:  # truncated, corrupt, or not a checkpoint
+            say(f"checkpoint {path} is unreadable ({type(exc).__name__}); trying the one before")
+    return None
+
+
+def _share(obj: Any, writer_rank: int) -> Any:
+    """The writer's object on every rank (only its node has the checkpoints)."""
+    box = [obj]
+    dist.broadcast_object_list(box, src=writer_rank)
+    return box[0]
+
+
 def _evaluate(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, rank: int, world: int, device: torch.device
 ) -> tuple[float, float]:
@@ -184,7 +234,34 @@ def train(args: argparse.Namespace) -> None:
     best_state: dict[str, torch.Tensor] = {}
     stale = 0
     train_seconds = 0.0
-    for epoch in range(1, tp.epochs + 1):
+    start = 1
+    key = run_key(params.model_dump(mode="json"), str(data.meta["data_sha256"]), world)
+    flags: list[Any] = [None] * world
+    dist.all_gather_object(flags, _is_writer(rank, tp.nnodes))
+    writer_rank = flags.index(True)
+    ckpt = None
+    if reporter:
+        ckpt = latest_checkpoint(ckpt_dir, key, reporter.console.print)
+        if ckpt is None:  # a fresh run: checkpoints of any other run go
+            for old in ckpt_dir.glob("epoch-*.pt"):
+                old.unlink()
+        atomic.write_json(ckpt_dir / RUN_FILE, {"key": key, "complete": False})
+    ckpt = _share(ckpt, writer_rank)
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        best, best_state, history = ckpt["best"], ckpt["best_state"], ckpt["history"]
+        stale, train_seconds = ckpt["stale"], ckpt["train_seconds"]
+        torch.set_rng_state(ckpt["rng_torch"])  # every rank drew the same dropout stream
+        # A crash after the epoch that ended training: nothing left to train.
+        start = tp.epochs + 1 if stale >= tp.patience else ckpt["epoch"] + 1
+        if reporter:
+            reporter.console.print(
+                f"resuming from checkpoint epoch {ckpt['epoch']} (restart "
+                f"{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}); continuing at epoch {start}"
+            )
+    for epoch in range(start, tp.epochs + 1):
         started = time.perf_counter()
         sampler.set_epoch(epoch)
         ddp.train()
@@ -236,7 +313,10 @@ def train(args: argparse.Namespace) -> None:
                     "best": best,
                     "best_state": best_state,
                     "history": history,
+                    "stale": stale,
+                    "train_seconds": train_seconds,
                     "rng_torch": torch.get_rng_state(),
+                    "key": key,
                 },
                 ckpt_dir / f"epoch-{epoch:04d}.pt",
             )
@@ -271,6 +351,7 @@ def train(args: argparse.Namespace) -> None:
             "world_size": world,
         }
         atomic.write_json(metrics_dir / "train.json", summary)
+        atomic.write_json(ckpt_dir / RUN_FILE, {"key": key, "complete": True})
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=list(history[0]), lineterminator="\n")
         writer.writeheader()
@@ -288,6 +369,31 @@ def train(args: argparse.Namespace) -> None:
         atomic.write_json(Path(args.timing_file), timing)
 
 
+def _init_process_group(backend: str) -> None:
+    """Each torchrun restart gets its own key space in the agent's store, so gloo never reads
+    the addresses of the workers that died (it would hang or fail connecting to them)."""
+    from datetime import timedelta
+
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    if attempt is None or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        dist.init_process_group(backend=backend)
+        return
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    store = dist.TCPStore(
+        os.environ["MASTER_ADDR"],
+        int(os.environ["MASTER_PORT"]),
+        world_size=world,
+        is_master=False,
+        timeout=timedelta(minutes=5),
+    )
+    dist.init_process_group(
+        backend,
+        store=dist.PrefixStore(f"tinyops/attempt-{attempt}/", store),
+        rank=rank,
+        world_size=world,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="tinyops DDP training worker (run under torchrun)")
     parser.add_argument("--params", default="params.yaml")
@@ -298,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-id", default=None, help="MLflow run that rank 0 logs to")
     parser.add_argument("--backend", default="gloo", choices=["gloo", "nccl"])
     args = parser.parse_args(argv)
-    dist.init_process_group(backend=args.backend)
+    _init_process_group(args.backend)
     try:
         train(args)
         dist.barrier()

@@ -6,8 +6,12 @@ import hashlib
 import json
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -84,8 +88,67 @@ def run_cmd(
     return proc
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @pytest.fixture(scope="session")
-def pipeline_ws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real Prefect server (`tinyops server`) for the session; every `tinyops run` of the
+    tests reports to it (PREFECT_API_URL), so flow and task runs can be read back."""
+    home = tmp_path_factory.mktemp("prefect")
+    url = f"http://127.0.0.1:{_free_port()}/api"
+    env = {k: v for k, v in workspace_env(home).items() if k != "PREFECT_API_URL"}
+    log = open(home / "server.log", "w")  # noqa: SIM115 - open for the server's lifetime
+    proc = subprocess.Popen(
+        [str(BIN / "tinyops"), "server", "--port", url.split(":")[-1].split("/")[0]],
+        cwd=home,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2):
+                break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError(
+                    f"Prefect server did not start:\n{(home / 'server.log').read_text()}"
+                ) from None
+            time.sleep(0.5)
+    mp = pytest.MonkeyPatch()
+    mp.setenv("PREFECT_API_URL", url)  # subprocesses (tinyops run) inherit it via workspace_env
+    yield url
+    mp.undo()
+    if "prefect.logging.handlers" in sys.modules:  # send in-process flow logs before it stops
+        from prefect.logging.handlers import APILogWorker
+
+        APILogWorker.drain_all(timeout=10)
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+    log.close()
+
+
+@pytest.fixture()
+def prefect_here(prefect_api: str) -> Iterator[object]:
+    """This process's Prefect settings pointed at the session server (they are read at import)."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: prefect_api}):
+        yield prefect_api
+
+
+@pytest.fixture(scope="session")
+def pipeline_ws(tmp_path_factory: pytest.TempPathFactory, prefect_api: str) -> Iterator[Path]:
     """One real end-to-end `tinyops run` (torchrun DDP, litert-torch, TFLite Micro) shared by the
     slow tests; they read its outputs, and the tests that rerun stages come last in their module."""
     ws = make_workspace(tmp_path_factory.mktemp("pipeline"), FAST_TRAIN)
@@ -93,7 +156,12 @@ def pipeline_ws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     (ws / "run.log").write_text(proc.stdout + proc.stderr)
     first = {d.name: tree_digest(d) for d in sorted((ws / "deploy").iterdir()) if d.is_dir()}
     (ws / "first_deploy.json").write_text(json.dumps(first))
-    for name in ("data/processed", "models", "exports"):  # later tests change these; keep the first
+    for name in (
+        "data/processed",
+        "models",
+        "exports",
+        "metrics",
+    ):  # later tests change these; keep the first
         shutil.copytree(ws / name, ws / "first_run" / name)
     yield ws
 

@@ -21,12 +21,11 @@ def test_which_failures_are_retried(code: int, retryable: bool) -> None:
 
 @pytest.mark.slow
 def test_bad_data_fails_the_flow_once_without_retries(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, prefect_here: str
 ) -> None:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
     from prefect.client.schemas.sorting import TaskRunSort
-    from prefect.testing.utilities import prefect_test_harness
 
     from flows.retrain import retrain
 
@@ -39,23 +38,23 @@ def test_bad_data_fails_the_flow_once_without_retries(
     monkeypatch.chdir(ws)
     for key, value in workspace_env(ws).items():
         monkeypatch.setenv(key, value)
-    with prefect_test_harness():
-        state = retrain(return_state=True)
-        assert state.is_failed()
-        with pytest.raises(StageFailed) as err:
-            state.result()
-        with get_client(sync_client=True) as client:
-            tasks = client.read_task_runs(
-                flow_run_filter=FlowRunFilter(
-                    id=FlowRunFilterId(any_=[state.state_details.flow_run_id])
-                ),
-                sort=TaskRunSort.EXPECTED_START_TIME_ASC,
-                limit=200,
-            )
+    state = retrain(return_state=True)  # on the session's Prefect server
+    assert state.is_failed()
+    with pytest.raises(StageFailed) as err:
+        state.result()
+    with get_client(sync_client=True) as client:
+        tasks = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(
+                id=FlowRunFilterId(any_=[state.state_details.flow_run_id])
+            ),
+            sort=TaskRunSort.EXPECTED_START_TIME_ASC,
+            limit=200,
+        )
     assert err.value.code == 3 and not err.value.retryable
     assert "not a readable .npz" in str(err.value) and "bad.npz" in str(err.value)
-    assert [(t.name, t.run_count) for t in tasks] == [("prepare", 1)], (
+    assert [(t.name, t.run_count) for t in tasks] == [("ingest", 1), ("prepare", 1)], (
         "validation errors are not retried"
     )
-    assert tasks[0].state.is_failed()
+    assert tasks[1].state.is_failed()
+    assert (ws / "data/raw/bad.npz.dvc").is_file(), "the new raw file was versioned first"
     assert not (ws / "data/processed").exists()

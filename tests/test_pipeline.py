@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -303,65 +306,134 @@ def test_registry_has_production_per_device(pipeline_ws: Path) -> None:
     assert (pipeline_ws / "report/accuracy_vs_size.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_flow_on_a_real_server_completes_and_skips_what_is_unchanged(
-    pipeline_ws: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The retrain flow against a real (temporary) Prefect server: flow and every task run end
-    Completed; with nothing changed every stage is skipped by DVC; dvc status stays clean."""
+def _flow_run(flow_run_id: str):  # type: ignore[no-untyped-def]
+    """A flow run and its task runs, read back from the session's Prefect server."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
     from prefect.client.schemas.sorting import TaskRunSort
-    from prefect.testing.utilities import prefect_test_harness
 
-    from flows.retrain import retrain
+    with get_client(sync_client=True) as client:
+        flow_run = client.read_flow_run(flow_run_id)
+        tasks = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id])),
+            sort=TaskRunSort.EXPECTED_START_TIME_ASC,
+            limit=200,
+        )
+    return flow_run, tasks
 
-    monkeypatch.chdir(pipeline_ws)
-    for key, value in workspace_env(pipeline_ws).items():
-        monkeypatch.setenv(key, value)
-    with prefect_test_harness():
-        state = retrain(return_state=True)
-        assert state.is_completed(), state
-        result = state.result()
-        with get_client(sync_client=True) as client:
-            flow_run = client.read_flow_run(state.state_details.flow_run_id)
-            tasks = client.read_task_runs(
-                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id])),
-                sort=TaskRunSort.EXPECTED_START_TIME_ASC,
-                limit=200,
-            )
-    assert flow_run.state.is_completed()
-    assert len(tasks) == len(ALL_STAGES)
-    assert all(t.state.is_completed() for t in tasks)
-    assert {t.name for t in tasks} == ALL_STAGES
-    assert result["ran"] == [], "nothing changed: no training, no export"
-    assert "up to date" in run_cmd(["dvc", "status"], pipeline_ws).stdout
-    runs = _mlflow(pipeline_ws).search_runs(
-        [_mlflow(pipeline_ws).get_experiment_by_name("tinyops").experiment_id],
-        filter_string=f"tags.`prefect.flow_run_id` = '{flow_run.id}'",
+
+def _pipeline_parents(ws: Path) -> list:
+    client = _mlflow(ws)
+    runs = client.search_runs([client.get_experiment_by_name("tinyops").experiment_id])
+    return [r for r in runs if r.data.tags.get("mlflow.runName") == "pipeline"]
+
+
+def test_the_flow_run_and_every_task_completed_on_the_server(
+    pipeline_ws: Path, prefect_here: str
+) -> None:
+    """The first `tinyops run` reported to a real Prefect server: read the run back from it."""
+    (parent,) = _pipeline_parents(pipeline_ws)
+    flow_run_id = parent.data.tags["prefect.flow_run_id"]
+    flow_run, tasks = _flow_run(flow_run_id)
+    assert flow_run.state.is_completed() and flow_run.state.name == "Completed"
+    assert {t.name for t in tasks} == {"ingest", *ALL_STAGES}
+    assert all(t.state.is_completed() for t in tasks), [(t.name, t.state) for t in tasks]
+    # Raw API call: Prefect 3.8's client sends nulls this server's schema rejects (422).
+    query = {
+        "flow_runs": {"id": {"any_": [str(flow_run.id)]}},
+        "limit": 50,
+        "offset": 0,
+        "sort": "CREATED_DESC",
+    }
+    req = urllib.request.Request(
+        f"{prefect_here}/artifacts/filter",
+        data=json.dumps(query).encode(),
+        headers={"Content-Type": "application/json"},
     )
-    assert len(runs) == 1 and runs[0].info.run_id == result["run_id"]
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        by_key = {a["key"]: a for a in json.loads(resp.read())}
+    assert parent.info.run_id in by_key["mlflow-run"]["data"]
+    table = by_key["devices"]["data"]
+    assert all(d in table for d in CATALOGUE) and "promoted" in table
+    assert "up to date" in run_cmd(["dvc", "status"], pipeline_ws).stdout
 
 
-def test_two_runs_at_once_one_waits_out_nothing_half_written(pipeline_ws: Path) -> None:
+def test_a_rerun_with_nothing_new_is_skipped_before_any_stage(
+    pipeline_ws: Path, prefect_here: str
+) -> None:
     before = _digests(pipeline_ws), tree_digest(pipeline_ws / "deploy")
-    env = workspace_env(pipeline_ws)
-    procs = [
-        subprocess.Popen(
-            [str(Path(sys.executable).parent / "tinyops"), "run"],
+    proc = run_cmd(["tinyops", "run"], pipeline_ws)
+    out = proc.stdout + proc.stderr
+    assert "skipped: nothing new since the last successful run" in proc.stdout
+    flow_run, tasks = _flow_run(re.search(r"runs/flow-run/([0-9a-f-]{36})", out).group(1))
+    assert flow_run.state.is_completed() and flow_run.state.name == "Skipped"
+    assert [t.name for t in tasks] == ["ingest"], "no training, no export, no deploy"
+    assert len(_pipeline_parents(pipeline_ws)) == 1, "a skipped run opens no MLflow run"
+    assert (_digests(pipeline_ws), tree_digest(pipeline_ws / "deploy")) == before
+    assert "up to date" in run_cmd(["dvc", "status"], pipeline_ws).stdout
+
+
+def test_scheduled_deployment_picks_up_new_data_then_skips(
+    pipeline_ws: Path, prefect_here: str, tmp_path: Path
+) -> None:
+    """`tinyops schedule` on the real server: read back the cron; a triggered run versions the
+    new raw file with DVC and completes; a second trigger with nothing new ends as Skipped."""
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+
+    new_file = pipeline_ws / "data/raw/field_notes_2026-11.csv"
+    new_file.write_text("sample,label\n1,3\n")
+    env = workspace_env(pipeline_ws) | {"PREFECT_RUNNER_POLL_FREQUENCY": "1"}
+    log = tmp_path / "serve.log"
+    with open(log, "w") as fh:
+        serve = subprocess.Popen(
+            [
+                str(Path(sys.executable).parent / "tinyops"),
+                "schedule",
+                "--cron",
+                "0 3 * * *",
+                "--name",
+                "nightly-test",
+            ],
             cwd=pipeline_ws,
             env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
         )
-        for _ in range(2)
-    ]
-    outs = [p.communicate(timeout=600) for p in procs]
-    codes = sorted(p.returncode for p in procs)
-    assert codes == [0, 11], outs
-    busy = next(err for (_, err), p in zip(outs, procs, strict=True) if p.returncode == 11)
-    assert "another pipeline run" in busy and "holds .tinyops/pipeline.lock" in busy
-    assert (_digests(pipeline_ws), tree_digest(pipeline_ws / "deploy")) == before
+    try:
+        with get_client(sync_client=True) as client:
+            deadline = time.monotonic() + 90
+            while True:
+                try:
+                    deployment = client.read_deployment_by_name("retrain/nightly-test")
+                    break
+                except Exception:
+                    assert serve.poll() is None and time.monotonic() < deadline, log.read_text()
+                    time.sleep(0.5)
+            assert [s.schedule.cron for s in deployment.schedules] == ["0 3 * * *"]
+            assert deployment.schedules[0].active and not deployment.paused
+            first = run_deployment(deployment.id, timeout=600, poll_interval=1)
+            assert first.state.name == "Completed", log.read_text()[-3000:]
+            second = run_deployment(deployment.id, timeout=300, poll_interval=1)
+            assert second.state.name == "Skipped", log.read_text()[-3000:]
+            assert "nothing new" in second.state.message
+            deadline = time.monotonic() + 30  # the runner has reported both runs: idle again
+            finished = r"Flow run '[^']+' - Finished in state (Completed|Skipped)"
+            while len(re.findall(finished, log.read_text())) < 2:
+                assert time.monotonic() < deadline, log.read_text()[-3000:]
+                time.sleep(0.2)
+    finally:
+        serve.terminate()
+        serve.wait(timeout=60)
+    with get_client(sync_client=True) as client:
+        assert client.read_deployment(deployment.id).paused, "stopping the server pauses it"
+    text = log.read_text()
+    assert f"new raw data, versioning with dvc add: data/raw/{new_file.name}" in text
+    assert "Running stage 'prepare'" in text and "Running stage 'train'" not in text
+    assert (pipeline_ws / f"data/raw/{new_file.name}.dvc").is_file()
+    assert f"/{new_file.name}" in (pipeline_ws / "data/raw/.gitignore").read_text()
+    parents = _pipeline_parents(pipeline_ws)
+    assert [p.data.tags["prefect.flow_run_id"] for p in parents].count(str(first.id)) == 1
     assert "up to date" in run_cmd(["dvc", "status"], pipeline_ws).stdout
 
 
@@ -384,7 +456,8 @@ def test_rollback_restores_the_previous_bundle_byte_for_byte(pipeline_ws: Path) 
 
 def test_a_worse_model_reruns_train_not_prepare_and_production_stays(pipeline_ws: Path) -> None:
     """A smaller, shorter-trained model: train and later stages rerun, prepare does not; every
-    device registers the candidate but keeps its production version and bundle."""
+    device registers the candidate but keeps its production version and bundle. A second run
+    started meanwhile exits at once (code 11) and writes nothing; the first completes."""
     params_path = pipeline_ws / "params.yaml"
     params = yaml.safe_load(params_path.read_text())
     params["train"]["epochs"] = 2
@@ -399,8 +472,24 @@ def test_a_worse_model_reruns_train_not_prepare_and_production_stays(pipeline_ws
         for d in params["devices"]
     }
     bundles_before = {d: tree_digest(pipeline_ws / "deploy" / d) for d in params["devices"]}
-    proc = run_cmd(["tinyops", "run"], pipeline_ws)  # the flow: a params change retrains
-    out = proc.stdout + proc.stderr
+    lock = pipeline_ws / ".tinyops/pipeline.lock"
+    first = subprocess.Popen(  # the flow: a params change retrains
+        [str(Path(sys.executable).parent / "tinyops"), "run"],
+        cwd=pipeline_ws,
+        env=workspace_env(pipeline_ws),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while not lock.read_text().strip():  # the first run holds the workspace
+        assert first.poll() is None and time.monotonic() < deadline
+        time.sleep(0.2)
+    second = run_cmd(["tinyops", "run"], pipeline_ws, check=False)
+    assert second.returncode == 11, second.stdout + second.stderr
+    assert "another pipeline run" in second.stderr and "pipeline.lock" in second.stderr
+    out = first.communicate(timeout=900)[0]
+    assert first.returncode == 0, out[-4000:]
     assert "Stage 'prepare' didn't change, skipping" in out
     for stage in ("train", "export", "evaluate", "deploy@esp32_s3", "report"):
         assert f"Running stage '{stage}'" in out

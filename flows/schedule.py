@@ -1,0 +1,137 @@
+"""Scheduled retraining on a real Prefect server (schedules never fire on the ephemeral one).
+
+`tinyops server` runs `prefect server start` on 127.0.0.1 with its database under the project
+(.tinyops/prefect/, git-ignored). `tinyops schedule --cron ...` creates the `retrain/<name>`
+deployment with that cron schedule and serves it from this workspace: one long-running process
+that picks up each scheduled (or manually triggered) run and executes it here, one at a time.
+Serving needs no work pool or worker; stop it and the schedule pauses until it is served again.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import NoReturn
+
+from pipeline.errors import ConfigError, PipelineError
+
+PREFECT_HOME = Path(".tinyops/prefect")
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 4200
+DEFAULT_API = f"http://{DEFAULT_HOST}:{DEFAULT_PORT}/api"
+
+
+def prefect_defaults() -> None:
+    """Environment for any Prefect use here: no telemetry (there is no internet to send it to)."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+def start_server(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> NoReturn:
+    """Replace this process with `prefect server start` (signals and Ctrl-C go straight to it)."""
+    home = PREFECT_HOME.resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    env.update(
+        PREFECT_HOME=str(home),  # the server's SQLite database: .tinyops/prefect/prefect.db
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_SERVER_API_HOST=host,
+        PREFECT_SERVER_API_PORT=str(port),
+    )
+    env.pop("PREFECT_API_URL", None)  # the server must not try to talk to another server
+    local = Path(sys.executable).parent / "prefect"
+    exe = str(local) if local.exists() else shutil.which("prefect") or "prefect"
+    print(
+        f"Prefect server on http://{host}:{port} (database {home}/prefect.db).\n"
+        f"UI: http://{host}:{port}   In another shell: export PREFECT_API_URL=http://{host}:{port}/api",
+        flush=True,
+    )
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: {host} exposes the Prefect API, which has no authentication.", flush=True)
+    os.execve(exe, [exe, "server", "start", "--host", host, "--port", str(port)], env)
+
+
+def api_url() -> str:
+    return os.environ.get("PREFECT_API_URL") or DEFAULT_API
+
+
+def require_server(url: str) -> None:
+    """Fail in the first second, and say what to do, when no Prefect server answers."""
+    try:
+        with urllib.request.urlopen(f"{url.rstrip('/')}/health", timeout=5) as resp:
+            if resp.status == 200:
+                return
+    except (urllib.error.URLError, OSError):
+        pass
+    raise PipelineError(
+        f"no Prefect server answers at {url}. Start one with `tinyops server` in another shell "
+        "(schedules do not fire on Prefect's ephemeral server), or set PREFECT_API_URL to yours."
+    )
+
+
+def check_cron(cron: str, timezone: str) -> None:
+    from prefect.client.schemas.schedules import CronSchedule
+
+    try:
+        CronSchedule(cron=cron, timezone=timezone)
+    except ValueError as exc:
+        reason = str(exc).splitlines()[-1] if str(exc) else type(exc).__name__
+        raise ConfigError(
+            f"--cron '{cron}' / --timezone '{timezone}' is not a valid schedule ({reason}); "
+            "use five cron fields, e.g. '0 3 * * *' for 03:00 daily, and an IANA timezone."
+        ) from None
+
+
+def serve(
+    cron: str,
+    name: str = "nightly",
+    timezone: str = "UTC",
+    params_path: str = "params.yaml",
+    force: bool = False,
+) -> None:
+    """Create (or update) deployment retrain/<name> with the cron schedule and serve it."""
+    from pipeline.config import load_params
+
+    load_params(Path(params_path))  # a bad config is an error now, not at 03:00
+    check_cron(cron, timezone)
+    url = api_url()
+    require_server(url)
+    os.environ["PREFECT_API_URL"] = url  # before Prefect loads its settings
+
+    from prefect.schedules import Cron
+    from prefect.types.entrypoint import EntrypointType
+
+    from flows.retrain import retrain
+
+    print(
+        f"serving retrain/{name} on {url}: cron '{cron}' ({timezone}) in {Path.cwd()}", flush=True
+    )
+    try:
+        retrain.serve(
+            name=name,
+            schedules=[Cron(cron, timezone=timezone)],
+            # Scheduled runs wait for a manual run that holds the workspace instead of failing.
+            parameters={"params_path": params_path, "force": force, "wait": True},
+            description=f"Scheduled retraining of the tinyops pipeline in {Path.cwd()}",
+            tags=["tinyops"],
+            limit=1,  # one pipeline run at a time from this workspace
+            entrypoint_type=EntrypointType.MODULE_PATH,
+        )
+    finally:
+        _pause(name)
+
+
+def _pause(name: str) -> None:
+    """No runner, no runs: pause the schedule. Prefect's own SIGTERM path can exit before it has
+    paused (3.8), so this does it again, whatever the way out."""
+    from prefect.client.orchestration import get_client
+
+    try:
+        with get_client(sync_client=True) as client:
+            client.pause_deployment(client.read_deployment_by_name(f"retrain/{name}").id)
+        print(f"retrain/{name}: schedule paused until it is served again", flush=True)
+    except Exception as exc:  # the server may be gone too; nothing else to do on the way out
+        print(f"retrain/{name}: could not pause the schedule ({exc})", flush=True)
