@@ -23,6 +23,10 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
+# Training throughput and overheads, interleaved runs, medians and ratios (bench/results.json).
+bench: $(STAMP)
+	$(BIN)/tinyops bench
+
 lint: $(STAMP)
 	$(BIN)/ruff check pipeline flows tests
 

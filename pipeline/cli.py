@@ -253,6 +253,61 @@ def check(params: ParamsOpt = Path("params.yaml")) -> None:
     typer.echo(yaml.safe_dump(parsed.model_dump(mode="json"), sort_keys=False))
 
 
+@app.command()
+def bench(
+    rounds: Annotated[int, typer.Option(min=1, help="Measured rounds after the warm-up.")] = 5,
+) -> None:
+    """Measure training throughput and overheads side by side; write bench/results.json.
+
+    Partial (issue 5): quantization, size, latency and flow-overhead sections are to come.
+    """
+    from rich.table import Table
+
+    from pipeline.bench import bench as run_bench
+
+    r = run_bench(rounds, on_progress=lambda s: typer.echo(s, err=True))
+    table = Table(
+        title=f"tinyops bench: {r['machine']['cores']} cores, torch {r['machine']['torch']}"
+    )
+    for col in ("measure", "median", "min–max", "ratio"):
+        table.add_column(col)
+    for model, rows in r["throughput"].items():
+        base = rows["1 proc × 1 thread"]["median"]
+        for name, s in rows.items():
+            unit = "ms" if name == "allreduce_ms" else "samples/s"
+            ratio = "" if unit == "ms" else f"{s['median'] / base:.2f}×"
+            table.add_row(
+                f"{model}: {name} ({unit})",
+                f"{s['median']:,.1f}",
+                f"{s['min']:,.1f}–{s['max']:,.1f}",
+                ratio,
+            )
+    for variant, s in r["latency_ms"].items():
+        base = r["latency_ms"]["fp32"]["median"]
+        table.add_row(
+            f"LiteRT invoke {variant} (ms)",
+            f"{s['median']:.4f}",
+            f"{s['min']:.4f}–{s['max']:.4f}",
+            f"{s['median'] / base:.2f}×",
+        )
+    q = r["quantization"]
+    for level, value in q["accuracy"].items():
+        table.add_row(level, f"{value:.4f}", "", "")
+    table.add_row("int8/fp32 agreement", f"{q['int8_fp32_agreement']:.4f}", "", "")
+    for variant, size in q["bytes"].items():
+        table.add_row(
+            f".tflite {variant} (B)", f"{size:,}", "", f"{size / q['bytes']['int8']:.2f}× int8"
+        )
+    for name, s in r["overhead"].items():
+        span = f"{s['min']:.3f}–{s['max']:.3f}" if "min" in s else ""
+        table.add_row(name, f"{s['median']:.3f}", span, "")
+    console = _console()
+    console.print(table)
+    for t in r["targets"]:
+        value = "" if t["value"] is None else f" ({t['value']:.3g})"
+        console.print(f"{t['status']:>12}  {t['target']}{value}")
+
+
 def _print_summary(result: dict) -> None:
     from rich.table import Table
 

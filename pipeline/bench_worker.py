@@ -1,0 +1,94 @@
+"""Steady-state training throughput of one configuration, for `tinyops bench`.
+
+Run plainly (one process) or under torchrun (DDP, gloo or NCCL). Synthetic tensors of the model's
+input shape, so only the training step is measured: no data loading, no start-up. Rank 0 prints
+one JSON line: samples/s over the timed steps, and the median all-reduce time of a buffer the size
+of the model's gradients.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from pipeline.models import Architecture, build_model, count_parameters
+
+MODELS = {
+    # The default pipeline's CNN on 8×8 digits.
+    "default": Architecture((8, 8, 1), 10, (32, 64, 128), 3, 0.1),
+    # ResNet-8-sized (MLPerf Tiny image classification: ~80k parameters) on 32×32×3.
+    "resnet8": Architecture((32, 32, 3), 10, (32, 64, 128), 3, 0.1),
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", choices=sorted(MODELS), default="default")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--batch", type=int, default=64, help="global batch")
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=60)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    distributed = "RANK" in os.environ
+    if distributed:
+        dist.init_process_group("gloo")
+    world = dist.get_world_size() if distributed else 1
+    rank = dist.get_rank() if distributed else 0
+    torch.manual_seed(0)
+    arch = MODELS[args.model]
+    model = build_model(arch)
+    net = nn.parallel.DistributedDataParallel(model) if distributed else model
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
+    per_rank = args.batch // world
+    x = torch.randn(per_rank, *arch.input_shape)
+    y = torch.randint(0, arch.num_classes, (per_rank,))
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(net(x), y).backward()
+        opt.step()
+
+    for _ in range(args.warmup):
+        step()
+    if distributed:
+        dist.barrier()
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        step()
+    if distributed:
+        dist.barrier()
+    seconds = time.perf_counter() - start
+    allreduce_ms = None
+    if distributed:
+        grads = torch.zeros(count_parameters(model))
+        times = []
+        for _ in range(30):
+            t = time.perf_counter()
+            dist.all_reduce(grads)
+            times.append((time.perf_counter() - t) * 1000)
+        allreduce_ms = statistics.median(times[5:])
+    if rank == 0:
+        print(
+            json.dumps(
+                {
+                    "samples_per_s": args.steps * args.batch / seconds,
+                    "allreduce_ms": allreduce_ms,
+                    "parameters": count_parameters(model),
+                }
+            ),
+            flush=True,
+        )
+    if distributed:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
