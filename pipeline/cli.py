@@ -152,11 +152,8 @@ def stage(
         _fail(exc)
 
 
-@app.command()
-def rollback(
-    device: Annotated[str, typer.Argument(help="The device whose production version moves back.")],
-) -> None:
-    """Move the device's `production` alias to the previous version; restore deploy/<device>/."""
+def _move_production(device: str, move: str, version: str | None = None) -> None:
+    """rollback/promote: check the name, move the alias (the bundle is verified), say where."""
     from pipeline import registry, tracking
     from pipeline.config import check_device_name
     from pipeline.deploy import DEPLOY_ROOT
@@ -167,10 +164,22 @@ def rollback(
             check_device_name(device)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
-        old, new = registry.rollback(tracking.client(), device, DEPLOY_ROOT)
+        client = tracking.client()
+        if move == "rollback":
+            old, new = registry.rollback(client, device, DEPLOY_ROOT)
+        else:
+            old, new = registry.promote_version(client, device, str(version), DEPLOY_ROOT)
     except TinyopsError as exc:
         _fail(exc)
-    typer.echo(f"{device}: production v{old} → v{new}; {DEPLOY_ROOT / device}/ restored.")
+    typer.echo(f"{device}: production v{old or '-'} → v{new}; {DEPLOY_ROOT / device}/ restored.")
+
+
+@app.command()
+def rollback(
+    device: Annotated[str, typer.Argument(help="The device whose production version moves back.")],
+) -> None:
+    """Move the device's `production` alias to the previous version; restore deploy/<device>/."""
+    _move_production(device, "rollback")
 
 
 @app.command()
@@ -179,20 +188,7 @@ def promote(
     version: Annotated[str, typer.Argument(help="The registered version to put in production.")],
 ) -> None:
     """Put a registered version in production by hand; its bundle is verified first."""
-    from pipeline import registry, tracking
-    from pipeline.config import check_device_name
-    from pipeline.deploy import DEPLOY_ROOT
-    from pipeline.errors import ConfigError
-
-    try:
-        try:
-            check_device_name(device)
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
-        old, new = registry.promote_version(tracking.client(), device, version, DEPLOY_ROOT)
-    except TinyopsError as exc:
-        _fail(exc)
-    typer.echo(f"{device}: production v{old or '-'} → v{new}; {DEPLOY_ROOT / device}/ restored.")
+    _move_production(device, "promote", version)
 
 
 @app.command()

@@ -190,6 +190,10 @@ def unsafe_device(ws: Path) -> list[str]:
     return ["rollback", "../../etc"]
 
 
+def bad_cron(ws: Path) -> list[str]:
+    return ["schedule", "--cron", "61 3 * * *"]
+
+
 # case → (exit code, phrases the message must hold: what is wrong, where, and what to do)
 CASES: dict[str, tuple[Callable[[Path], list[str]], int, list[str]]] = {
     "truncated_npz": (truncated, 3, ["bad.npz", "not a readable .npz", "truncated"]),
@@ -220,6 +224,7 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], int, list[str]]] = {
     "device_negative_clock": (_device(clock_mhz=-240), 2, ["devices.esp32_s3.clock_mhz"]),
     "unknown_device": (unknown_device, 2, ["esp32_s4", "Did you mean 'esp32_s3'"]),
     "unsafe_device_name": (unsafe_device, 2, ["../../etc", "device name"]),
+    "bad_cron": (bad_cron, 2, ["--cron '61 3 * * *'", "five cron fields"]),
     "tflite_not_a_flatbuffer": (
         not_a_flatbuffer,
         5,
