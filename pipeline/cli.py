@@ -62,14 +62,24 @@ def run(
     """Run the pipeline as the Prefect `retrain` flow and print the metrics.
 
     Every stage runs through DVC under one MLflow parent run, on Prefect's ephemeral server or
-    the one at PREFECT_API_URL. With nothing new since the last success it ends as skipped.
+    the one at PREFECT_API_URL. With nothing new since the last success it ends as skipped
+    (without a server, before Prefect starts at all).
     """
+    import os
+
     from flows.schedule import prefect_defaults
     from pipeline.config import load_params
     from pipeline.preflight import preflight
+    from pipeline.run import nothing_new
 
     try:  # bad config, no MLflow store, a full disk, too many workers: fail now, not mid-run
-        preflight(load_params(params))
+        loaded = load_params(params)
+        if not force and not os.environ.get("PREFECT_API_URL"):
+            reason = nothing_new(params)
+            if reason:
+                typer.echo(f"skipped: {reason}")
+                return
+        preflight(loaded)
     except TinyopsError as exc:
         _fail(exc)
     prefect_defaults()
@@ -253,9 +263,9 @@ def check(params: ParamsOpt = Path("params.yaml")) -> None:
 def bench(
     rounds: Annotated[int, typer.Option(min=1, help="Measured rounds after the warm-up.")] = 5,
 ) -> None:
-    """Measure training throughput and overheads side by side; write bench/results.json.
+    """Measure speed, size, memory and overhead side by side; write bench/results.json.
 
-    Partial (issue 5): quantization, size, latency and flow-overhead sections are to come.
+    Uses the workspace's last pipeline run (run `tinyops run` first); about 15 minutes on 2 cores.
     """
     from rich.table import Table
 
@@ -281,10 +291,10 @@ def bench(
     for variant, s in r["latency_ms"].items():
         base = r["latency_ms"]["fp32"]["median"]
         table.add_row(
-            f"LiteRT invoke {variant} (ms)",
+            f"{'' if variant.startswith('tflm') else 'LiteRT '}{variant} invoke, host (ms)",
             f"{s['median']:.4f}",
             f"{s['min']:.4f}–{s['max']:.4f}",
-            f"{s['median'] / base:.2f}×",
+            "" if variant.startswith("tflm") else f"{s['median'] / base:.2f}×",
         )
     q = r["quantization"]
     for level, value in q["accuracy"].items():
@@ -294,6 +304,29 @@ def bench(
         table.add_row(
             f".tflite {variant} (B)", f"{size:,}", "", f"{size / q['bytes']['int8']:.2f}× int8"
         )
+    heavy = r["resnet8_export"]
+    for variant in ("fp32", "int8"):
+        size = heavy["bytes"][variant]
+        ratio = f"{size / heavy['bytes']['int8']:.2f}× int8"
+        table.add_row(f"resnet8: .tflite {variant} (B)", f"{size:,}", "", ratio)
+    for name, arenas in (("default", q["arena_bytes"]), ("resnet8", heavy["arena_bytes"])):
+        for variant in ("fp32", "int8"):
+            ratio = f"{arenas[variant] / arenas['int8']:.2f}× int8"
+            table.add_row(
+                f"{name}: TFLite Micro arena {variant} (B)", f"{arenas[variant]:,}", "", ratio
+            )
+    for device, ratio in q["bundled_arena_over_need"].items():
+        table.add_row(f"bundled arena ÷ need: {device}", f"{ratio:.3f}", "", "")
+    table.add_row(
+        "resnet8: TFLite Micro int8 invoke, host (ms)",
+        f"{heavy['tflm_int8_invoke_ms']:.2f}",
+        "",
+        "",
+    )
+    for device, ms in q["mcu_estimated_latency_ms"].items():
+        table.add_row(f"estimated latency: {device} (ms)", f"{ms:.2f}", "", "")
+    for stage, mib in r["memory"].items():
+        table.add_row(f"peak RSS: {stage} (MiB)", f"{mib:,.0f}", "", "")
     for name, s in r["overhead"].items():
         span = f"{s['min']:.3f}–{s['max']:.3f}" if "min" in s else ""
         table.add_row(name, f"{s['median']:.3f}", span, "")

@@ -39,10 +39,8 @@ def _dvc(args: list[str], env: dict[str, str] | None) -> str:
     return proc.stdout
 
 
-def ingest_raw(
-    env: dict[str, str] | None = None, on_line: Callable[[str], None] = print
-) -> list[str]:
-    """`dvc add` each entry of data/raw that is new or changed; returns what was added."""
+def pending_raw(env: dict[str, str] | None = None) -> list[str]:
+    """The entries of data/raw that are new or changed since their last `dvc add`."""
     if not RAW_DIR.is_dir():
         return []
     entries = _entries(RAW_DIR)
@@ -51,9 +49,16 @@ def ingest_raw(
     if tracked:
         status = json.loads(_dvc(["status", "--json", *tracked], env) or "{}")
         todo += [p for p in entries if f"{p}.dvc" in status]
-    if not todo:
+    return sorted(str(p) for p in todo)
+
+
+def ingest_raw(
+    env: dict[str, str] | None = None, on_line: Callable[[str], None] = print
+) -> list[str]:
+    """`dvc add` each entry of data/raw that is new or changed; returns what was added."""
+    names = pending_raw(env)
+    if not names:
         return []
-    names = sorted(str(p) for p in todo)
     on_line(f"new raw data, versioning with dvc add: {', '.join(names)}")
     _dvc(["add", "--quiet", *names], env)
     return names

@@ -129,6 +129,26 @@ def anything_new(fp: freshness.Fingerprint, env: dict[str, str]) -> tuple[bool, 
     )
 
 
+def nothing_new(params_path: Path) -> str | None:
+    """Why a run would be skipped, decided read-only and without an orchestrator; None when
+    there is something to do or another run holds the workspace (the full path then decides).
+
+    `tinyops run` asks this before starting Prefect's ephemeral server, which costs more than
+    the check itself; against a running server the flow decides, so the skip is on record there.
+    """
+    from pipeline.ingest import pending_raw
+
+    params = load_params(params_path)
+    try:
+        with workspace_lock():
+            if pending_raw():
+                return None
+            new, why = anything_new(freshness.fingerprint(params), dict(os.environ))
+    except PipelineBusyError:
+        return None
+    return None if new else why
+
+
 @contextlib.contextmanager
 def workspace_lock(wait: bool = False) -> Iterator[None]:
     """Hold the workspace for one pipeline run; a second run waits (wait=True) or fails clearly."""

@@ -64,7 +64,7 @@ def run_train(params_path: Path) -> dict[str, Any]:
     params = load_params(params_path)
     n_train = int(load_processed().meta["splits"]["train"])
     with tracking.stage_run("train", stage_params(params, "train"), run_tags("train")) as run:
-        result = train(params, params_path, n_train, run_id=run.run_id)
+        result = train(params, params_path, n_train, run=run)
         run.log_metrics({f"best_{k}": v for k, v in result.summary.items() if k != "world_size"})
         if result.timing:
             run.log_metrics(result.timing)

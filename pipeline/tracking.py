@@ -124,6 +124,18 @@ class Run:
         if items:
             self.client.log_batch(self.run_id, metrics=items)
 
+    def log_metric_rows(self, rows: list[dict[str, Any]]) -> None:
+        """Rows of {"step", "time_ms", "metrics"} in as few calls as MLflow allows (1000 each)."""
+        from mlflow.entities import Metric
+
+        items = [
+            Metric(k, float(v), int(row["time_ms"]), int(row["step"]))
+            for row in rows
+            for k, v in row["metrics"].items()
+        ]
+        for i in range(0, len(items), 1000):
+            self.client.log_batch(self.run_id, metrics=items[i : i + 1000])
+
     def set_tags(self, tags: Mapping[str, str]) -> None:
         from mlflow.entities import RunTag
 
@@ -158,6 +170,30 @@ def _find_or_create_parent(c: MlflowClient, base_tags: Mapping[str, str]) -> tup
     return start_parent(c, "tinyops stage", base_tags), True
 
 
+RSS_FILE = Path(".tinyops/stage_rss.json")  # the latest peak RSS of each stage, for `tinyops bench`
+
+
+def record_peak_rss(stage: str) -> float:
+    """Peak resident memory of this stage, MiB: this process or its largest child process (the
+    torchrun workers, the export and evaluation subprocesses), whichever is larger."""
+    import json
+    import resource
+
+    from pipeline import atomic
+
+    kib = max(
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
+    )
+    mib = round(kib / 1024, 1)
+    try:
+        known = json.loads(RSS_FILE.read_text())
+    except (OSError, ValueError):
+        known = {}
+    atomic.write_json(RSS_FILE, {**known, stage: mib})
+    return mib
+
+
 @contextlib.contextmanager
 def stage_run(stage: str, params: Mapping[str, str], tags: Mapping[str, str]) -> Iterator[Run]:
     """A nested MLflow run for one stage; FAILED on error, KILLED on interrupt, else FINISHED."""
@@ -174,6 +210,7 @@ def stage_run(stage: str, params: Mapping[str, str], tags: Mapping[str, str]) ->
     try:
         yield run
         status = "FINISHED"
+        run.log_metrics({"peak_rss_mb": record_peak_rss(stage)})
     except KeyboardInterrupt:
         status = "KILLED"
         raise

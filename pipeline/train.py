@@ -6,18 +6,28 @@ imports torch's CUDA state; it only asks torch whether CUDA exists when the back
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+from pipeline import atomic
 from pipeline.config import Params
 from pipeline.errors import ConfigError, TrainingError
 from pipeline.preflight import check_disk, check_threads
 
+if TYPE_CHECKING:
+    from pipeline.tracking import Run
+
 TIMING_FILE = Path(".tinyops/train_timing.json")
+# The writer rank appends its epoch metrics here, one JSON line each.
+METRICS_LOG = Path(".tinyops/train_metrics.jsonl")
+FLUSH_SECONDS = 10.0  # how often epoch metrics go to MLflow while training runs
 WRITER_ENV = "TINYOPS_WRITER_NODE"  # marks the node whose local rank 0 writes (see train_worker)
 
 
@@ -75,9 +85,7 @@ def check_world_fits(params: Params, n_train: int, backend: str) -> None:
         )
 
 
-def torchrun_command(
-    params: Params, params_path: Path, run_id: str | None, backend: str
-) -> list[str]:
+def torchrun_command(params: Params, params_path: Path, backend: str) -> list[str]:
     tp = params.train
     cmd = [
         sys.executable,
@@ -110,9 +118,9 @@ def torchrun_command(
         backend,
         "--timing-file",
         str(TIMING_FILE),
+        "--metrics-log",
+        str(METRICS_LOG),
     ]
-    if run_id:
-        cmd += ["--run-id", run_id]
     return cmd
 
 
@@ -133,19 +141,73 @@ def worker_env(params: Params) -> dict[str, str]:
     return env
 
 
+class MetricsForwarder:
+    """Sends the writer rank's metric lines to MLflow in one batch every FLUSH_SECONDS.
+
+    The workers only append lines to a file: they never import mlflow and never wait on the
+    tracking store, so a slow or remote store costs this idle process time, not training time.
+    """
+
+    def __init__(self, path: Path, run: Run | None) -> None:
+        self.path, self.run = path, run
+        self.offset = 0
+        self.seconds = 0.0  # spent here logging, reported beside the training time
+
+    def flush(self) -> None:
+        try:
+            with self.path.open("rb") as f:
+                f.seek(self.offset)
+                data = f.read()
+        except FileNotFoundError:
+            return
+        end = data.rfind(b"\n") + 1  # whole lines only; a line being written waits
+        self.offset += end
+        rows = [json.loads(line) for line in data[:end].splitlines() if line.strip()]
+        if self.run is not None and rows:
+            start = time.perf_counter()
+            self.run.log_metric_rows(rows)
+            self.seconds += time.perf_counter() - start
+
+
+def _stop(proc: subprocess.Popen[Any]) -> None:
+    """torchrun passes SIGTERM on to its workers; SIGKILL only if they do not go."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def train(
     params: Params,
     params_path: Path,
     n_train: int,
-    run_id: str | None = None,
+    run: Run | None = None,
 ) -> TrainResult:
-    """Run torchrun to completion; rank 0's output goes straight to this process's stdout/stderr."""
+    """Run torchrun to completion, forwarding epoch metrics to `run` as they come; rank 0's
+    output goes straight to this process's stdout/stderr."""
     backend = resolve_backend(params)
     check_world_fits(params, n_train, backend)
     TIMING_FILE.parent.mkdir(parents=True, exist_ok=True)
-    cmd = torchrun_command(params, params_path, run_id, backend)
+    cmd = torchrun_command(params, params_path, backend)
     env = worker_env(params)
-    code = subprocess.run(cmd, env=env).returncode
+    METRICS_LOG.unlink(missing_ok=True)
+    forwarder = MetricsForwarder(METRICS_LOG, run)
+    proc = subprocess.Popen(cmd, env=env)
+    try:
+        while True:
+            try:
+                code = proc.wait(timeout=FLUSH_SECONDS)
+                break
+            except subprocess.TimeoutExpired:
+                forwarder.flush()
+    except BaseException:
+        _stop(proc)
+        with contextlib.suppress(Exception):
+            forwarder.flush()  # what was trained before the interruption stays visible
+        raise
+    forwarder.flush()
     if code != 0:
         raise TrainingError(
             f"torchrun exited with status {code}; the worker's error is printed above "
@@ -153,4 +215,7 @@ def train(
         )
     summary = json.loads(Path("metrics/train.json").read_text())
     timing = json.loads(TIMING_FILE.read_text()) if TIMING_FILE.is_file() else {}
+    if timing:
+        timing["mlflow_log_seconds"] = forwarder.seconds
+        atomic.write_json(TIMING_FILE, timing)
     return TrainResult(model_path=Path("models/model.pt"), summary=summary, timing=timing)

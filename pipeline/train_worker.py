@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+from torch.utils.data import DistributedSampler
 
 from pipeline import atomic
 from pipeline.config import load_params
@@ -101,6 +101,58 @@ def _share(obj: Any, writer_rank: int) -> Any:
     return box[0]
 
 
+def make_ddp(model: nn.Module, device: torch.device) -> nn.parallel.DistributedDataParallel:
+    """DDP as training and `tinyops bench` use it.
+
+    No buffer broadcast before every forward (a collective per step that 2 CPU workers feel);
+    sync_buffers averages the BatchNorm statistics once per epoch instead. Gradients live in the
+    all-reduce bucket itself, saving a copy per step.
+    """
+    return nn.parallel.DistributedDataParallel(
+        model,
+        device_ids=[device.index] if device.type == "cuda" else None,
+        broadcast_buffers=False,
+        gradient_as_bucket_view=True,
+    )
+
+
+def make_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """AdamW with the fused kernel: one call per step instead of several ops per parameter."""
+    return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, fused=True)
+
+
+def train_step(
+    ddp: nn.Module, optimizer: torch.optim.Optimizer, xb: torch.Tensor, yb: torch.Tensor
+) -> torch.Tensor:
+    optimizer.zero_grad(set_to_none=True)
+    loss = nn.functional.cross_entropy(ddp(xb), yb)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+
+
+def batches(indices: list[int], batch_size: int) -> list[torch.Tensor]:
+    """The sampler's order cut into batches, as a DataLoader would, without a per-sample fetch
+    and collate: the data is one in-memory tensor, so a batch is one indexing op."""
+    idx = torch.tensor(indices, dtype=torch.long)
+    return list(idx.split(batch_size))
+
+
+def sync_buffers(model: nn.Module) -> None:
+    """Average BatchNorm running statistics over the ranks (each saw its own shard), so every
+    rank evaluates and checkpoints the same model."""
+    floats = [b for b in model.buffers() if b.is_floating_point()]
+    if not floats:
+        return
+    flat = torch.cat([b.reshape(-1) for b in floats])
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    offset = 0
+    for b in floats:
+        b.copy_(flat[offset : offset + b.numel()].view_as(b))
+        offset += b.numel()
+
+
 def _evaluate(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, rank: int, world: int, device: torch.device
 ) -> tuple[float, float]:
@@ -119,16 +171,12 @@ def _evaluate(
 
 
 class _Reporter:
-    """Rank-0 output: a progress bar on a terminal, one line per epoch, batched MLflow metrics."""
+    """Rank-0 output: a progress bar on a terminal, one line per epoch, and one JSON line of
+    metrics per epoch that the launcher forwards to MLflow in batches (pipeline/train.py), so a
+    worker never imports mlflow nor waits on the tracking store."""
 
-    def __init__(self, run_id: str | None, epochs: int, steps: int) -> None:
-        self.client = None
-        self.run_id = run_id
-        self.log_seconds = 0.0
-        if run_id:
-            from mlflow.tracking import MlflowClient
-
-            self.client = MlflowClient()
+    def __init__(self, metrics_log: Path, epochs: int, steps: int) -> None:
+        self.metrics_log = metrics_log
         from rich.console import Console
         from rich.progress import (
             BarColumn,
@@ -151,16 +199,11 @@ class _Reporter:
         self.task = self.progress.add_task("train", total=steps, epoch=1)
 
     def metrics(self, epoch: int, values: dict[str, float]) -> None:
-        if self.client is None:
-            return
-        from mlflow.entities import Metric
+        import json
 
-        start = time.perf_counter()
-        now = int(time.time() * 1000)
-        self.client.log_batch(
-            self.run_id, metrics=[Metric(k, float(v), now, epoch) for k, v in values.items()]
-        )
-        self.log_seconds += time.perf_counter() - start
+        line = json.dumps({"step": epoch, "time_ms": int(time.time() * 1000), "metrics": values})
+        with self.metrics_log.open("a", encoding="utf-8") as f:
+            f.write(line + "\n")
 
 
 def _is_writer(rank: int, nnodes: int) -> bool:
@@ -204,23 +247,20 @@ def train(args: argparse.Namespace) -> None:
     # A 1-channel first conv's weight grad comes back with strides (9,1,3,1) against the
     # parameter's (9,9,3,1): the same memory, since that dim has size 1. DDP warns anyway.
     warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
-    ddp = nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if use_cuda else None)
-    optimizer = torch.optim.AdamW(ddp.parameters(), lr=tp.lr, weight_decay=tp.weight_decay)
+    ddp = make_ddp(model, device)
+    optimizer = make_optimizer(model, tp.lr, tp.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=tp.epochs)
+    x_train, y_train = x_train.to(device), y_train.to(device)
     sampler = DistributedSampler(
-        TensorDataset(x_train, y_train), num_replicas=world, rank=rank, shuffle=True, seed=tp.seed
+        range(len(x_train)), num_replicas=world, rank=rank, shuffle=True, seed=tp.seed
     )
-    loader = DataLoader(
-        TensorDataset(x_train, y_train),
-        batch_size=tp.batch_size // world,
-        sampler=sampler,
-        num_workers=0,
-    )
+    per_rank = tp.batch_size // world
+    steps = -(-len(sampler) // per_rank)
 
     out_dir, metrics_dir = Path(args.out_dir), Path(args.metrics_dir)
     ckpt_dir = out_dir / "checkpoints"
     reporter = (
-        _Reporter(args.run_id, tp.epochs, len(loader)) if _is_writer(rank, tp.nnodes) else None
+        _Reporter(Path(args.metrics_log), tp.epochs, steps) if _is_writer(rank, tp.nnodes) else None
     )
     if reporter:
         reporter.console.print(
@@ -267,19 +307,17 @@ def train(args: argparse.Namespace) -> None:
         ddp.train()
         loss_sum = torch.zeros(2, dtype=torch.float64, device=device)
         if reporter:
-            reporter.progress.reset(reporter.task, total=len(loader), epoch=epoch)
-        for xb, yb in loader:
-            xb, yb = xb.to(device), yb.to(device)
-            optimizer.zero_grad(set_to_none=True)
-            loss = nn.functional.cross_entropy(ddp(xb), yb)
-            loss.backward()
-            optimizer.step()
-            loss_sum += torch.tensor(
-                [loss.item() * len(yb), len(yb)], dtype=torch.float64, device=device
-            )
+            reporter.progress.reset(reporter.task, total=steps, epoch=epoch)
+        for idx in batches(list(sampler), per_rank):
+            idx = idx.to(device)
+            xb, yb = x_train[idx], y_train[idx]
+            loss = train_step(ddp, optimizer, xb, yb)
+            loss_sum[0] += loss.double() * len(yb)
+            loss_sum[1] += len(yb)
             if reporter:
                 reporter.progress.advance(reporter.task)
         scheduler.step()
+        sync_buffers(model)
         dist.all_reduce(loss_sum)
         val_loss, val_acc = _evaluate(model, x_val, y_val, rank, world, device)
         train_seconds += time.perf_counter() - started
@@ -363,7 +401,6 @@ def train(args: argparse.Namespace) -> None:
         # Timing lives outside the DVC outputs: it differs run to run by nature.
         timing = {
             "train_seconds": train_seconds,
-            "mlflow_log_seconds": reporter.log_seconds,
             "samples_per_second": len(x_train) * len(history) / max(train_seconds, 1e-9),
         }
         atomic.write_json(Path(args.timing_file), timing)
@@ -401,7 +438,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out-dir", default="models")
     parser.add_argument("--metrics-dir", default="metrics")
     parser.add_argument("--timing-file", default=".tinyops/train_timing.json")
-    parser.add_argument("--run-id", default=None, help="MLflow run that rank 0 logs to")
+    parser.add_argument(
+        "--metrics-log",
+        default=".tinyops/train_metrics.jsonl",
+        help="epoch metrics, one JSON line each",
+    )
     parser.add_argument("--backend", default="gloo", choices=["gloo", "nccl"])
     args = parser.parse_args(argv)
     _init_process_group(args.backend)

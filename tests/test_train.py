@@ -41,13 +41,12 @@ def test_nccl_without_a_gpu_is_refused() -> None:
 
 
 def test_torchrun_command_shapes() -> None:
-    single = torchrun_command(parse_params({}), Path("params.yaml"), "abc", "gloo")
+    single = torchrun_command(parse_params({}), Path("params.yaml"), "gloo")
     assert "--standalone" in single and single[single.index("--nproc-per-node") + 1] == "2"
-    assert single[-2:] == ["--run-id", "abc"]
+    assert single[-2:] == ["--metrics-log", ".tinyops/train_metrics.jsonl"]
     multi = torchrun_command(
         parse_params({"train": {"nnodes": 3, "rdzv_endpoint": "10.0.0.1:29400"}}),
         Path("params.yaml"),
-        None,
         "gloo",
     )
     assert "--standalone" not in multi
