@@ -58,6 +58,22 @@ def api_url() -> str:
     return os.environ.get("PREFECT_API_URL") or DEFAULT_API
 
 
+def configured_api_url() -> str | None:
+    """A Prefect server the user pointed at, by environment or by the active Prefect profile;
+    None means Prefect would start a temporary server. Read without importing Prefect (slow)."""
+    import tomllib
+
+    if os.environ.get("PREFECT_API_URL"):
+        return os.environ["PREFECT_API_URL"]
+    home = Path(os.environ.get("PREFECT_HOME", Path.home() / ".prefect")).expanduser()
+    try:
+        profiles = tomllib.loads((home / "profiles.toml").read_text())
+    except (OSError, ValueError):
+        return None
+    active = os.environ.get("PREFECT_PROFILE") or profiles.get("active", "ephemeral")
+    return profiles.get("profiles", {}).get(active, {}).get("PREFECT_API_URL") or None
+
+
 def require_server(url: str) -> None:
     """Fail in the first second, and say what to do, when no Prefect server answers."""
     try:

@@ -1,7 +1,9 @@
 """Steady-state training throughput of one configuration, for `tinyops bench`.
 
-Run plainly (one process) or under torchrun (DDP, gloo or NCCL). Synthetic tensors of the model's
-input shape, so only the training step is measured: no data loading, no start-up. Rank 0 prints
+Run plainly (one process) or under torchrun (DDP, gloo or NCCL). The step is training's own
+(make_ddp, make_optimizer, train_step from pipeline/train_worker.py) on synthetic tensors of the
+model's input shape, so only the training step is measured: no data loading, no start-up. The
+timed window is long enough (--seconds) to be a steady state on a noisy machine. Rank 0 prints
 one JSON line: samples/s over the timed steps, and the median all-reduce time of a buffer the size
 of the model's gradients.
 """
@@ -16,9 +18,9 @@ import time
 
 import torch
 import torch.distributed as dist
-from torch import nn
 
 from pipeline.models import Architecture, build_model, count_parameters
+from pipeline.train_worker import make_ddp, make_optimizer, train_step
 
 MODELS = {
     # The default pipeline's CNN on 8×8 digits.
@@ -33,8 +35,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", choices=sorted(MODELS), default="default")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--batch", type=int, default=64, help="global batch")
-    parser.add_argument("--warmup", type=int, default=10)
-    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument("--seconds", type=float, default=2.0, help="timed window, at least")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     distributed = "RANK" in os.environ
@@ -45,23 +47,27 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(0)
     arch = MODELS[args.model]
     model = build_model(arch)
-    net = nn.parallel.DistributedDataParallel(model) if distributed else model
-    opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
+    net = make_ddp(model, torch.device("cpu")) if distributed else model
+    opt = make_optimizer(model, lr=1e-3, weight_decay=1e-4)
     per_rank = args.batch // world
     x = torch.randn(per_rank, *arch.input_shape)
     y = torch.randint(0, arch.num_classes, (per_rank,))
 
     def step() -> None:
-        opt.zero_grad(set_to_none=True)
-        nn.functional.cross_entropy(net(x), y).backward()
-        opt.step()
+        train_step(net, opt, x, y)
 
     for _ in range(args.warmup):
         step()
+    probe = time.perf_counter()
+    for _ in range(10):
+        step()
+    # Every rank runs the same number of steps: the most any rank needs to fill the window.
+    steps = torch.tensor([max(30, int(args.seconds / ((time.perf_counter() - probe) / 10)))])
     if distributed:
+        dist.all_reduce(steps, op=dist.ReduceOp.MAX)
         dist.barrier()
     start = time.perf_counter()
-    for _ in range(args.steps):
+    for _ in range(int(steps)):
         step()
     if distributed:
         dist.barrier()
@@ -79,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
         print(
             json.dumps(
                 {
-                    "samples_per_s": args.steps * args.batch / seconds,
+                    "samples_per_s": int(steps) * args.batch / seconds,
                     "allreduce_ms": allreduce_ms,
                     "parameters": count_parameters(model),
                 }

@@ -65,16 +65,14 @@ def run(
     the one at PREFECT_API_URL. With nothing new since the last success it ends as skipped
     (without a server, before Prefect starts at all).
     """
-    import os
-
-    from flows.schedule import prefect_defaults
+    from flows.schedule import configured_api_url, prefect_defaults
     from pipeline.config import load_params
     from pipeline.preflight import preflight
     from pipeline.run import nothing_new
 
     try:  # bad config, no MLflow store, a full disk, too many workers: fail now, not mid-run
         loaded = load_params(params)
-        if not force and not os.environ.get("PREFECT_API_URL"):
+        if not force and configured_api_url() is None:
             reason = nothing_new(params)
             if reason:
                 typer.echo(f"skipped: {reason}")

@@ -58,3 +58,23 @@ def test_bad_data_fails_the_flow_once_without_retries(
     assert tasks[1].state.is_failed()
     assert (ws / "data/raw/bad.npz.dvc").is_file(), "the new raw file was versioned first"
     assert not (ws / "data/processed").exists()
+
+
+def test_a_server_set_in_the_prefect_profile_counts_as_configured(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flows.schedule import configured_api_url
+
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    monkeypatch.delenv("PREFECT_PROFILE", raising=False)
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path))
+    assert configured_api_url() is None, "no profiles file: Prefect's temporary server"
+    (tmp_path / "profiles.toml").write_text(
+        'active = "team"\n[profiles.ephemeral]\n'
+        '[profiles.team]\nPREFECT_API_URL = "http://10.0.0.5:4200/api"\n'
+    )
+    assert configured_api_url() == "http://10.0.0.5:4200/api"
+    monkeypatch.setenv("PREFECT_PROFILE", "ephemeral")
+    assert configured_api_url() is None
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:4300/api")
+    assert configured_api_url() == "http://127.0.0.1:4300/api"

@@ -19,7 +19,7 @@ import yaml
 
 from pipeline.bundle import verify_bundle
 from pipeline.tflite_inspect import check_full_int8, read_model
-from tests.conftest import CATALOGUE, run_cmd, tree_digest, workspace_env
+from tests.conftest import BIN, CATALOGUE, run_cmd, tree_digest, workspace_env
 
 pytestmark = pytest.mark.slow
 
@@ -371,6 +371,16 @@ def test_a_rerun_with_nothing_new_is_skipped_before_any_stage(
     assert len(_pipeline_parents(pipeline_ws)) == 1, "a skipped run opens no MLflow run"
     assert (_digests(pipeline_ws), tree_digest(pipeline_ws / "deploy")) == before
     assert "up to date" in run_cmd(["dvc", "status"], pipeline_ws).stdout
+    # Without a Prefect server the same decision is taken before Prefect's temporary one starts.
+    env = {k: v for k, v in workspace_env(pipeline_ws).items() if k != "PREFECT_API_URL"}
+    quick = subprocess.run(
+        [str(BIN / "tinyops"), "run"], cwd=pipeline_ws, env=env, capture_output=True, text=True
+    )
+    assert quick.returncode == 0, quick.stderr[-3000:]
+    assert "skipped: nothing new since the last successful run" in quick.stdout
+    assert "temporary server" not in quick.stdout + quick.stderr, "decided before Prefect starts"
+    assert len(_pipeline_parents(pipeline_ws)) == 1
+    assert (_digests(pipeline_ws), tree_digest(pipeline_ws / "deploy")) == before
 
 
 def test_scheduled_deployment_picks_up_new_data_then_skips(
