@@ -44,6 +44,17 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _canonical(obj: Any) -> Any:
+    """The same checkpoint pickles to the same bytes whether its history was built here or loaded
+    from an earlier checkpoint: pickle shares equal strings only when they are one object, so
+    every dict key is interned."""
+    if isinstance(obj, dict):
+        return {(sys.intern(k) if isinstance(k, str) else k): _canonical(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_canonical(v) for v in obj]
+    return obj
+
+
 def _save(obj: Any, path: Path) -> None:
     """torch.save through a temp file and rename: a reader never sees half a checkpoint."""
     buf = io.BytesIO()
@@ -206,6 +217,21 @@ class _Reporter:
             f.write(line + "\n")
 
 
+def _progress_file(timing_file: Path) -> Path:
+    return timing_file.with_name("train_progress.json")
+
+
+def _seconds_before(timing_file: Path, epoch: int) -> float:
+    """Training time spent up to the checkpoint being resumed (0 if not recorded)."""
+    import json
+
+    try:
+        progress = json.loads(_progress_file(timing_file).read_text())
+    except (OSError, ValueError):
+        return 0.0
+    return float(progress["train_seconds"]) if progress.get("epoch") == epoch else 0.0
+
+
 def _is_writer(rank: int, nnodes: int) -> bool:
     """The one process that prints, logs and writes files.
 
@@ -292,7 +318,8 @@ def train(args: argparse.Namespace) -> None:
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         best, best_state, history = ckpt["best"], ckpt["best_state"], ckpt["history"]
-        stale, train_seconds = ckpt["stale"], ckpt["train_seconds"]
+        stale = ckpt["stale"]
+        train_seconds = _seconds_before(Path(args.timing_file), ckpt["epoch"])
         torch.set_rng_state(ckpt["rng_torch"])  # every rank drew the same dropout stream
         # A crash after the epoch that ended training: nothing left to train.
         start = tp.epochs + 1 if stale >= tp.patience else ckpt["epoch"] + 1
@@ -343,20 +370,27 @@ def train(args: argparse.Namespace) -> None:
             )
             reporter.metrics(epoch, {k: v for k, v in row.items() if k != "epoch"})
             _save(
-                {
-                    "epoch": epoch,
-                    "model": {k: v.detach().to("cpu") for k, v in model.state_dict().items()},
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "best": best,
-                    "best_state": best_state,
-                    "history": history,
-                    "stale": stale,
-                    "train_seconds": train_seconds,
-                    "rng_torch": torch.get_rng_state(),
-                    "key": key,
-                },
+                _canonical(
+                    {
+                        "epoch": epoch,
+                        "model": {k: v.detach().to("cpu") for k, v in model.state_dict().items()},
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "best": best,
+                        "best_state": best_state,
+                        "history": history,
+                        "stale": stale,
+                        "rng_torch": torch.get_rng_state(),
+                        "key": key,
+                    }
+                ),
                 ckpt_dir / f"epoch-{epoch:04d}.pt",
+            )
+            # Wall time is kept beside, not in, the checkpoint: checkpoints are DVC outputs and
+            # must come out byte for byte the same on every run.
+            atomic.write_json(
+                _progress_file(Path(args.timing_file)),
+                {"epoch": epoch, "train_seconds": train_seconds},
             )
             for old in sorted(ckpt_dir.glob("epoch-*.pt"))[: -tp.keep_checkpoints]:
                 old.unlink()

@@ -87,6 +87,10 @@ def test_a_killed_worker_restarts_and_training_resumes_to_the_same_model(
     assert resumed and int(resumed.group(1)) >= 2, out[-4000:]
     assert out.count("epoch   1/12") == 1, "epochs before the checkpoint are not trained again"
     assert (ws / "models/model.pt").read_bytes() == (first_run / "models/model.pt").read_bytes()
+    kept = sorted((first_run / "models/checkpoints").glob("epoch-*.pt"))
+    assert kept, "the uninterrupted run kept its last checkpoints"
+    for ckpt in kept:  # DVC outputs too: no wall time or other run-to-run state inside
+        assert (ws / "models/checkpoints" / ckpt.name).read_bytes() == ckpt.read_bytes(), ckpt.name
     summary = json.loads((ws / "metrics/train.json").read_text())
     first = json.loads((first_run / "metrics/train.json").read_text())
     assert summary == first
