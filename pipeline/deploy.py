@@ -149,6 +149,9 @@ def deploy_device(
     status_dir: Path = STATUS_DIR,
 ) -> DeployResult:
     require_device(params, device)
+    interrupt.import_modules(
+        "ai_edge_litert.interpreter", "tflite_micro.python.tflite_micro.runtime"
+    )
     profile = params.devices[device]
     variants = _read_json(Path("metrics/variants.json"), "evaluate")
     meta = _read_json(Path("data/processed/meta.json"), "prepare")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import atomic, tflm
+from pipeline import atomic, interrupt, tflm
 from pipeline.config import VARIANTS, EvaluateParams
 from pipeline.errors import ArtifactError
 from pipeline.export import INT8_NAME, load_trained, variant_file
@@ -69,6 +69,9 @@ def evaluate(
 ) -> EvaluateResult:
     import torch
 
+    interrupt.import_modules(
+        "ai_edge_litert.interpreter", "tflite_micro.python.tflite_micro.runtime"
+    )
     x, y = data.x["test"], data.y["test"]
     blobs = {v: _read(export_dir / variant_file(v)) for v in VARIANTS}
     fp32_bytes, int8_bytes = blobs["fp32"], blobs["int8"]

@@ -150,6 +150,12 @@ def export(
     import torch
 
     _quiet_litert()
+    interrupt.import_modules(
+        "litert_torch",
+        "torchao.quantization.pt2e.quantize_pt2e",
+        "ai_edge_quantizer.quantizer",
+        "ai_edge_litert.interpreter",
+    )
     torch.manual_seed(seed)
     model, arch, _ = load_trained(model_path)
     sample = torch.zeros((1, *arch.input_shape), dtype=torch.float32)

@@ -65,3 +65,14 @@ def deferred() -> Iterator[None]:
         global received
         received = pending[0]
         raise Terminated(pending[0]) if pending[0] == signal.SIGTERM else KeyboardInterrupt
+
+
+def import_modules(*names: str) -> None:
+    """Import native-heavy libraries with signals held. A SIGTERM raised in the middle of a C
+    extension's initialisation (jaxlib's MLIR, TensorFlow) can leave it half-built, and the
+    process then aborts (SIGABRT) instead of ending with 143; held, it acts right after."""
+    import importlib
+
+    with deferred():
+        for name in names:
+            importlib.import_module(name)
