@@ -30,8 +30,9 @@ from pipeline.run import tool
 RESULTS = Path("bench/results.json")
 
 
-def _worker(model: str, threads: int, procs: int) -> list[str]:
+def _worker(model: str, threads: int, procs: int, allreduce: str) -> list[str]:
     args = ["-m", "pipeline.bench_worker", "--model", model, "--threads", str(threads)]
+    args += ["--allreduce", allreduce]
     if procs == 1:
         return [sys.executable, *args]
     return [
@@ -78,8 +79,9 @@ def _forget_last_success() -> None:
 
 
 PLAIN = "from pathlib import Path; from pipeline.run import run_pipeline; run_pipeline(Path('params.yaml'))"
-TARGET_DDP = "DDP 2 × 1 thread (gloo), 64 per worker"
-SPLIT_DDP = "DDP 2 × 1 thread (gloo), 64 split 32 + 32"
+TARGET_DDP = "DDP 2 × 1 thread, 64 per worker"
+GLOO_DDP = "DDP 2 × 1 thread, gloo TCP all-reduce, 64 per worker"
+SPLIT_DDP = "DDP 2 × 1 thread, 64 split 32 + 32"
 
 
 def interleave(
@@ -114,34 +116,47 @@ def bench(rounds: int = 5, on_progress: Callable[[str], None] = print) -> dict[s
         },
         "rounds": rounds,
         "throughput": {},
+        "allreduce_ms": {},
         "overhead": {},
     }
-    allreduce: dict[str, list[float]] = {}
     for model in ("default", "resnet8"):
         configs: dict[str, Callable[[], float]] = {}
-        # (threads, processes, global batch): every config steps 64 samples per worker, as DDP
-        # throughput is usually compared; the split row is the pipeline's own global batch of
-        # 64 cut in two, where fixed per-step costs weigh double (reported, not a target).
-        plans = {"1 proc × 1 thread": (1, 1, 64), f"1 proc × {n} threads": (n, 1, 64)}
+        allreduce: dict[str, list[float]] = {}
+        # (threads, processes, global batch, train.allreduce): every config steps 64 samples per
+        # worker, as DDP throughput is usually compared. The target row is DDP as training runs
+        # it (shared-memory all-reduce on one host); the gloo row is the same over gloo's TCP;
+        # the split row is the pipeline's own global batch of 64 cut in two, where fixed
+        # per-step costs weigh double (the last two are reported, not targets).
+        plans = {
+            "1 proc × 1 thread": (1, 1, 64, "auto"),
+            f"1 proc × {n} threads": (n, 1, 64, "auto"),
+        }
         if n >= 2:
-            plans[TARGET_DDP] = (1, 2, 128)
-            plans[SPLIT_DDP] = (1, 2, 64)
-        for name, (threads, procs, batch) in plans.items():
+            plans[TARGET_DDP] = (1, 2, 128, "auto")
+            plans[GLOO_DDP] = (1, 2, 128, "backend")
+            plans[SPLIT_DDP] = (1, 2, 64, "auto")
+        for name, (threads, procs, batch, how) in plans.items():
             assert threads * procs <= n, "never more threads × processes than cores"
 
             def run(
-                threads: int = threads, procs: int = procs, batch: int = batch, model: str = model
+                threads: int = threads,
+                procs: int = procs,
+                batch: int = batch,
+                how: str = how,
+                model: str = model,
+                allreduce: dict[str, list[float]] = allreduce,
             ) -> float:
-                got = _run_json([*_worker(model, threads, procs), "--batch", str(batch)], threads)
-                if got["allreduce_ms"] is not None:
-                    allreduce.setdefault(model, []).append(got["allreduce_ms"])
+                cmd = [*_worker(model, threads, procs, how), "--batch", str(batch)]
+                got = _run_json(cmd, threads)
+                for way, ms in (got["allreduce_ms"] or {}).items():
+                    allreduce.setdefault(way, []).append(ms)
                 return float(got["samples_per_s"])
 
             configs[name] = run
         samples = interleave(configs, rounds, lambda s, m=model: on_progress(f"{m}: {s}"))
         results["throughput"][model] = {k: summary(v) for k, v in samples.items()}
-        if model in allreduce:
-            results["throughput"][model]["allreduce_ms"] = summary(allreduce[model])
+        if allreduce:
+            results["allreduce_ms"][model] = {k: summary(v) for k, v in allreduce.items()}
     results["quantization"] = quantization()
     on_progress("resnet8: exporting fp32 and int8, measuring TFLite Micro arenas")
     results["resnet8_export"] = _run_json([sys.executable, "-m", "pipeline.bench_export"], 1)

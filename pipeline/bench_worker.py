@@ -5,7 +5,7 @@ Run plainly (one process) or under torchrun (DDP, gloo or NCCL). The step is tra
 model's input shape, so only the training step is measured: no data loading, no start-up. The
 timed window is long enough (--seconds) to be a steady state on a noisy machine. Rank 0 prints
 one JSON line: samples/s over the timed steps, and the median all-reduce time of a buffer the size
-of the model's gradients.
+of the model's gradients, through gloo and (where training would use it) shared memory.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ import torch
 import torch.distributed as dist
 
 from pipeline.models import Architecture, build_model, count_parameters
-from pipeline.train_worker import make_ddp, make_optimizer, train_step
+from pipeline.shm_allreduce import SharedMemoryAllReduce
+from pipeline.train_worker import make_ddp, make_optimizer, train_step, use_shared_memory
 
 MODELS = {
     # The default pipeline's CNN on 8×8 digits.
@@ -37,6 +38,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=64, help="global batch")
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--seconds", type=float, default=2.0, help="timed window, at least")
+    parser.add_argument(
+        "--allreduce", choices=["auto", "backend"], default="auto", help="as train.allreduce"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     distributed = "RANK" in os.environ
@@ -47,7 +51,8 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(0)
     arch = MODELS[args.model]
     model = build_model(arch)
-    net = make_ddp(model, torch.device("cpu")) if distributed else model
+    shared = distributed and use_shared_memory(args.allreduce)
+    net = make_ddp(model, torch.device("cpu"), shared) if distributed else model
     opt = make_optimizer(model, lr=1e-3, weight_decay=1e-4)
     per_rank = args.batch // world
     x = torch.randn(per_rank, *arch.input_shape)
@@ -72,21 +77,27 @@ def main(argv: list[str] | None = None) -> None:
     if distributed:
         dist.barrier()
     seconds = time.perf_counter() - start
-    allreduce_ms = None
+    allreduce_ms: dict[str, float] = {}
     if distributed:
         grads = torch.zeros(count_parameters(model))
-        times = []
-        for _ in range(30):
-            t = time.perf_counter()
-            dist.all_reduce(grads)
-            times.append((time.perf_counter() - t) * 1000)
-        allreduce_ms = statistics.median(times[5:])
+        ways = {"gloo": dist.all_reduce}
+        if shared:
+            ways["shared memory"] = SharedMemoryAllReduce(grads.numel() * 4).allreduce_mean_
+        for way, fn in ways.items():
+            times = []
+            dist.barrier()
+            for _ in range(30):
+                t = time.perf_counter()
+                fn(grads)
+                times.append((time.perf_counter() - t) * 1000)
+            allreduce_ms[way] = statistics.median(times[5:])
     if rank == 0:
         print(
             json.dumps(
                 {
                     "samples_per_s": int(steps) * args.batch / seconds,
-                    "allreduce_ms": allreduce_ms,
+                    "allreduce_ms": allreduce_ms or None,
+                    "allreduce": "shared memory" if shared else ("gloo" if distributed else None),
                     "parameters": count_parameters(model),
                 }
             ),

@@ -263,7 +263,7 @@ def bench(
 ) -> None:
     """Measure speed, size, memory and overhead side by side; write bench/results.json.
 
-    Uses the workspace's last pipeline run (run `tinyops run` first); about 15 minutes on 2 cores.
+    Uses the workspace's last pipeline run (run `tinyops run` first); about 18 minutes on 2 cores.
     """
     from rich.table import Table
 
@@ -278,13 +278,18 @@ def bench(
     for model, rows in r["throughput"].items():
         base = rows["1 proc × 1 thread"]["median"]
         for name, s in rows.items():
-            unit = "ms" if name == "allreduce_ms" else "samples/s"
-            ratio = "" if unit == "ms" else f"{s['median'] / base:.2f}×"
             table.add_row(
-                f"{model}: {name} ({unit})",
+                f"{model}: {name} (samples/s)",
                 f"{s['median']:,.1f}",
                 f"{s['min']:,.1f}–{s['max']:,.1f}",
-                ratio,
+                f"{s['median'] / base:.2f}×",
+            )
+        for way, s in r["allreduce_ms"].get(model, {}).items():
+            table.add_row(
+                f"{model}: all-reduce of the gradients, {way} (ms)",
+                f"{s['median']:.3f}",
+                f"{s['min']:.3f}–{s['max']:.3f}",
+                "",
             )
     for variant, s in r["latency_ms"].items():
         base = r["latency_ms"]["fp32"]["median"]

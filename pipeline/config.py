@@ -79,6 +79,10 @@ class TrainParams(_Section):
     """host:port of the rendezvous (c10d) when nnodes > 1."""
     backend: Literal["auto", "gloo", "nccl"] = "auto"
     """auto: nccl when CUDA is present, else gloo."""
+    allreduce: Literal["auto", "shared_memory", "backend"] = "auto"
+    """Gradient all-reduce. auto: through shared memory when the backend is gloo and every
+    worker is on this host (x86-64), else the backend's own; shared_memory: that, or an error;
+    backend: always the backend's (gloo over TCP, NCCL)."""
     epochs: PositiveInt = 40
     batch_size: PositiveInt = 64
     """Global batch size, split evenly across all workers."""
@@ -99,6 +103,10 @@ class TrainParams(_Section):
     def _check(self) -> TrainParams:
         if self.nnodes > 1 and not self.rdzv_endpoint:
             raise ValueError("nnodes > 1 needs rdzv_endpoint (host:port of the rendezvous)")
+        if self.allreduce == "shared_memory" and self.nnodes > 1:
+            raise ValueError("allreduce shared_memory needs every worker on one host (nnodes 1)")
+        if self.allreduce == "shared_memory" and self.backend == "nccl":
+            raise ValueError("allreduce shared_memory needs the gloo backend (CPU)")
         return self
 
 

@@ -29,7 +29,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DistributedSampler
 
-from pipeline import atomic
+from pipeline import atomic, shm_allreduce
 from pipeline.config import load_params
 from pipeline.models import Architecture, build_model, count_parameters
 from pipeline.prepare import load_processed
@@ -112,19 +112,39 @@ def _share(obj: Any, writer_rank: int) -> Any:
     return box[0]
 
 
-def make_ddp(model: nn.Module, device: torch.device) -> nn.parallel.DistributedDataParallel:
+def use_shared_memory(allreduce: str) -> bool:
+    """train.allreduce resolved for this job (pipeline/shm_allreduce.py)."""
+    if allreduce == "backend" or dist.get_world_size() == 1:
+        return False
+    reason = shm_allreduce.this_job_reason(dist.get_backend())
+    if allreduce == "shared_memory" and reason:
+        raise RuntimeError(f"train.allreduce is shared_memory, but {reason}")
+    return reason is None
+
+
+def make_ddp(
+    model: nn.Module, device: torch.device, shared_memory: bool = False
+) -> nn.parallel.DistributedDataParallel:
     """DDP as training and `tinyops bench` use it.
 
     No buffer broadcast before every forward (a collective per step that 2 CPU workers feel);
     sync_buffers averages the BatchNorm statistics once per epoch instead. Gradients live in the
-    all-reduce bucket itself, saving a copy per step.
+    all-reduce bucket itself, saving a copy per step. With shared_memory, the gradients are
+    averaged through a mapping the workers share instead of gloo's TCP.
     """
-    return nn.parallel.DistributedDataParallel(
+    ddp = nn.parallel.DistributedDataParallel(
         model,
         device_ids=[device.index] if device.type == "cuda" else None,
-        broadcast_buffers=False,
+        forward_sync_buffers=False,
         gradient_as_bucket_view=True,
     )
+    if shared_memory:
+        grad_bytes = sum(
+            p.numel() * p.element_size() for p in model.parameters() if p.requires_grad
+        )
+        state = shm_allreduce.SharedMemoryAllReduce(grad_bytes)
+        ddp.register_comm_hook(state, shm_allreduce.comm_hook)
+    return ddp
 
 
 def make_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
@@ -273,7 +293,8 @@ def train(args: argparse.Namespace) -> None:
     # A 1-channel first conv's weight grad comes back with strides (9,1,3,1) against the
     # parameter's (9,9,3,1): the same memory, since that dim has size 1. DDP warns anyway.
     warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
-    ddp = make_ddp(model, device)
+    shared_memory = use_shared_memory(tp.allreduce)
+    ddp = make_ddp(model, device, shared_memory)
     optimizer = make_optimizer(model, tp.lr, tp.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=tp.epochs)
     x_train, y_train = x_train.to(device), y_train.to(device)
@@ -290,7 +311,8 @@ def train(args: argparse.Namespace) -> None:
     )
     if reporter:
         reporter.console.print(
-            f"train: {world} worker(s) × {tp.threads_per_proc} thread(s), backend {dist.get_backend()}, "
+            f"train: {world} worker(s) × {tp.threads_per_proc} thread(s), backend {dist.get_backend()} "
+            f"(all-reduce: {'shared memory' if shared_memory else dist.get_backend()}), "
             f"{count_parameters(model):,} parameters, {len(x_train)} training samples"
         )
         reporter.progress.start()
