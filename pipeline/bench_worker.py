@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", choices=sorted(MODELS), default="default")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--batch", type=int, default=64, help="global batch")
-    parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument("--warmup", type=float, default=0.5, help="seconds of warm-up, at least")
     parser.add_argument("--seconds", type=float, default=2.0, help="timed window, at least")
     parser.add_argument(
         "--allreduce", choices=["auto", "backend"], default="auto", help="as train.allreduce"
@@ -61,18 +61,31 @@ def main(argv: list[str] | None = None) -> None:
     def step() -> None:
         train_step(net, opt, x, y)
 
-    for _ in range(args.warmup):
-        step()
-    probe = time.perf_counter()
-    for _ in range(10):
-        step()
-    # Every rank runs the same number of steps: the most any rank needs to fill the window.
-    steps = torch.tensor([max(30, int(args.seconds / ((time.perf_counter() - probe) / 10)))])
+    def most(value: float) -> float:
+        """Every rank must run the same number of steps (each one is a collective): the
+        largest of the ranks' values."""
+        if not distributed:
+            return value
+        t = torch.tensor([value], dtype=torch.float64)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return float(t)
+
+    def timed(n: int) -> float:
+        start = time.perf_counter()
+        for _ in range(n):
+            step()
+        return (time.perf_counter() - start) / n
+
+    # Warm up for a time, not a step count (a ResNet-8 step is 10× a default one); the warm-up
+    # steps' own time sizes the timed window.
+    timed(3)
+    per_step = most(timed(3))
+    per_step = timed(max(1, int(args.warmup / per_step)))
+    steps = int(most(max(10, int(args.seconds / per_step) + 1)))
     if distributed:
-        dist.all_reduce(steps, op=dist.ReduceOp.MAX)
         dist.barrier()
     start = time.perf_counter()
-    for _ in range(int(steps)):
+    for _ in range(steps):
         step()
     if distributed:
         dist.barrier()
