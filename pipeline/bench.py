@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -256,6 +257,7 @@ def bench(rounds: int = 5, on_progress: Callable[[str], None] = print) -> dict[s
         rounds,
         on_progress,
     )
+    shutil.rmtree(floor, ignore_errors=True)
     results["overhead"] = {k: summary(v) for k, v in (flow | overhead).items()}
     timing = Path(".tinyops/train_timing.json")
     if timing.is_file():
