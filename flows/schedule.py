@@ -17,7 +17,7 @@ import urllib.request
 from pathlib import Path
 from typing import NoReturn
 
-from pipeline.errors import ConfigError, PipelineError
+from pipeline.core.errors import ConfigError, PipelineError
 
 PREFECT_HOME = Path(".tinyops/prefect")
 DEFAULT_HOST = "127.0.0.1"
@@ -109,7 +109,7 @@ def serve(
     force: bool = False,
 ) -> None:
     """Create (or update) deployment retrain/<name> with the cron schedule and serve it."""
-    from pipeline.config import load_params
+    from pipeline.core.config import load_params
 
     load_params(Path(params_path))  # a bad config is an error now, not at 03:00
     check_cron(cron, timezone)

@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from pipeline.errors import TinyopsError
+from pipeline.core.errors import TinyopsError
 
 app = typer.Typer(
     name="tinyops",
@@ -66,9 +66,9 @@ def run(
     (without a server, before Prefect starts at all).
     """
     from flows.schedule import configured_api_url, prefect_defaults
-    from pipeline.config import load_params
-    from pipeline.preflight import preflight
-    from pipeline.run import nothing_new
+    from pipeline.core.config import load_params
+    from pipeline.core.preflight import preflight
+    from pipeline.orchestration.run import nothing_new
 
     try:  # bad config, no MLflow store, a full disk, too many workers: fail now, not mid-run
         loaded = load_params(params)
@@ -142,30 +142,37 @@ def stage(
     ] = None,
 ) -> None:
     """Run one stage (what dvc.yaml calls). Logs a nested MLflow run under the pipeline's run."""
-    from pipeline.errors import ConfigError
-    from pipeline.stages import STAGES, run_deploy
+    from pipeline.core.errors import ConfigError
+    from pipeline.stages import STAGES, recorded
 
     try:
-        if name is StageName.deploy:
-            if not device:
-                raise ConfigError(
-                    "`tinyops stage deploy` needs --device NAME (see `tinyops devices`)."
-                )
-            run_deploy(params, device)
-        elif device:
-            raise ConfigError(f"--device applies to the deploy stage only, not '{name.value}'.")
-        else:
-            STAGES[name.value](params)
+        if (name is StageName.deploy) != bool(device):
+            raise ConfigError(
+                "`tinyops stage deploy` needs --device NAME (see `tinyops devices`)."
+                if name is StageName.deploy
+                else f"--device applies to the deploy stage only, not '{name.value}'."
+            )
+        if device:  # before the name becomes part of a path
+            from pipeline.core.config import check_device_name
+
+            try:
+                check_device_name(device)
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
+        target = f"deploy@{device}" if device else name.value
+        with recorded(target):
+            STAGES[name.value](params, *([device] if device else []))
     except TinyopsError as exc:
         _fail(exc)
 
 
 def _move_production(device: str, move: str, version: str | None = None) -> None:
     """rollback/promote: check the name, move the alias (the bundle is verified), say where."""
-    from pipeline import registry, tracking
-    from pipeline.config import check_device_name
-    from pipeline.deploy import DEPLOY_ROOT
-    from pipeline.errors import ConfigError
+    from pipeline.core import tracking
+    from pipeline.core.catalog import DEPLOY_ROOT
+    from pipeline.core.config import check_device_name
+    from pipeline.core.errors import ConfigError
+    from pipeline.deploy import registry
 
     try:
         try:
@@ -204,8 +211,9 @@ def devices(params: ParamsOpt = Path("params.yaml")) -> None:
     """Every device with its production version, variant, size, arena, accuracy and latency."""
     from rich.table import Table
 
-    from pipeline import registry, tracking
-    from pipeline.config import load_params
+    from pipeline.core import tracking
+    from pipeline.core.config import load_params
+    from pipeline.deploy import registry
 
     try:
         parsed = load_params(params)
@@ -248,7 +256,7 @@ def check(params: ParamsOpt = Path("params.yaml")) -> None:
     """Validate params.yaml and print the resolved configuration, doing no work."""
     import yaml
 
-    from pipeline.config import load_params
+    from pipeline.core.config import load_params
 
     try:
         parsed = load_params(params)
@@ -265,79 +273,10 @@ def bench(
 
     Uses the workspace's last pipeline run (run `tinyops run` first); about 18 minutes on 2 cores.
     """
-    from rich.table import Table
+    from pipeline.bench.runner import bench as run_bench
+    from pipeline.bench.table import print_results
 
-    from pipeline.bench import bench as run_bench
-
-    r = run_bench(rounds, on_progress=lambda s: typer.echo(s, err=True))
-    table = Table(
-        title=f"tinyops bench: {r['machine']['cores']} cores, torch {r['machine']['torch']}"
-    )
-    for col in ("measure", "median", "min–max", "ratio"):
-        table.add_column(col)
-    for model, rows in r["throughput"].items():
-        base = rows["1 proc × 1 thread"]["median"]
-        for name, s in rows.items():
-            table.add_row(
-                f"{model}: {name} (samples/s)",
-                f"{s['median']:,.1f}",
-                f"{s['min']:,.1f}–{s['max']:,.1f}",
-                f"{s['median'] / base:.2f}×",
-            )
-        for way, s in r["allreduce_ms"].get(model, {}).items():
-            table.add_row(
-                f"{model}: all-reduce of the gradients, {way} (ms)",
-                f"{s['median']:.3f}",
-                f"{s['min']:.3f}–{s['max']:.3f}",
-                "",
-            )
-    for variant, s in r["latency_ms"].items():
-        base = r["latency_ms"]["fp32"]["median"]
-        table.add_row(
-            f"{'' if variant.startswith('tflm') else 'LiteRT '}{variant} invoke, host (ms)",
-            f"{s['median']:.4f}",
-            f"{s['min']:.4f}–{s['max']:.4f}",
-            "" if variant.startswith("tflm") else f"{s['median'] / base:.2f}×",
-        )
-    q = r["quantization"]
-    for level, value in q["accuracy"].items():
-        table.add_row(level, f"{value:.4f}", "", "")
-    table.add_row("int8/fp32 agreement", f"{q['int8_fp32_agreement']:.4f}", "", "")
-    for variant, size in q["bytes"].items():
-        table.add_row(
-            f".tflite {variant} (B)", f"{size:,}", "", f"{size / q['bytes']['int8']:.2f}× int8"
-        )
-    heavy = r["resnet8_export"]
-    for variant in ("fp32", "int8"):
-        size = heavy["bytes"][variant]
-        ratio = f"{size / heavy['bytes']['int8']:.2f}× int8"
-        table.add_row(f"resnet8: .tflite {variant} (B)", f"{size:,}", "", ratio)
-    for name, arenas in (("default", q["arena_bytes"]), ("resnet8", heavy["arena_bytes"])):
-        for variant in ("fp32", "int8"):
-            ratio = f"{arenas[variant] / arenas['int8']:.2f}× int8"
-            table.add_row(
-                f"{name}: TFLite Micro arena {variant} (B)", f"{arenas[variant]:,}", "", ratio
-            )
-    for device, ratio in q["bundled_arena_over_need"].items():
-        table.add_row(f"bundled arena ÷ need: {device}", f"{ratio:.3f}", "", "")
-    table.add_row(
-        "resnet8: TFLite Micro int8 invoke, host (ms)",
-        f"{heavy['tflm_int8_invoke_ms']:.2f}",
-        "",
-        "",
-    )
-    for device, ms in q["mcu_estimated_latency_ms"].items():
-        table.add_row(f"estimated latency: {device} (ms)", f"{ms:.2f}", "", "")
-    for stage, mib in r["memory"].items():
-        table.add_row(f"peak RSS: {stage} (MiB)", f"{mib:,.0f}", "", "")
-    for name, s in r["overhead"].items():
-        span = f"{s['min']:.3f}–{s['max']:.3f}" if "min" in s else ""
-        table.add_row(name, f"{s['median']:.3f}", span, "")
-    console = _console()
-    console.print(table)
-    for t in r["targets"]:
-        value = "" if t["value"] is None else f" ({t['value']:.3g})"
-        console.print(f"{t['status']:>12}  {t['target']}{value}")
+    print_results(run_bench(rounds, on_progress=lambda s: typer.echo(s, err=True)), _console())
 
 
 def _print_summary(result: dict) -> None:
@@ -367,7 +306,7 @@ def _print_summary(result: dict) -> None:
 
 
 def main() -> None:
-    from pipeline import interrupt
+    from pipeline.core import interrupt
 
     interrupt.install()  # SIGTERM unwinds like Ctrl-C: outputs stay whole, MLflow runs end KILLED
     try:

@@ -1,84 +1,109 @@
-"""Each stage as the CLI, dvc.yaml and flows call it: validate params, open the stage's nested
+"""Each stage as the CLI (and so dvc.yaml) calls it: validate params, open the stage's nested
 MLflow run, call the stage's plain function, log what it produced.
+
+`STAGES` is keyed by dvc.yaml's stage names (tests/test_stages.py proves the two lists equal), and
+`recorded` writes the status file from which the run path learns that a stage ran and how it
+ended, instead of reading DVC's printed text.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable
+import contextlib
+import signal
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from pipeline import tracking
-from pipeline.config import Params, load_params, require_device
-from pipeline.provenance import git_commit
+from pipeline.core import catalog, tracking
+from pipeline.core.config import Params, load_params, require_device
+from pipeline.core.errors import TinyopsError
 
-META_FILE = Path("data/processed/meta.json")
 STAGE_SECTIONS = {
     "prepare": ("prepare",),
     "train": ("train", "model"),
-    "export": ("export",),
+    "export": ("export", "train.seed"),
     "evaluate": ("evaluate",),
 }
 
 
-def _data_sha256() -> str:
-    try:
-        return json.loads(META_FILE.read_text())["data_sha256"]
-    except (OSError, ValueError, KeyError):
-        return "unknown"
-
-
-def run_tags(stage: str | None = None) -> dict[str, str]:
-    tags = {"git_commit": git_commit(), "data_sha256": _data_sha256()}
-    if stage:
-        tags["stage"] = stage
-    return tags
-
-
 def stage_params(params: Params, stage: str) -> dict[str, str]:
+    """The params.yaml keys a stage reads, as dvc.yaml lists them, flattened for MLflow."""
     dumped = params.model_dump(mode="json")
-    return tracking.flatten("", {s: dumped[s] for s in STAGE_SECTIONS[stage]})
+    picked: dict[str, Any] = {}
+    for key in STAGE_SECTIONS[stage]:
+        section, _, leaf = key.partition(".")
+        picked[key] = dumped[section][leaf] if leaf else dumped[section]
+    return tracking.flatten("", picked)
+
+
+def _exit_code(exc: BaseException | None) -> int:
+    if exc is None:
+        return 0
+    if isinstance(exc, TinyopsError):
+        return exc.exit_code
+    if isinstance(exc, KeyboardInterrupt):
+        return 128 + int(getattr(exc, "signum", signal.SIGINT))
+    return 1
+
+
+@contextlib.contextmanager
+def recorded(target: str) -> Iterator[None]:
+    """Write .tinyops/stages/<target>.json with the stage's exit code however it ends."""
+    error: BaseException | None = None
+    try:
+        yield
+    except BaseException as exc:
+        error = exc
+        raise
+    finally:
+        status = catalog.StageStatus(
+            target=target, exit_code=_exit_code(error), error=str(error or "")[:2000]
+        )
+        catalog.write(catalog.stage_status_file(target), status)
 
 
 def run_prepare(params_path: Path) -> dict[str, Any]:
-    from pipeline.prepare import prepare
+    from pipeline.data.prepare import prepare
 
     params = load_params(params_path)
-    with tracking.stage_run("prepare", stage_params(params, "prepare"), run_tags("prepare")) as run:
-        result = prepare(params.prepare)
-        meta = result.meta
-        run.set_tags({"data_sha256": meta["data_sha256"]})
+    with tracking.stage_run(
+        "prepare", stage_params(params, "prepare"), tracking.run_tags("prepare")
+    ) as run:
+        meta = prepare(params.prepare).meta
+        run.set_tags({"data_sha256": meta.data_sha256})
         run.log_metrics(
-            {f"{k}_samples": v for k, v in meta["splits"].items()}
-            | {"num_classes": meta["num_classes"]}
+            {f"{k}_samples": v for k, v in meta.splits.items()} | {"num_classes": meta.num_classes}
         )
-        run.log_artifact(result.out_dir / "meta.json")
-    return meta
+        run.log_artifact(catalog.META_FILE)
+    return meta.model_dump()
 
 
 def run_train(params_path: Path) -> dict[str, Any]:
-    from pipeline.prepare import load_processed
-    from pipeline.train import train
+    from pipeline.data.prepare import load_meta
+    from pipeline.training.launcher import train
 
     params = load_params(params_path)
-    n_train = int(load_processed().meta["splits"]["train"])
-    with tracking.stage_run("train", stage_params(params, "train"), run_tags("train")) as run:
+    n_train = load_meta().splits["train"]
+    with tracking.stage_run(
+        "train", stage_params(params, "train"), tracking.run_tags("train")
+    ) as run:
         result = train(params, params_path, n_train, run=run)
         run.log_metrics({f"best_{k}": v for k, v in result.summary.items() if k != "world_size"})
         if result.timing:
             run.log_metrics(result.timing)
-        run.log_artifact(Path("metrics/train_history.csv"))
+        run.log_artifact(catalog.TRAIN_HISTORY)
     return result.summary
 
 
 def run_export(params_path: Path) -> dict[str, Any]:
-    from pipeline.export import export
-    from pipeline.prepare import load_processed
+    from pipeline.data.prepare import load_processed
+    from pipeline.export.convert import export
 
     params = load_params(params_path)
     x_train = load_processed().x["train"]
-    with tracking.stage_run("export", stage_params(params, "export"), run_tags("export")) as run:
+    with tracking.stage_run(
+        "export", stage_params(params, "export"), tracking.run_tags("export")
+    ) as run:
         result = export(params.export, x_train, seed=params.train.seed)
         run.log_metrics({f"tflite_{v}_bytes": n for v, n in result.sizes.items()})
         run.set_tags({"int8_ops": ",".join(result.int8_ops)})
@@ -88,24 +113,23 @@ def run_export(params_path: Path) -> dict[str, Any]:
 
 
 def run_evaluate(params_path: Path) -> dict[str, Any]:
-    from pipeline.evaluate import PREDICTIONS_FILE, confusion_png, evaluate, write_outputs
-    from pipeline.prepare import load_processed
+    from pipeline.data.prepare import load_processed
+    from pipeline.evaluation.evaluate import confusion_png, evaluate, write_outputs
 
     params = load_params(params_path)
     data = load_processed()
-    with tracking.stage_run(
-        "evaluate", stage_params(params, "evaluate"), run_tags("evaluate")
-    ) as run:
+    tags = tracking.run_tags("evaluate")
+    with tracking.stage_run("evaluate", stage_params(params, "evaluate"), tags) as run:
         result = evaluate(params.evaluate, data)
         write_outputs(result)
-        run.log_metrics(result.metrics)
-        run.log_artifact(PREDICTIONS_FILE, "plots")
-        run.log_artifact(confusion_png(result, Path(".tinyops/confusion_matrix.png")), "plots")
-    return result.metrics
+        run.log_metrics(result.metrics.as_metrics())
+        run.log_artifact(catalog.PREDICTIONS_FILE, "plots")
+        run.log_artifact(confusion_png(result, catalog.CONFUSION_PNG), "plots")
+    return result.metrics.model_dump()
 
 
 def run_deploy(params_path: Path, device: str) -> dict[str, Any]:
-    from pipeline.deploy import deploy_device
+    from pipeline.deploy.device import deploy_device
 
     params = load_params(params_path)
     require_device(params, device, str(params_path))  # before any MLflow run is opened
@@ -113,27 +137,29 @@ def run_deploy(params_path: Path, device: str) -> dict[str, Any]:
     section = tracking.flatten(
         "", {"deploy": dumped["deploy"], "device": dumped["devices"][device]}
     )
-    with tracking.stage_run(f"deploy@{device}", section, run_tags("deploy")) as run:
+    with tracking.stage_run(f"deploy@{device}", section, tracking.run_tags("deploy")) as run:
         result = deploy_device(params, device, run)
-        print(f"deploy@{device}: {result.status}: {result.record.get('reason', '')}")
-    return result.record
+        print(f"deploy@{device}: {result.status}: {result.record.reason}")
+    return result.record.model_dump()
 
 
 def run_report(params_path: Path) -> dict[str, Any]:
-    from pipeline.report import write_report
+    from pipeline.deploy.report import write_report
 
     params = load_params(params_path)
-    with tracking.stage_run("report", {}, run_tags("report")) as run:
+    with tracking.stage_run("report", {}, tracking.run_tags("report")) as run:
         md, png = write_report(params)
         run.log_artifact(md, "report")
         run.log_artifact(png, "report")
     return {"markdown": str(md), "chart": str(png)}
 
 
-STAGES: dict[str, Callable[[Path], dict[str, Any]]] = {
+# Keyed by dvc.yaml's stage names; deploy takes the device as well.
+STAGES: dict[str, Callable[..., dict[str, Any]]] = {
     "prepare": run_prepare,
     "train": run_train,
     "export": run_export,
     "evaluate": run_evaluate,
+    "deploy": run_deploy,
     "report": run_report,
 }

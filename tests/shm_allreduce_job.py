@@ -9,8 +9,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from pipeline.shm_allreduce import SharedMemoryAllReduce
-from pipeline.train_worker import make_ddp, make_optimizer, train_step, use_shared_memory
+from pipeline.training.shm_allreduce import SharedMemoryAllReduce
+from pipeline.training.worker import make_ddp, make_optimizer, train_step, use_shared_memory
 
 
 def inputs(rank: int, n: int, dtype: torch.dtype, call: int) -> torch.Tensor:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pipeline.bench import TARGET_DDP, interleave, summary, targets
+from pipeline.bench.runner import TARGET_DDP, interleave, summary, targets
 
 
 def test_runs_interleave_and_the_warm_up_is_not_counted() -> None:

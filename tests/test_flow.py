@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.run import StageFailed
+from pipeline.orchestration.dvc import StageFailed
 from tests.conftest import make_workspace, workspace_env
 
 

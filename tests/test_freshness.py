@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.config import load_params
-from pipeline.freshness import changes, fingerprint, record_success, unchanged
-from pipeline.ingest import ingest_raw
+from pipeline.core.config import load_params
+from pipeline.orchestration.freshness import changes, fingerprint, record_success, unchanged
+from pipeline.orchestration.ingest import ingest_raw
 from tests.conftest import REPO, make_workspace, run_cmd
 
 

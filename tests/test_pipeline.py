@@ -17,8 +17,8 @@ import pytest
 import torch
 import yaml
 
-from pipeline.bundle import verify_bundle
-from pipeline.tflite_inspect import check_full_int8, read_model
+from pipeline.deploy.bundle import verify_bundle
+from pipeline.tflite.flatbuffer import check_full_int8, read_model
 from tests.conftest import BIN, CATALOGUE, run_cmd, tree_digest, workspace_env
 
 pytestmark = pytest.mark.slow

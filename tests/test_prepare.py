@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.config import PrepareParams
-from pipeline.errors import DataValidationError
-from pipeline.prepare import load_processed, prepare
+from pipeline.core.config import PrepareParams
+from pipeline.core.errors import DataValidationError
+from pipeline.data.prepare import load_processed, prepare
 from tests.conftest import tree_digest
 
 

@@ -7,12 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import tflm
-from pipeline.errors import ExportError, QuantizationCheckError
-from pipeline.evaluate import quantize_input
-from pipeline.export import load_trained
-from pipeline.prepare import load_processed
-from pipeline.tflite_inspect import check_full_int8, read_model
+from pipeline.core.errors import ExportError, QuantizationCheckError
+from pipeline.data.prepare import load_processed
+from pipeline.tflite.litert import quantize_input
+from pipeline.models.store import load_model
+from pipeline.tflite import tflm
+from pipeline.tflite.flatbuffer import check_full_int8, read_model
 
 pytestmark = pytest.mark.slow
 
@@ -46,7 +46,7 @@ def test_dynamic_range_model_is_rejected(first_run: Path, tmp_path: Path) -> Non
     from litert_torch.quantize.quant_config import QuantConfig
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    model, arch, _ = load_trained(first_run / "models/model.pt")
+    model, arch, _ = load_model(first_run / "models/model.pt")
     sample = torch.zeros((1, *arch.input_shape))
     quantizer = PT2EQuantizer().set_global(
         get_symmetric_quantization_config(is_per_channel=True, is_dynamic=True)

@@ -25,7 +25,7 @@ TINYOPS = str(Path(sys.executable).parent / "tinyops")
 
 
 def test_a_truncated_checkpoint_is_skipped_for_the_one_before(tmp_path: Path) -> None:
-    from pipeline.train_worker import RUN_FILE, latest_checkpoint
+    from pipeline.training.worker import RUN_FILE, latest_checkpoint
 
     (tmp_path / RUN_FILE).write_text(json.dumps({"key": "k1", "complete": False}))
     for epoch in (4, 5):
@@ -44,7 +44,7 @@ def _workers(pid: int) -> list[psutil.Process]:
     return [
         c
         for c in psutil.Process(pid).children(recursive=True)
-        if "pipeline.train_worker" in " ".join(c.cmdline())
+        if "pipeline.training.worker" in " ".join(c.cmdline())
     ]
 
 

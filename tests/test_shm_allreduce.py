@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import parse_params
-from pipeline.errors import ConfigError
-from pipeline.shm_allreduce import unavailable_reason
+from pipeline.core.config import parse_params
+from pipeline.core.errors import ConfigError
+from pipeline.training.shm_allreduce import unavailable_reason
 
 
 @pytest.mark.parametrize(

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import parse_params
-from pipeline.errors import ConfigError
-from pipeline.train import check_world_fits, resolve_backend, torchrun_command
+from pipeline.core.config import parse_params
+from pipeline.core.errors import ConfigError
+from pipeline.training.launcher import check_world_fits, resolve_backend, torchrun_command
 from tests.conftest import make_workspace, run_cmd, workspace_env
 
 
@@ -85,7 +85,7 @@ def test_two_nodes_by_rendezvous(tmp_path: Path) -> None:
             "--rdzv-id",
             "tinyops-train",
             "-m",
-            "pipeline.train_worker",
+            "pipeline.training.worker",
             "--params",
             "params.yaml",
             "--backend",

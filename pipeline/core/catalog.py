@@ -1,0 +1,182 @@
+"""The catalog: every path a stage reads or writes, and the typed JSON that passes between them.
+
+Stages hand each other files, never Python objects (each runs in its own process under DVC), so
+the files are the interface. Each one is named here once, and the JSON ones are read and written
+through pydantic models: a stage that finds a missing or malformed file says which stage to rerun
+instead of failing with a KeyError deep inside. dvc.yaml spells the same paths; a test checks
+that every output named here is declared there.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from pipeline.core.errors import ArtifactError
+
+# prepare
+RAW_DIR = Path("data/raw")
+PROCESSED_DIR = Path("data/processed")
+META_FILE = PROCESSED_DIR / "meta.json"
+# train
+MODEL_DIR = Path("models")
+MODEL_FILE = MODEL_DIR / "model.pt"
+CHECKPOINT_DIR = MODEL_DIR / "checkpoints"
+METRICS_DIR = Path("metrics")
+TRAIN_METRICS = METRICS_DIR / "train.json"
+TRAIN_HISTORY = METRICS_DIR / "train_history.csv"
+# export
+EXPORT_DIR = Path("exports")
+# evaluate
+EVALUATE_METRICS = METRICS_DIR / "evaluate.json"
+VARIANTS_FILE = METRICS_DIR / "variants.json"
+PREDICTIONS_FILE = METRICS_DIR / "predictions.csv"
+# deploy and report
+DEPLOY_ROOT = Path("deploy")
+DEPLOY_STATUS_DIR = METRICS_DIR / "deploy"
+REPORT_MD = Path("report/deploy.md")
+REPORT_PNG = Path("report/accuracy_vs_size.png")
+
+# Workspace state: not DVC outputs, never committed (.tinyops/ is git-ignored).
+STATE_DIR = Path(".tinyops")
+LOCK_FILE = STATE_DIR / "pipeline.lock"
+LAST_SUCCESS = STATE_DIR / "last_success.json"
+RSS_FILE = STATE_DIR / "stage_rss.json"  # the latest peak RSS of each stage, for `tinyops bench`
+STAGE_STATUS_DIR = STATE_DIR / "stages"  # one outcome file per stage execution
+TRAIN_TIMING = STATE_DIR / "train_timing.json"
+TRAIN_METRICS_LOG = STATE_DIR / "train_metrics.jsonl"
+CONFUSION_PNG = STATE_DIR / "confusion_matrix.png"
+
+
+def variant_file(variant: str, export_dir: Path = EXPORT_DIR) -> Path:
+    """exports/model_<variant>.tflite."""
+    return export_dir / f"model_{variant}.tflite"
+
+
+def deploy_status_file(device: str, status_dir: Path = DEPLOY_STATUS_DIR) -> Path:
+    return status_dir / f"{device}.json"
+
+
+def stage_status_file(target: str) -> Path:
+    """Where `tinyops stage` records how a DVC stage ended (deploy@x → deploy@x.json)."""
+    return STAGE_STATUS_DIR / f"{target}.json"
+
+
+class Artifact(BaseModel):
+    """A JSON file passed between stages. Extra keys are kept: an older reader never drops what a
+    newer writer added."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+
+class DatasetMeta(Artifact):
+    """data/processed/meta.json, written by prepare."""
+
+    source: str
+    classes: list[str]
+    num_classes: int
+    input_shape: list[int]
+    layout: str
+    normalization: dict[str, Any]
+    splits: dict[str, int]
+    class_counts: dict[str, int]
+    seed: int
+    data_sha256: str
+    processed_sha256: str
+
+
+class VariantInfo(Artifact):
+    """One .tflite variant as evaluate measured it (metrics/variants.json)."""
+
+    bytes: int
+    file: str
+    litert_accuracy: float
+    macs: int
+    input_scale: float | None = None
+    input_zero_point: int | None = None
+    ops: list[str] | None = None
+    tflm_accuracy: float | None = None
+    tflm_arena_bytes: int | None = None
+
+
+class Variants(Artifact):
+    """metrics/variants.json: every exported variant by name."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    fp32: VariantInfo
+    float16: VariantInfo
+    dynamic_int8: VariantInfo
+    int8: VariantInfo
+
+    def items(self) -> list[tuple[str, VariantInfo]]:
+        return [(name, getattr(self, name)) for name in type(self).model_fields]
+
+
+class EvaluateMetrics(Artifact):
+    """metrics/evaluate.json: accuracy at every level, sizes and the TFLite Micro arena."""
+
+    torch_fp32_accuracy: float
+    tflite_fp32_accuracy: float
+    tflite_int8_accuracy: float
+    tflm_int8_accuracy: float
+    tflite_fp32_bytes: int
+    tflite_int8_bytes: int
+    tflm_arena_bytes: int
+    test_samples: int
+
+    def as_metrics(self) -> dict[str, float]:
+        return {k: float(v) for k, v in self.model_dump().items() if isinstance(v, int | float)}
+
+
+class DeployStatus(Artifact):
+    """metrics/deploy/<device>.json: what deploy decided for one device, and why."""
+
+    device: str
+    status: str  # promoted | kept | rejected | registered
+    reason: str = ""
+    runtime: str | None = None
+    variant: str | None = None
+    model_bytes: int | None = None
+    arena_bytes: int | None = None
+    accuracy: float | None = None
+    latency_ms: float | None = None
+    version: int | None = None
+    production_version: int | None = None
+    candidates: list[dict[str, Any]] = []
+
+
+class StageStatus(Artifact):
+    """.tinyops/stages/<target>.json: how one `tinyops stage` run ended, read by the run path
+    instead of DVC's printed text."""
+
+    target: str
+    exit_code: int
+    error: str = ""
+
+
+A = TypeVar("A", bound=Artifact)
+
+
+def read(path: Path, kind: type[A], producer: str) -> A:
+    """Load and validate an artifact; a missing or malformed one names the stage to rerun."""
+    import json
+
+    if not path.is_file():
+        raise ArtifactError(f"{path}: missing. Run `tinyops stage {producer}` (or `dvc repro`).")
+    try:
+        return kind.model_validate(json.loads(path.read_text()))
+    except (ValueError, ValidationError) as exc:
+        first = str(exc).splitlines()[:3]
+        raise ArtifactError(
+            f"{path}: not a valid {kind.__name__} ({' '.join(first)}). "
+            f"Rerun `tinyops stage {producer}`."
+        ) from None
+
+
+def write(path: Path, artifact: Artifact) -> None:
+    """Atomically, with sorted keys: the same content gives the same bytes."""
+    from pipeline.core import atomic
+
+    atomic.write_json(path, artifact.model_dump(mode="json", exclude_none=True))

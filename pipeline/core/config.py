@@ -1,0 +1,306 @@
+"""params.yaml → strict, frozen pydantic models, validated once before any work starts."""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, get_args, get_origin
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pipeline.core.errors import ConfigError
+
+DEFAULT_PARAMS = Path("params.yaml")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(strict=True, frozen=True, extra="forbid")
+
+
+PositiveInt = Annotated[int, Field(gt=0)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
+Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]
+
+
+class PrepareParams(_Section):
+    """Where the data comes from and how it is split."""
+
+    source: Literal["digits", "npz", "imagefolder"] = "digits"
+    """`digits`: scikit-learn's bundled 8×8 digits; `npz`: arrays `x` and `y`; `imagefolder`:
+    one sub-folder per class."""
+    path: str | None = None
+    """File (npz) or folder (imagefolder); required for those sources, ignored for digits."""
+    image_size: tuple[PositiveInt, PositiveInt] = Field(default=(32, 32), strict=False)
+    """(height, width) that imagefolder images are resized to."""
+    resize: bool = True
+    """imagefolder: resize images to image_size; if false, every image must already be that size."""
+    color_mode: Literal["grayscale", "rgb"] = "grayscale"
+    """imagefolder: channels of the decoded images (1 or 3)."""
+    max_file_bytes: PositiveInt = 64 * 1024 * 1024
+    """A data file larger than this is refused before it is read."""
+    seed: int = 42
+    val_fraction: Fraction = 0.15
+    test_fraction: Fraction = 0.15
+    min_samples_per_class: Annotated[int, Field(ge=3)] = 10
+    """Every class needs at least this many samples (and at least one per split)."""
+
+    @model_validator(mode="after")
+    def _check(self) -> PrepareParams:
+        if self.val_fraction + self.test_fraction >= 0.9:
+            raise ValueError(
+                "val_fraction + test_fraction must be below 0.9 so training keeps enough data"
+            )
+        if self.source != "digits" and not self.path:
+            raise ValueError(f"source '{self.source}' needs prepare.path (a file or folder)")
+        return self
+
+
+class ModelParams(_Section):
+    """Architecture of the CNN: one conv block per entry of `channels`."""
+
+    channels: tuple[PositiveInt, ...] = Field(default=(32, 64, 128), strict=False, min_length=1)
+    """Width of each conv block; its length is the depth."""
+    kernel_size: Literal[3, 5] = 3
+    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.1
+
+
+class TrainParams(_Section):
+    """Distributed training: launcher, optimisation, reproducibility."""
+
+    nproc_per_node: PositiveInt = 2
+    """Worker processes on this machine (torchrun --nproc-per-node)."""
+    threads_per_proc: PositiveInt = 1
+    """OMP/torch threads per worker; nproc_per_node × threads_per_proc must not exceed the cores."""
+    nnodes: PositiveInt = 1
+    """Machines in the job; above 1, rdzv_endpoint is required (see README, multi-node)."""
+    rdzv_endpoint: str | None = None
+    """host:port of the rendezvous (c10d) when nnodes > 1."""
+    backend: Literal["auto", "gloo", "nccl"] = "auto"
+    """auto: nccl when CUDA is present, else gloo."""
+    allreduce: Literal["auto", "shared_memory", "backend"] = "auto"
+    """Gradient all-reduce. auto: through shared memory when the backend is gloo and every
+    worker is on this host (x86-64), else the backend's own; shared_memory: that, or an error;
+    backend: always the backend's (gloo over TCP, NCCL)."""
+    epochs: PositiveInt = 40
+    batch_size: PositiveInt = 64
+    """Global batch size, split evenly across all workers."""
+    lr: Annotated[float, Field(gt=0.0, le=1.0)] = 0.003
+    weight_decay: Annotated[float, Field(ge=0.0, lt=1.0)] = 1e-4
+    patience: PositiveInt = 8
+    """Stop after this many epochs without a lower validation loss."""
+    seed: int = 42
+    deterministic: bool = True
+    """torch.use_deterministic_algorithms: same params, same world size → same weights."""
+    keep_checkpoints: PositiveInt = 2
+    """Per-epoch checkpoints kept under models/checkpoints/."""
+    max_restarts: NonNegativeInt = 3
+    """torchrun --max-restarts: a lost worker restarts the job, which resumes from the last
+    complete epoch's checkpoint."""
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainParams:
+        if self.nnodes > 1 and not self.rdzv_endpoint:
+            raise ValueError("nnodes > 1 needs rdzv_endpoint (host:port of the rendezvous)")
+        if self.allreduce == "shared_memory" and self.nnodes > 1:
+            raise ValueError("allreduce shared_memory needs every worker on one host (nnodes 1)")
+        if self.allreduce == "shared_memory" and self.backend == "nccl":
+            raise ValueError("allreduce shared_memory needs the gloo backend (CPU)")
+        return self
+
+
+class ExportParams(_Section):
+    """int8 post-training quantization."""
+
+    calibration_samples: PositiveInt = 512
+    """Training samples used to calibrate activation ranges."""
+
+
+class EvaluateParams(_Section):
+    """Accuracy at every level and the TFLite Micro arena measurement."""
+
+    arena_max_bytes: PositiveInt = 4 * 1024 * 1024
+    """Upper bound of the arena search; a model needing more fails the stage."""
+    arena_granularity: PositiveInt = 16
+    """The arena search stops at this resolution (TFLite Micro aligns to 16 bytes)."""
+    tflm_samples: Annotated[int, Field(ge=0)] = 0
+    """Test samples run through TFLite Micro (0: all of them)."""
+
+
+class OrchestrateParams(_Section):
+    """The Prefect flow: retries of transient stage failures (never of validation errors)."""
+
+    retries: Annotated[int, Field(ge=0, le=10)] = 2
+    retry_delay_seconds: Annotated[float, Field(ge=0.0)] = 5.0
+    """First retry delay; each later one doubles (exponential back-off, with jitter)."""
+
+
+VARIANTS = ("fp32", "float16", "dynamic_int8", "int8")
+Variant = Literal["fp32", "float16", "dynamic_int8", "int8"]
+DEVICE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+
+
+class DeviceProfile(_Section):
+    """One deployment target, with datasheet figures and the user's own limits."""
+
+    description: str = ""
+    """Board and chip, e.g. 'nRF52840, Cortex-M4F'."""
+    runtime: Literal["tflm", "litert"]
+    """tflm: TensorFlow Lite Micro on a microcontroller; litert: LiteRT on an application processor."""
+    flash_bytes: PositiveInt
+    """Storage available for the model plus the runtime (flash on an MCU, disk elsewhere)."""
+    ram_bytes: PositiveInt
+    """RAM available for the tensor arena plus the runtime's own data."""
+    clock_mhz: Annotated[float, Field(gt=0.0)]
+    variants: tuple[Variant, ...] = Field(default=("int8",), strict=False, min_length=1)
+    """Variants the device accepts (its quantization schemes); TFLite Micro targets: int8 only."""
+    cycles_per_mac: Annotated[float, Field(gt=0.0)]
+    """Average CPU cycles per multiply-accumulate of the int8 kernels, for latency estimates."""
+    min_accuracy: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
+    """The chosen variant's accuracy, measured in this device's runtime, must reach this."""
+    max_latency_ms: Annotated[float, Field(gt=0.0)] = 1000.0
+
+    @model_validator(mode="after")
+    def _check(self) -> DeviceProfile:
+        if self.runtime == "tflm" and set(self.variants) != {"int8"}:
+            raise ValueError("TFLite Micro targets take full-int8 models only: variants: [int8]")
+        return self
+
+
+class DeployParams(_Section):
+    """Fit checks, bundles and promotion."""
+
+    require_all: bool = False
+    """Fail the deploy stage when a device gets no bundle (else it gets rejected.json)."""
+    promotion_tolerance: Annotated[float, Field(ge=0.0, le=1.0)] = 0.005
+    """'production' moves only if accuracy is not lower than production's by more than this."""
+    runtime_flash_bytes: dict[Literal["tflm", "litert"], Annotated[int, Field(ge=0)]] = Field(
+        default_factory=lambda: {"tflm": 65536, "litert": 4194304}, strict=False
+    )
+    """The runtime's own code size, added to the model's bytes in the flash check."""
+    runtime_ram_bytes: dict[Literal["tflm", "litert"], Annotated[int, Field(ge=0)]] = Field(
+        default_factory=lambda: {"tflm": 8192, "litert": 16777216}, strict=False
+    )
+    """The runtime's own RAM (interpreter, stack; LiteRT's process), added to the arena."""
+    latency_runs: PositiveInt = 50
+    """LiteRT targets: invokes timed on the host (median reported)."""
+
+
+class Params(_Section):
+    """The whole params.yaml."""
+
+    prepare: PrepareParams = PrepareParams()
+    model: ModelParams = ModelParams()
+    train: TrainParams = TrainParams()
+    export: ExportParams = ExportParams()
+    evaluate: EvaluateParams = EvaluateParams()
+    deploy: DeployParams = DeployParams()
+    orchestrate: OrchestrateParams = OrchestrateParams()
+    devices: dict[str, DeviceProfile] = Field(default_factory=dict, strict=False)
+    """The device catalogue, keyed by device name (a folder name: lowercase letters, digits, _ and -)."""
+
+    @field_validator("devices", mode="before")
+    @classmethod
+    def _check_names(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            for name in value:
+                check_device_name(name)
+        return value
+
+
+def require_device(params: Params, device: str, source: str = "params.yaml") -> None:
+    if device not in params.devices:
+        known = ", ".join(sorted(params.devices)) or "(none)"
+        close = difflib.get_close_matches(device, list(params.devices), n=1)
+        hint = f"Did you mean '{close[0]}'? " if close else ""
+        raise ConfigError(
+            f"device '{device}' is not in {source}'s devices. {hint}Known: {known}. "
+            "Add a profile under devices: to deploy to a new device."
+        )
+
+
+def check_device_name(name: Any) -> str:
+    """A device name becomes a folder name: refuse anything but a plain identifier."""
+    if not isinstance(name, str) or not DEVICE_NAME.match(name):
+        raise ValueError(
+            f"device name {name!r} is not allowed: use 1-63 lowercase letters, digits, '_' or '-', "
+            "starting with a letter or digit (it becomes the folder deploy/<name>/)"
+        )
+    return name
+
+
+def _model_for(loc: tuple[int | str, ...]) -> type[BaseModel] | None:
+    """The pydantic model that owns the key at `loc`, to list its allowed keys."""
+    model: Any = Params
+    parts = list(loc[:-1])
+    while parts:
+        part = parts.pop(0)
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return None
+        if not isinstance(part, str) or part not in model.model_fields:
+            return None
+        model = model.model_fields[part].annotation
+        if get_origin(model) is dict:  # devices: {name: DeviceProfile}; skip the name
+            model = get_args(model)[1]
+            if parts:
+                parts.pop(0)
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def _describe(error: dict[str, Any], source: str) -> str:
+    loc = tuple(error["loc"])
+    key = ".".join(str(p) for p in loc) or "(top level)"
+    if error["type"] == "extra_forbidden":
+        owner = _model_for(loc)
+        allowed = sorted(owner.model_fields) if owner else []
+        given = str(loc[-1])
+        close = [k for k in allowed if k.startswith(given)] or difflib.get_close_matches(
+            given, allowed, n=1
+        )
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        return f"{source}: unknown key '{key}'.{hint} Allowed keys here: {', '.join(allowed)}."
+    msg = error["msg"]
+    if error["type"] == "value_error":
+        msg = msg.removeprefix("Value error, ")
+    given = error.get("input")
+    shown = "" if isinstance(given, dict) else f" (got {given!r})"
+    hint = ""
+    if isinstance(given, str) and _looks_numeric(given):
+        hint = " YAML read this number as text: write it with a dot, e.g. 1.0e-4."
+    return f"{source}: '{key}': {msg}{shown}.{hint}"
+
+
+def _looks_numeric(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def parse_params(data: Any, source: str = "params.yaml") -> Params:
+    """Validate an already-parsed mapping; raise ConfigError listing every problem."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections, got {type(data).__name__}.")
+    try:
+        return Params.model_validate(data)
+    except ValidationError as exc:
+        lines = [_describe(e, source) for e in exc.errors()]
+        raise ConfigError("Invalid configuration:\n  " + "\n  ".join(lines)) from None
+
+
+def load_params(path: Path | str = DEFAULT_PARAMS) -> Params:
+    """Read and validate params.yaml."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(
+            f"{path}: no such file. Run tinyops from the project root or pass --params PATH."
+        )
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    return parse_params(data, source=str(path))

@@ -1,0 +1,128 @@
+"""Stage `prepare`: load, validate, split (stratified, seeded), normalise from train only, write."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.core import atomic, catalog
+from pipeline.core.catalog import PROCESSED_DIR, DatasetMeta
+from pipeline.core.config import PrepareParams
+from pipeline.core.errors import ArtifactError, DataValidationError
+from pipeline.data.datasets import Dataset, load_dataset
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class PrepareResult:
+    out_dir: Path
+    meta: DatasetMeta
+
+
+def content_sha256(ds: Dataset) -> str:
+    """Hash of what the data says (pixels, labels, class names), independent of file format."""
+    h = hashlib.sha256()
+    h.update(json.dumps({"shape": list(ds.x.shape), "classes": list(ds.classes)}).encode())
+    h.update(np.ascontiguousarray(ds.x, dtype=np.float32).tobytes())
+    h.update(np.ascontiguousarray(ds.y, dtype=np.int64).tobytes())
+    return h.hexdigest()
+
+
+def split_indices(y: np.ndarray, params: PrepareParams) -> dict[str, np.ndarray]:
+    """Stratified train/val/test indices; the same seed and labels give the same split."""
+    from sklearn.model_selection import train_test_split
+
+    idx = np.arange(len(y))
+    held_out = params.val_fraction + params.test_fraction
+    try:
+        train, rest = train_test_split(
+            idx, test_size=held_out, stratify=y, random_state=params.seed, shuffle=True
+        )
+        val, test = train_test_split(
+            rest,
+            test_size=params.test_fraction / held_out,
+            stratify=y[rest],
+            random_state=params.seed,
+            shuffle=True,
+        )
+    except ValueError as exc:
+        raise DataValidationError(
+            f"cannot split {len(y)} samples stratified by class with val_fraction="
+            f"{params.val_fraction}, test_fraction={params.test_fraction}: {exc}. "
+            "Add samples or raise prepare.min_samples_per_class."
+        ) from None
+    return {"train": np.sort(train), "val": np.sort(val), "test": np.sort(test)}
+
+
+def prepare(params: PrepareParams, out_dir: Path = PROCESSED_DIR) -> PrepareResult:
+    """Validate first, then write every split and meta.json in one atomic folder swap."""
+    ds = load_dataset(params)
+    parts = split_indices(ds.y, params)
+    train_x = ds.x[parts["train"]]
+    channels = ds.x.shape[-1]
+    mean = train_x.reshape(-1, channels).mean(axis=0, dtype=np.float64)
+    std = train_x.reshape(-1, channels).std(axis=0, dtype=np.float64)
+    std = np.where(std < 1e-8, 1.0, std)
+    arrays: dict[str, np.ndarray] = {}
+    for name in SPLITS:
+        sel = parts[name]
+        arrays[f"x_{name}"] = ((ds.x[sel] - mean) / std).astype(np.float32)
+        arrays[f"y_{name}"] = ds.y[sel].astype(np.int64)
+    processed = hashlib.sha256()
+    for key in sorted(arrays):
+        processed.update(arrays[key].tobytes())
+    meta = DatasetMeta(
+        source=params.source,
+        classes=list(ds.classes),
+        num_classes=len(ds.classes),
+        input_shape=list(ds.x.shape[1:]),
+        layout="NHWC",
+        normalization={
+            "mean": [round(float(m), 8) for m in mean],
+            "std": [round(float(s), 8) for s in std],
+            "note": "model input = (raw - mean) / std, per channel; statistics from train only",
+        },
+        splits={name: len(parts[name]) for name in SPLITS},
+        class_counts={c: int(n) for c, n in zip(ds.classes, np.bincount(ds.y), strict=True)},
+        seed=params.seed,
+        data_sha256=content_sha256(ds),
+        processed_sha256=processed.hexdigest(),
+    )
+    with atomic.atomic_dir(out_dir) as tmp:
+        for key, arr in arrays.items():
+            np.save(tmp / f"{key}.npy", arr, allow_pickle=False)
+        catalog.write(tmp / catalog.META_FILE.name, meta)
+    return PrepareResult(out_dir=out_dir, meta=meta)
+
+
+@dataclass(frozen=True)
+class Splits:
+    """The processed data as the later stages read it."""
+
+    x: dict[str, np.ndarray]
+    y: dict[str, np.ndarray]
+    meta: DatasetMeta
+
+
+def load_meta(out_dir: Path = PROCESSED_DIR) -> DatasetMeta:
+    """data/processed/meta.json, validated."""
+    return catalog.read(out_dir / catalog.META_FILE.name, DatasetMeta, "prepare")
+
+
+def load_processed(out_dir: Path = PROCESSED_DIR) -> Splits:
+    meta = load_meta(out_dir)
+    xs, ys = {}, {}
+    for name in SPLITS:
+        try:
+            xs[name] = np.load(out_dir / f"x_{name}.npy", allow_pickle=False)
+            ys[name] = np.load(out_dir / f"y_{name}.npy", allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise ArtifactError(
+                f"{out_dir}: split '{name}' is unreadable ({exc}); rerun `tinyops stage prepare`."
+            ) from None
+    return Splits(x=xs, y=ys, meta=meta)

@@ -1,0 +1,292 @@
+"""Stage `deploy` for one device: assess every variant the device accepts, pick the best that
+fits, register its bundle in MLflow, and move `production` (and deploy/<device>/) only when it
+is no worse than what the device runs now.
+
+deploy/<device>/ always holds the production bundle. A candidate that fits nowhere leaves a
+rejected.json there (beside the production bundle, if one exists); a candidate that fits but is
+worse stays in the registry, unpromoted, and the report says why.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.core import atomic, catalog, interrupt
+from pipeline.core.catalog import DatasetMeta, DeployStatus, VariantInfo, Variants
+from pipeline.core.config import Params, require_device
+from pipeline.core.errors import ArtifactError, TinyopsError
+from pipeline.core.provenance import git_commit, sha256_bytes
+from pipeline.core.tracking import Run
+from pipeline.data.prepare import load_meta
+from pipeline.deploy import registry
+from pipeline.deploy.bundle import (
+    MANIFEST_FILE,
+    MODEL_FILE,
+    REJECTED_FILE,
+    build_bundle,
+    cpp_sources,
+    reserved_arena,
+    verify_bundle,
+)
+from pipeline.deploy.fit import Candidate, assess, choose
+from pipeline.tflite import tflm
+from pipeline.tflite.flatbuffer import read_model
+
+
+class DeviceBudgetError(TinyopsError):
+    """No variant fits a device and deploy.require_all is set."""
+
+    exit_code = 10
+
+
+@dataclass(frozen=True)
+class DeployResult:
+    device: str
+    status: str  # promoted | kept | rejected
+    record: DeployStatus
+
+
+def _io_quantization(model: bytes) -> dict[str, Any]:
+    info = read_model(model)
+    inp, out = info.tensors[info.inputs[0]], info.tensors[info.outputs[0]]
+    return {
+        "input_scale": inp.scales[0],
+        "input_zero_point": inp.zero_points[0],
+        "output_scale": out.scales[0],
+        "output_zero_point": out.zero_points[0],
+    }
+
+
+def assess_device(
+    params: Params, device: str, variants: Variants, export_dir: Path
+) -> list[Candidate]:
+    """Every check of every variant the device accepts."""
+    profile = params.devices[device]
+    candidates = []
+    for variant in profile.variants:
+        model = catalog.variant_file(variant, export_dir).read_bytes()
+        figures: VariantInfo = getattr(variants, variant)
+        runs = None
+        if profile.runtime == "tflm":
+            runs = tflm.runs_with_arena(model, reserved_arena(figures.tflm_arena_bytes or 0))
+        candidates.append(assess(variant, model, figures, profile, params.deploy, runs))
+    return candidates
+
+
+def manifest_for(
+    params: Params,
+    device: str,
+    chosen: Candidate,
+    model: bytes,
+    meta: DatasetMeta,
+    variants: Variants,
+    run_id: str,
+) -> dict[str, Any]:
+    profile = params.devices[device]
+    manifest: dict[str, Any] = {
+        "device": device,
+        "description": profile.description,
+        "runtime": profile.runtime,
+        "variant": chosen.variant,
+        "model_file": MODEL_FILE,
+        "model_sha256": sha256_bytes(model),
+        "model_bytes": len(model),
+        "accuracy": chosen.accuracy,
+        "latency_ms": chosen.latency_ms,
+        "latency_kind": chosen.latency_kind,
+        "estimated_latency_ms": chosen.latency_ms if profile.runtime == "tflm" else None,
+        "checks": chosen.to_dict()["checks"],
+        "labels": meta.classes,
+        "input_shape": meta.input_shape,
+        "normalization": {k: meta.normalization[k] for k in ("mean", "std")},
+        "mlflow_run_id": run_id,
+        "git_commit": git_commit(),
+        "data_sha256": meta.data_sha256,
+    }
+    if profile.runtime == "tflm":
+        manifest |= {
+            "arena_bytes": reserved_arena(int(chosen.arena_measured or 0)),
+            "arena_measured_bytes": chosen.arena_measured,
+            "ops": variants.int8.ops,
+            **_io_quantization(model),
+        }
+    return manifest
+
+
+def _keep_production(client: Any, device: str, target: Path) -> dict[str, Any] | None:
+    """Make sure deploy/<device>/ holds the production bundle (restoring it when missing or
+    altered); returns its manifest, or None when the device has no production version."""
+    current = registry.production(client, device)
+    if current is None:
+        return None
+    try:
+        manifest = verify_bundle(target)
+        if manifest.get("model_sha256") == current.tags.get("model_sha256"):
+            if (target / REJECTED_FILE).exists():  # from an earlier candidate: stale now
+                with atomic.atomic_dir(target) as staged:
+                    for f in sorted(target.iterdir()):
+                        if f.name != REJECTED_FILE:
+                            shutil.copy2(f, staged / f.name)
+            return manifest
+    except (ArtifactError, OSError, ValueError, KeyError):
+        pass
+    return registry.restore(client, current, target)
+
+
+def reject(
+    params: Params, device: str, candidates: list[Candidate], run: Run, target: Path
+) -> DeployStatus:
+    """No variant fits: write rejected.json beside the production bundle (kept as it is)."""
+    failed = [
+        f"{c.variant}: {ch.name}: {ch.reason}"
+        for c in candidates
+        for ch in c.checks
+        if not ch.passed
+    ]
+    listed = [c.to_dict() for c in candidates]
+    rejection = {
+        "device": device,
+        "reason": "no variant passes every check",
+        "failed_checks": failed,
+        "candidates": listed,
+        "mlflow_run_id": run.run_id,
+    }
+    prod = _keep_production(run.client, device, target)
+    with atomic.atomic_dir(target) as staged:
+        if prod is not None:
+            for f in sorted(target.iterdir()):
+                if f.name != REJECTED_FILE:
+                    shutil.copy2(f, staged / f.name)
+        atomic.write_json(staged / REJECTED_FILE, rejection)
+    current = registry.production(run.client, device)
+    run.set_tags({"device": device, "deploy.status": "rejected"})
+    if params.deploy.require_all:
+        raise DeviceBudgetError(
+            f"device '{device}': no variant fits ({'; '.join(failed)}). deploy.require_all is set."
+        )
+    return DeployStatus(
+        device=device,
+        runtime=params.devices[device].runtime,
+        candidates=listed,
+        status="rejected",
+        reason="; ".join(failed),
+        production_version=int(current.version) if current else None,
+    )
+
+
+def build_and_verify(
+    params: Params, device: str, chosen: Candidate, run: Run, staged: Path, export_dir: Path
+) -> tuple[bytes, dict[str, Any]]:
+    """The bundle in `staged`, verified, then logged to the stage's MLflow run."""
+    model = catalog.variant_file(chosen.variant, export_dir).read_bytes()
+    meta = load_meta()
+    variants = catalog.read(catalog.VARIANTS_FILE, catalog.Variants, "evaluate")
+    manifest = manifest_for(params, device, chosen, model, meta, variants, run.run_id)
+    cpp = None
+    if params.devices[device].runtime == "tflm":
+        extra = {"arena_measured": chosen.arena_measured}
+        cpp = cpp_sources(model, manifest | extra, device, manifest["model_sha256"])
+    manifest = build_bundle(staged, model, manifest, cpp)
+    verify_bundle(staged)  # what gets registered and promoted is exactly what was built
+    run.client.log_artifacts(run.run_id, str(staged), "bundle")
+    return model, manifest
+
+
+def register_and_promote(
+    params: Params, device: str, chosen: Candidate, run: Run, staged: Path, target: Path
+) -> tuple[str, registry.Decision]:
+    """Register the bundle; move `production` and deploy/<device>/ together only when the
+    registry's decision says the candidate is no worse."""
+    manifest = json.loads((staged / MANIFEST_FILE).read_text())
+    # The manifest's scalar fields, as the version's tags (lists stay in manifest.json).
+    tags = {k: str(v) for k, v in manifest.items() if isinstance(v, str | int | float)}
+    version = registry.register(run.client, device, run.run_id, tags)
+    decision = registry.decide(
+        run.client, device, chosen.accuracy, params.deploy.promotion_tolerance
+    )
+    if decision.promote:
+        with interrupt.deferred():  # the alias and the bundle move together, or neither
+            registry.promote(run.client, device, version.version)
+            with atomic.atomic_dir(target) as swap:
+                for f in sorted(staged.iterdir()):
+                    shutil.copy2(f, swap / f.name)
+    else:
+        _keep_production(run.client, device, target)
+    return version.version, decision
+
+
+def deploy_device(
+    params: Params,
+    device: str,
+    run: Run,
+    export_dir: Path = catalog.EXPORT_DIR,
+    deploy_root: Path = catalog.DEPLOY_ROOT,
+    status_dir: Path = catalog.DEPLOY_STATUS_DIR,
+) -> DeployResult:
+    """Choose the best fitting variant; reject, or bundle, register and maybe promote it."""
+    require_device(params, device)
+    interrupt.import_modules(
+        "ai_edge_litert.interpreter", "tflite_micro.python.tflite_micro.runtime"
+    )
+    variants = catalog.read(catalog.VARIANTS_FILE, catalog.Variants, "evaluate")
+    candidates = assess_device(params, device, variants, export_dir)
+    chosen = choose(candidates)
+    target = deploy_root / device
+    if chosen is None:
+        record = reject(params, device, candidates, run, target)
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            model, manifest = build_and_verify(params, device, chosen, run, Path(tmp), export_dir)
+            version, decision = register_and_promote(params, device, chosen, run, Path(tmp), target)
+        record = _promoted_record(params, device, candidates, chosen, model, manifest)
+        record = record.model_copy(update=_decision_fields(version, decision))
+        _log_decision(run, device, record, manifest)
+    catalog.write(catalog.deploy_status_file(device, status_dir), record)
+    return DeployResult(device, record.status, record)
+
+
+def _decision_fields(version: str, decision: registry.Decision) -> dict[str, Any]:
+    return {
+        "status": "promoted" if decision.promote else "kept",
+        "reason": decision.reason,
+        "version": int(version),
+        "production_version": int(version) if decision.promote else decision.previous_version,
+    }
+
+
+def _promoted_record(
+    params: Params,
+    device: str,
+    candidates: list[Candidate],
+    chosen: Candidate,
+    model: bytes,
+    manifest: dict[str, Any],
+) -> DeployStatus:
+    return DeployStatus(
+        device=device,
+        runtime=params.devices[device].runtime,
+        candidates=[c.to_dict() for c in candidates],
+        status="registered",
+        variant=chosen.variant,
+        model_bytes=len(model),
+        arena_bytes=manifest.get("arena_bytes"),
+        accuracy=chosen.accuracy,
+        latency_ms=chosen.latency_ms,
+    )
+
+
+def _log_decision(run: Run, device: str, record: DeployStatus, manifest: dict[str, Any]) -> None:
+    run.set_tags({"device": device, "deploy.status": record.status, "deploy.reason": record.reason})
+    run.log_metrics(
+        {
+            "accuracy": record.accuracy or 0.0,
+            "model_bytes": record.model_bytes or 0,
+            "latency_ms": record.latency_ms or 0.0,
+            **({"arena_bytes": manifest["arena_bytes"]} if "arena_bytes" in manifest else {}),
+        }
+    )

@@ -1,0 +1,165 @@
+"""Per-device model registry in MLflow: `tinyops-<device>`, one version per deploy, the alias
+`production` on the version the fleet runs. Promotion never lowers accuracy past the tolerance;
+rollback moves `production` back and restores the bundle byte for byte.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pipeline.core import atomic, interrupt
+from pipeline.core.errors import ArtifactError, TinyopsError
+from pipeline.deploy.bundle import verify_bundle
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
+
+ALIAS = "production"
+TAG_PROMOTED = "tinyops.promoted"
+TAG_ROLLED_BACK = "tinyops.rolled_back"
+
+
+class RegistryError(TinyopsError):
+    """Nothing to promote or roll back to, or the registry disagrees with the bundle."""
+
+    exit_code = 9
+
+
+def model_name(device: str) -> str:
+    return f"tinyops-{device}"
+
+
+@dataclass(frozen=True)
+class Decision:
+    promote: bool
+    reason: str
+    previous_version: str | None
+
+
+def production(client: MlflowClient, device: str):  # type: ignore[no-untyped-def]
+    """The production ModelVersion of a device, or None."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(model_name(device), ALIAS)
+    except MlflowException:
+        return None
+
+
+def register(client: MlflowClient, device: str, run_id: str, tags: dict[str, str]):  # type: ignore[no-untyped-def]
+    """A new version from the bundle logged under the run's `bundle/` artifacts."""
+    from mlflow.exceptions import MlflowException
+
+    name = model_name(device)
+    with contextlib.suppress(MlflowException):  # it exists already
+        client.create_registered_model(name, description=f"tinyops bundles for device '{device}'")
+    source = f"{client.get_run(run_id).info.artifact_uri}/bundle"
+    return client.create_model_version(name, source, run_id=run_id, tags=tags)
+
+
+def decide(client: MlflowClient, device: str, accuracy: float, tolerance: float) -> Decision:
+    current = production(client, device)
+    if current is None:
+        return Decision(True, "first version for this device", None)
+    prod_acc = float(current.tags.get("accuracy", "nan"))
+    if accuracy + tolerance < prod_acc:
+        return Decision(
+            False,
+            f"accuracy {accuracy:.4f} is lower than production v{current.version} ({prod_acc:.4f}) "
+            f"by more than the tolerance {tolerance}",
+            current.version,
+        )
+    return Decision(
+        True,
+        f"accuracy {accuracy:.4f} vs production v{current.version} {prod_acc:.4f}",
+        current.version,
+    )
+
+
+def promote(client: MlflowClient, device: str, version: str) -> None:
+    client.set_model_version_tag(model_name(device), version, TAG_PROMOTED, "true")
+    client.set_registered_model_alias(model_name(device), ALIAS, version)
+
+
+def download_bundle(client: MlflowClient, version: Any, dest: Path) -> dict[str, Any]:
+    """Fetch a version's bundle files into dest and verify them against their manifest."""
+    import mlflow.artifacts
+
+    mlflow.artifacts.download_artifacts(artifact_uri=version.source, dst_path=str(dest))
+    folder = dest / "bundle" if (dest / "bundle").is_dir() else dest
+    try:
+        manifest = verify_bundle(folder)
+    except ArtifactError as exc:
+        raise RegistryError(f"{version.name} v{version.version}: {exc}") from None
+    if manifest["model_sha256"] != version.tags.get("model_sha256"):
+        raise RegistryError(
+            f"{version.name} v{version.version}: the stored bundle's model (sha256 "
+            f"{manifest['model_sha256'][:12]}…) is not the one registered "
+            f"({str(version.tags.get('model_sha256'))[:12]}…); refusing to restore it."
+        )
+    return manifest
+
+
+def restore(client: MlflowClient, version: Any, target: Path) -> dict[str, Any]:
+    """Replace `target` with the version's bundle, verified first; byte for byte as registered."""
+    with tempfile.TemporaryDirectory(dir=target.parent if target.parent.exists() else None) as tmp:
+        manifest = download_bundle(client, version, Path(tmp))
+        folder = Path(tmp) / "bundle" if (Path(tmp) / "bundle").is_dir() else Path(tmp)
+        with atomic.atomic_dir(target) as staged:
+            for f in sorted(folder.iterdir()):
+                shutil.copy2(f, staged / f.name)
+    return manifest
+
+
+def rollback(client: MlflowClient, device: str, deploy_root: Path) -> tuple[str, str]:
+    """Move production to the previously promoted version and restore its bundle. Returns
+    (from_version, to_version)."""
+    current = production(client, device)
+    if current is None:
+        raise RegistryError(f"device '{device}' has no production version in {model_name(device)}.")
+    versions = client.search_model_versions(f"name = '{model_name(device)}'")
+    earlier = [
+        v
+        for v in versions
+        if int(v.version) < int(current.version)
+        and v.tags.get(TAG_PROMOTED) == "true"
+        and v.tags.get(TAG_ROLLED_BACK) != "true"
+    ]
+    if not earlier:
+        raise RegistryError(
+            f"device '{device}': production is v{current.version} and no earlier version was ever "
+            "in production; nothing to roll back to."
+        )
+    target = max(earlier, key=lambda v: int(v.version))
+    with interrupt.deferred():  # bundle and alias move together, or neither
+        restore(client, target, deploy_root / device)  # verified before anything moves
+        client.set_model_version_tag(model_name(device), current.version, TAG_ROLLED_BACK, "true")
+        client.set_registered_model_alias(model_name(device), ALIAS, target.version)
+    return current.version, target.version
+
+
+def promote_version(
+    client: MlflowClient, device: str, version: str, deploy_root: Path
+) -> tuple[str | None, str]:
+    """Put a registered version into production by hand (e.g. forward again after a rollback):
+    its stored bundle is verified, then restored, then the alias moves. Returns (from, to)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        chosen = client.get_model_version(model_name(device), version)
+    except MlflowException:
+        raise RegistryError(
+            f"{model_name(device)} has no version '{version}'; `tinyops devices` shows production."
+        ) from None
+    current = production(client, device)
+    with interrupt.deferred():
+        restore(client, chosen, deploy_root / device)
+        promote(client, device, chosen.version)
+        if chosen.tags.get(TAG_ROLLED_BACK):  # it may be rolled back to again
+            client.delete_model_version_tag(model_name(device), chosen.version, TAG_ROLLED_BACK)
+    return (current.version if current else None), chosen.version

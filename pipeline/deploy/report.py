@@ -1,0 +1,150 @@
+"""Stage `report`: every device's outcome as a markdown table, and accuracy against size for every
+variant with each device's model-size budget drawn in."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+from pipeline.core import atomic, catalog
+from pipeline.core.catalog import REPORT_MD, REPORT_PNG, DeployStatus, EvaluateMetrics, Variants
+from pipeline.core.config import Params
+
+
+def load_statuses(status_dir: Path, devices: list[str]) -> dict[str, DeployStatus]:
+    out = {}
+    for device in devices:
+        path = catalog.deploy_status_file(device, status_dir)
+        out[device] = (
+            catalog.read(path, DeployStatus, f"deploy --device {device}")
+            if path.is_file()
+            else DeployStatus(device=device, status="not deployed")
+        )
+    return out
+
+
+def _row(device: str, runtime: str, status: DeployStatus) -> str:
+    s = status.model_dump()
+    prod = f"v{s['production_version']}" if s.get("production_version") else "-"
+    if s.get("model_bytes") is None:  # rejected or not deployed: no chosen variant
+        cells = [
+            device,
+            runtime,
+            s["status"],
+            "-",
+            "-",
+            "-",
+            "-",
+            "-",
+            "no",
+            prod,
+            s.get("reason", ""),
+        ]
+    else:
+        kind = "est." if runtime == "tflm" else "host"
+        cells = [
+            device,
+            runtime,
+            s["status"],
+            s["variant"],
+            f"{s['model_bytes']:,}",
+            f"{s['arena_bytes']:,}" if s.get("arena_bytes") else "-",
+            f"{s['latency_ms']:.3f} ({kind})",
+            f"{s['accuracy']:.4f}",
+            "yes",
+            prod,
+            s.get("reason", ""),
+        ]
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def markdown(params: Params, evaluated: EvaluateMetrics, statuses: dict[str, DeployStatus]) -> str:
+    evaluate = evaluated.model_dump()
+    levels = (
+        "torch_fp32",
+        "tflite_fp32",
+        "tflite_float16",
+        "tflite_dynamic_int8",
+        "tflite_int8",
+        "tflm_int8",
+    )
+    lines = [
+        "# Deployment report",
+        "",
+        "Test-split accuracy per level: "
+        + ", ".join(
+            f"{lvl} {evaluate[f'{lvl}_accuracy']:.4f}"
+            for lvl in levels
+            if f"{lvl}_accuracy" in evaluate
+        ),
+        "",
+        "| device | runtime | status | variant | size (B) | arena (B) | latency (ms) | accuracy "
+        "| fits | production | why |",
+        "|---|---|---|---|---:|---:|---:|---:|---|---|---|",
+    ]
+    for device, s in statuses.items():
+        lines.append(_row(device, params.devices[device].runtime, s))
+    lines += ["", "Every variant checked, per device:", ""]
+    lines += ["| device | variant | fits | failed checks |", "|---|---|---|---|"]
+    for device, s in statuses.items():
+        for c in s.candidates:
+            failed = "; ".join(ch["reason"] for ch in c["checks"] if not ch["passed"]) or "-"
+            lines.append(
+                f"| {device} | {c['variant']} | {'yes' if c['fits'] else 'no'} | {failed} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def chart(params: Params, table: Variants) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    variants = {name: v.model_dump() for name, v in table.items()}
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
+    accs = []
+    for name, v in sorted(variants.items(), key=lambda kv: kv[1]["bytes"]):
+        acc = v["tflm_accuracy"] if v.get("tflm_accuracy") is not None else v["litert_accuracy"]
+        accs.append(acc)
+        ax.scatter(v["bytes"], acc, s=40, zorder=3, label=f"{name} ({v['bytes']:,} B)")
+    ax.set_ylim(max(0.0, min(accs) - 0.05), min(1.0, max(accs)) + 0.01)
+    sizes = [v["bytes"] for v in variants.values()]
+    lo, hi = min(sizes) / 4, max(sizes) * 40
+    budgets: dict[int, list[str]] = {}
+    for device, profile in params.devices.items():
+        budget = profile.flash_bytes - params.deploy.runtime_flash_bytes[profile.runtime]
+        if lo < budget < hi:
+            budgets.setdefault(budget, []).append(device)
+    for budget, names in sorted(budgets.items()):
+        ax.axvline(budget, linestyle="--", linewidth=0.8, color="grey")
+        ax.text(
+            budget,
+            ax.get_ylim()[0],
+            " " + ", ".join(sorted(names)),
+            rotation=90,
+            fontsize=7,
+            va="bottom",
+            ha="right",
+            color="grey",
+        )
+    ax.legend(loc="lower left", fontsize=8, title="variant", title_fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlim(lo, hi)
+    ax.set_xlabel("model size (bytes, log); dashed: each device's flash budget for the model")
+    ax.set_ylabel("test accuracy (int8: TFLite Micro; others: LiteRT)")
+    ax.set_title("Accuracy against size, every variant")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", metadata={"Software": None})
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def write_report(params: Params, status_dir: Path = catalog.DEPLOY_STATUS_DIR) -> tuple[Path, Path]:
+    evaluate = catalog.read(catalog.EVALUATE_METRICS, EvaluateMetrics, "evaluate")
+    variants = catalog.read(catalog.VARIANTS_FILE, Variants, "evaluate")
+    statuses = load_statuses(status_dir, sorted(params.devices))
+    atomic.write_text(REPORT_MD, markdown(params, evaluate, statuses))
+    atomic.write_bytes(REPORT_PNG, chart(params, variants))
+    return REPORT_MD, REPORT_PNG

@@ -1,0 +1,162 @@
+"""Stage `export`: models/model.pt → four .tflite variants.
+
+- fp32 and int8 with litert-torch. int8 is post-training static quantization through torchao's
+  pt2e flow and litert-torch's PT2EQuantizer: per-channel symmetric int8 weights, int8
+  activations calibrated on training samples, int8 input and output; it is checked in the
+  flatbuffer before it is written. This is the one TFLite Micro runs.
+- float16 (weights stored as fp16) and dynamic_int8 (int8 weights, float activations quantized on
+  the fly) from the fp32 model with ai-edge-quantizer; LiteRT runs them, TFLite Micro does not.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.core import atomic, catalog, interrupt
+from pipeline.core.config import ExportParams
+from pipeline.core.errors import ExportError
+from pipeline.models.store import load_model
+from pipeline.tflite.flatbuffer import check_full_int8, read_model
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    paths: dict[str, Path]
+    sizes: dict[str, int]
+    int8_ops: tuple[str, ...]
+
+
+def _quiet_litert() -> None:
+    os.environ.setdefault("LITERT_TORCH_SHOW_PROGRESS", "n")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def convert_fp32(model, sample) -> bytes:  # type: ignore[no-untyped-def]
+    import litert_torch
+
+    return bytes(litert_torch.convert(model, (sample,)).model_content())
+
+
+def convert_int8(model, sample, calibration: np.ndarray) -> bytes:  # type: ignore[no-untyped-def]
+    """Static int8: export, insert observers, calibrate sample by sample, convert."""
+    import litert_torch
+    import torch
+    from litert_torch.quantize.pt2e_quantizer import (
+        PT2EQuantizer,
+        get_symmetric_quantization_config,
+    )
+    from litert_torch.quantize.quant_config import QuantConfig
+    from torchao.quantization.pt2e import move_exported_model_to_eval
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    quantizer = PT2EQuantizer().set_global(
+        get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False)
+    )
+    graph = torch.export.export(model, (sample,)).module()
+    prepared = move_exported_model_to_eval(prepare_pt2e(graph, quantizer))
+    with torch.no_grad():
+        for row in calibration:
+            prepared(torch.from_numpy(row[None]))
+    converted = move_exported_model_to_eval(convert_pt2e(prepared, fold_quantize=False))
+    # The graph was captured from an eval-mode model (BN uses running stats, no dropout);
+    # only the nn.Module flag still says training, and litert-torch reads that flag.
+    for module in converted.modules():
+        module.training = False
+    edge = litert_torch.convert(
+        converted, (sample,), quant_config=QuantConfig(pt2e_quantizer=quantizer)
+    )
+    return bytes(edge.model_content())
+
+
+def _quantize_with_aeq(fp32: bytes, recipe) -> bytes:  # type: ignore[no-untyped-def]
+    from ai_edge_quantizer import quantizer
+
+    with contextlib.redirect_stdout(io.StringIO()):  # it prints a size summary
+        return bytes(quantizer.Quantizer(fp32, recipe).quantize().quantized_model)
+
+
+def convert_float16(fp32: bytes) -> bytes:
+    """Weights stored as float16 (half the bytes), computed in float32 or fp16 by LiteRT."""
+    from ai_edge_quantizer import recipe_manager
+    from ai_edge_quantizer.algorithm_manager import AlgorithmName
+    from ai_edge_quantizer.qtyping import TFLOperationName
+
+    manager = recipe_manager.RecipeManager()
+    manager.add_weight_only_config(
+        regex=".*",
+        operation_name=TFLOperationName.ALL_SUPPORTED,
+        num_bits=16,
+        algorithm_key=AlgorithmName.FLOAT_CASTING,
+    )
+    return _quantize_with_aeq(fp32, manager.get_quantization_recipe())
+
+
+def convert_dynamic_int8(fp32: bytes) -> bytes:
+    """Dynamic-range: per-channel int8 weights, float activations quantized at run time."""
+    from ai_edge_quantizer import recipe
+
+    return _quantize_with_aeq(fp32, recipe.dynamic_wi8_afp32())
+
+
+def calibration_set(x_train: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """A seeded, class-agnostic subset of the training split (the same every run)."""
+    rng = np.random.default_rng(seed)
+    take = min(n, len(x_train))
+    return x_train[np.sort(rng.choice(len(x_train), size=take, replace=False))]
+
+
+def export(
+    params: ExportParams,
+    x_train: np.ndarray,
+    seed: int,
+    model_path: Path = catalog.MODEL_FILE,
+    out_dir: Path = catalog.EXPORT_DIR,
+) -> ExportResult:
+    """Convert every variant, check each (int8: full-integer), then write them atomically."""
+    import torch
+
+    _quiet_litert()
+    interrupt.import_modules(
+        "litert_torch",
+        "torchao.quantization.pt2e.quantize_pt2e",
+        "ai_edge_quantizer.quantizer",
+        "ai_edge_litert.interpreter",
+    )
+    torch.manual_seed(seed)
+    model, arch, _ = load_model(model_path)
+    sample = torch.zeros((1, *arch.input_shape), dtype=torch.float32)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch/litert API deprecations
+            fp32 = convert_fp32(model, sample)
+            int8 = convert_int8(
+                model, sample, calibration_set(x_train, params.calibration_samples, seed)
+            )
+    except Exception as exc:
+        raise ExportError(
+            f"litert-torch conversion of {model_path} failed: {type(exc).__name__}: {exc}"
+        ) from exc
+    try:
+        models = {
+            "fp32": fp32,
+            "float16": convert_float16(fp32),
+            "dynamic_int8": convert_dynamic_int8(fp32),
+            "int8": int8,
+        }
+    except Exception as exc:
+        raise ExportError(f"quantizing {model_path} failed: {type(exc).__name__}: {exc}") from exc
+    for variant, data in models.items():
+        read_model(data, f"{variant} export")
+    info = check_full_int8(int8, f"int8 export of {model_path}")
+    paths = {v: catalog.variant_file(v, out_dir) for v in models}
+    with interrupt.deferred():  # all checked before the first is written; all or none replaced
+        for variant, data in models.items():
+            atomic.write_bytes(paths[variant], data)
+    return ExportResult(paths, {v: len(d) for v, d in models.items()}, info.op_names)

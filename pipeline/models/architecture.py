@@ -1,0 +1,51 @@
+"""What a trained network is, independent of its weights: the architecture stored in
+models/model.pt, and the one builder every stage uses to instantiate it."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """Everything needed to rebuild the network; stored in models/model.pt beside the weights."""
+
+    input_shape: tuple[int, int, int]  # H, W, C
+    num_classes: int
+    channels: tuple[int, ...]
+    kernel_size: int = 3
+    dropout: float = 0.1
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["input_shape"] = list(self.input_shape)
+        d["channels"] = list(self.channels)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Architecture:
+        return cls(
+            input_shape=tuple(int(v) for v in d["input_shape"]),  # type: ignore[arg-type]
+            num_classes=int(d["num_classes"]),
+            channels=tuple(int(c) for c in d["channels"]),
+            kernel_size=int(d["kernel_size"]),
+            dropout=float(d["dropout"]),
+        )
+
+
+def build_model(arch: Architecture) -> torch.nn.Module:
+    """Instantiate the network for `arch` (weights initialised from the current torch RNG).
+
+    Model families live one module each beside this one; today the image CNN.
+    """
+    from pipeline.models import cnn2d
+
+    return cnn2d.build(arch)
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,123 @@
+"""DVC as the pipeline's engine: the stage list comes from dvc.yaml, each stage runs through
+`dvc repro --single-item`, and a stage's outcome comes from the status file its `tinyops stage`
+process writes (pipeline/stages.py), never from DVC's printed text.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.core import catalog, tracking
+from pipeline.core.errors import ArtifactError, PipelineError
+
+DVC_YAML = Path("dvc.yaml")
+# Exit codes of failures that a retry cannot fix: bad config or data, failed int8 check,
+# a device budget, a registry refusal (see pipeline/core/errors.py).
+NOT_RETRYABLE = {2, 3, 6, 9, 10}
+_DVC_LOCK = threading.Lock()  # mapped deploy tasks share one DVC repo: one repro at a time
+
+
+class StageFailed(PipelineError):
+    """A stage's command failed; `retryable` says whether trying again could help."""
+
+    def __init__(self, target: str, code: int, tail: str) -> None:
+        self.target, self.code = target, code
+        self.retryable = code not in NOT_RETRYABLE
+        kind = "transient or unknown" if self.retryable else "not retryable"
+        super().__init__(f"stage '{target}' failed with exit code {code} ({kind}):\n{tail}")
+
+
+@dataclass(frozen=True)
+class StageOutcome:
+    target: str
+    ran: bool  # False: DVC found nothing changed and skipped it
+
+
+def stage_names(dvc_yaml: Path = DVC_YAML) -> list[str]:
+    """The stages of dvc.yaml in the order they are declared (the pipeline's order)."""
+    import yaml
+
+    return list(yaml.safe_load(dvc_yaml.read_text())["stages"])
+
+
+def stage_targets(devices: list[str], dvc_yaml: Path = DVC_YAML) -> list[str]:
+    """Every DVC target in pipeline order, a `foreach` stage expanded once per device."""
+    import yaml
+
+    stages = yaml.safe_load(dvc_yaml.read_text())["stages"]
+    targets: list[str] = []
+    for name, body in stages.items():
+        if "foreach" in body:
+            targets += [f"{name}@{key}" for key in sorted(devices)]
+        else:
+            targets.append(name)
+    return targets
+
+
+def tool(name: str) -> str:
+    """The executable from this interpreter's environment, so a bare checkout needs no activation."""
+    local = Path(sys.executable).parent / name
+    return str(local) if local.exists() else (shutil.which(name) or name)
+
+
+def stage_env(parent_run_id: str) -> dict[str, str]:
+    """The environment of a stage process: this interpreter's tools first, the parent run named."""
+    env = dict(os.environ)
+    env[tracking.ENV_PARENT] = parent_run_id
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+def _stage_status(target: str) -> catalog.StageStatus | None:
+    try:
+        return catalog.read(catalog.stage_status_file(target), catalog.StageStatus, target)
+    except ArtifactError:
+        return None
+
+
+def repro_stage(
+    target: str,
+    env: dict[str, str],
+    on_line: Callable[[str], None] = print,
+    force: bool = False,
+) -> StageOutcome:
+    """`dvc repro --single-item TARGET`, streaming its output (rank 0's included) line by line.
+
+    Whether the stage ran, and its exit code, come from the status file the stage writes: no
+    file means DVC found it up to date (or DVC itself failed before running it).
+    """
+    cmd = [tool("dvc"), "repro", "--single-item", *(["--force"] if force else []), target]
+    lines: list[str] = []
+    with _DVC_LOCK:
+        catalog.stage_status_file(target).unlink(missing_ok=True)
+        with subprocess.Popen(
+            cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+        ) as proc:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                lines.append(line.rstrip("\n"))
+                on_line(lines[-1])
+            code = proc.wait()
+        status = _stage_status(target)
+    if code != 0:
+        raise StageFailed(target, status.exit_code if status else code, "\n".join(lines[-15:]))
+    return StageOutcome(target, ran=status is not None)
+
+
+def stale_stages(env: dict[str, str] | None = None) -> list[str]:
+    """What `dvc status` finds out of date (changed deps, params, code or missing outputs)."""
+    import json
+
+    proc = subprocess.run(
+        [tool("dvc"), "status", "--json"], env=env, capture_output=True, text=True
+    )
+    if proc.returncode != 0:
+        raise PipelineError(f"`dvc status` failed:\n{(proc.stderr or proc.stdout).strip()}")
+    return sorted(json.loads(proc.stdout or "{}"))

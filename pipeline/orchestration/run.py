@@ -1,0 +1,205 @@
+"""One run path: `PipelineRun` owns everything around the stages, whoever runs them.
+
+`tinyops run` (the Prefect flow, flows/retrain.py) and the plain in-process runner below both
+enter a `PipelineRun`: it takes the workspace lock, versions new raw data, decides once whether
+anything is new, opens the MLflow parent run, hands its id to every stage process, ends the parent
+with the same status rule as every stage (pipeline/core/tracking.final_status: FINISHED, FAILED,
+or KILLED on Ctrl-C and SIGTERM) and records the success. A bare `dvc repro` has no wrapper
+process; its stages find or create their parent themselves and end it by the same rule.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from pipeline.core import catalog, tracking
+from pipeline.core.config import Params, load_params
+from pipeline.core.errors import TinyopsError
+from pipeline.orchestration import freshness
+from pipeline.orchestration.dvc import StageOutcome, repro_stage, stage_env, stale_stages
+
+
+class PipelineBusyError(TinyopsError):
+    """Another pipeline run holds this workspace."""
+
+    exit_code = 11
+
+
+@contextlib.contextmanager
+def workspace_lock(wait: bool = False) -> Iterator[None]:
+    """Hold the workspace for one pipeline run; a second run waits (wait=True) or fails clearly."""
+    catalog.LOCK_FILE.parent.mkdir(parents=True, exist_ok=True)
+    with open(catalog.LOCK_FILE, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "unknown"
+            raise PipelineBusyError(
+                f"another pipeline run (pid {holder}) is running in this workspace and holds "
+                f"{catalog.LOCK_FILE}; wait for it to finish (or pass --wait)."
+            ) from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        try:
+            yield
+        finally:
+            fh.seek(0)
+            fh.truncate()
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def anything_new(fp: freshness.Fingerprint, env: dict[str, str]) -> tuple[bool, str]:
+    """Whether to run, and why: new data, params or code since the last success, or stale DVC."""
+    last = freshness.unchanged(fp)
+    if last is None:
+        return True, "; ".join(freshness.changes(fp))
+    stale = stale_stages(env)
+    if stale:
+        return True, f"DVC finds stages out of date: {', '.join(stale)}"
+    return False, (
+        f"nothing new since the last successful run (MLflow run {last.get('mlflow_run_id')}): "
+        "raw data, params and code hash the same and DVC finds every stage up to date. "
+        "Pass --force to retrain anyway."
+    )
+
+
+def nothing_new(params_path: Path) -> str | None:
+    """Why a run would be skipped, decided read-only and without an orchestrator; None when
+    there is something to do or another run holds the workspace (the full path then decides).
+
+    `tinyops run` asks this before starting Prefect's ephemeral server, which costs more than
+    the check itself; against a running server the flow decides, so the skip is on record there.
+    """
+    from pipeline.orchestration.ingest import pending_raw
+
+    params = load_params(params_path)
+    try:
+        with workspace_lock():
+            if pending_raw():
+                return None
+            new, why = anything_new(freshness.fingerprint(params), dict(os.environ))
+    except PipelineBusyError:
+        return None
+    return None if new else why
+
+
+def _default_ingest() -> list[str]:
+    from pipeline.orchestration.ingest import ingest_raw
+
+    return ingest_raw()
+
+
+class PipelineRun:
+    """Lock, ingest, decide, open the parent run; on exit end it by the shared status rule.
+
+    with PipelineRun(Path("params.yaml")) as run:
+        if not run.skipped:
+            for target in run.targets: run.stage(target)
+    """
+
+    def __init__(
+        self,
+        params_path: Path,
+        force: bool = False,
+        wait: bool = False,
+        tags: dict[str, str] | None = None,
+        ingest: Callable[[], Any] = _default_ingest,
+    ) -> None:
+        self.params: Params = load_params(params_path)  # a bad config stops before any work
+        self.force, self.wait, self.extra_tags, self.ingest = force, wait, tags or {}, ingest
+        self.skipped, self.reason = False, ""
+        self.parent: tracking.Run | None = None
+        self.env: dict[str, str] = {}
+        self.metrics: dict[str, float] = {}
+        self.outcomes: list[StageOutcome] = []
+        self._lock = workspace_lock(wait)
+
+    @property
+    def devices(self) -> list[str]:
+        return sorted(self.params.devices)
+
+    def __enter__(self) -> PipelineRun:
+        self._lock.__enter__()
+        try:
+            self.ingest()
+            self.fingerprint = freshness.fingerprint(self.params)
+            new, self.reason = anything_new(self.fingerprint, dict(os.environ))
+            self.skipped = not (new or self.force)
+            if not self.skipped:
+                self.reason = "forced" if not new else self.reason
+                self._open_parent()
+        except BaseException:
+            self._lock.__exit__(None, None, None)
+            raise
+        return self
+
+    def _open_parent(self) -> None:
+        c = tracking.client()
+        tags = {**tracking.run_tags(), **freshness.tags(self.fingerprint), **self.extra_tags}
+        self.parent = tracking.start_parent(c, "pipeline", tags)
+        self.parent.log_params(tracking.flatten("", self.params.model_dump(mode="json")))
+        self.env = stage_env(self.parent.run_id)
+
+    def stage(self, target: str, on_line: Callable[[str], None] = print) -> StageOutcome:
+        """One DVC stage under this run's parent."""
+        outcome = repro_stage(target, self.env, on_line=on_line, force=self.force)
+        self.outcomes.append(outcome)
+        return outcome
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            if self.parent is not None:
+                self._close_parent(tracking.final_status(exc))
+                if exc is None:
+                    freshness.record_success(
+                        self.fingerprint,
+                        mlflow_run_id=self.parent.run_id,
+                        **{k: v for k, v in self.extra_tags.items() if k == "prefect.flow_run_id"},
+                    )
+        finally:
+            self._lock.__exit__(exc_type, exc, tb)
+
+    def _close_parent(self, status: str) -> None:
+        """Tag and log the final metrics (when there are any) and end the parent run."""
+        assert self.parent is not None
+        if status == "FINISHED" and catalog.EVALUATE_METRICS.is_file():
+            evaluated = catalog.read(catalog.EVALUATE_METRICS, catalog.EvaluateMetrics, "evaluate")
+            self.metrics = evaluated.as_metrics()
+            self.parent.set_tags(tracking.run_tags())
+            self.parent.log_metrics(self.metrics)
+        self.parent.client.set_terminated(self.parent.run_id, status)
+
+    def summary(self) -> dict[str, Any]:
+        if self.skipped:
+            return {"skipped": True, "reason": self.reason, "ran": []}
+        assert self.parent is not None
+        ran = [o.target for o in self.outcomes if o.ran]
+        return {"run_id": self.parent.run_id, "ran": ran, **self.metrics}
+
+
+def run_pipeline(params_path: Path, force: bool = False, wait: bool = False) -> dict[str, Any]:
+    """Every stage in order, in this process, without an orchestrator (what `tinyops bench`
+    compares the flow against)."""
+    from pipeline.orchestration.dvc import stage_targets
+
+    with PipelineRun(params_path, force=force, wait=wait) as run:
+        if run.skipped:
+            print(run.reason)
+        else:
+            for target in stage_targets(run.devices):
+                run.stage(target)
+    return run.summary()

@@ -1,0 +1,220 @@
+"""Stage `train`: check the job fits the machine, then launch DDP workers with torchrun.
+
+The workers (pipeline/train_worker.py) run in their own processes, so this process never
+imports torch's CUDA state; it only asks torch whether CUDA exists when the backend is `auto`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pipeline.core import atomic, catalog
+from pipeline.core.config import Params
+from pipeline.core.errors import ConfigError, TrainingError
+from pipeline.core.preflight import check_disk, check_threads
+
+if TYPE_CHECKING:
+    from pipeline.core.tracking import Run
+
+# The writer rank appends its epoch metrics to METRICS_LOG, one JSON line each.
+TIMING_FILE, METRICS_LOG = catalog.TRAIN_TIMING, catalog.TRAIN_METRICS_LOG
+FLUSH_SECONDS = 10.0  # how often epoch metrics go to MLflow while training runs
+WRITER_ENV = "TINYOPS_WRITER_NODE"  # marks the node whose local rank 0 writes (see train_worker)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    model_path: Path
+    summary: dict
+    timing: dict
+
+
+def _cuda_devices() -> int:
+    """Count GPUs in a child process, so CUDA is never initialised in this one."""
+    probe = "import torch; print(torch.cuda.device_count() if torch.cuda.is_available() else 0)"
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+        )
+        return int(out.stdout.strip() or 0)
+    except (subprocess.CalledProcessError, ValueError):
+        return 0
+
+
+def resolve_backend(params: Params) -> str:
+    tp = params.train
+    gpus = _cuda_devices() if tp.backend in ("auto", "nccl") else 0
+    backend = tp.backend if tp.backend != "auto" else ("nccl" if gpus else "gloo")
+    if backend == "nccl":
+        if gpus == 0:
+            raise ConfigError(
+                "train.backend is 'nccl' but no CUDA device is visible; use 'gloo' or 'auto'."
+            )
+        if tp.nproc_per_node > gpus:
+            raise ConfigError(
+                f"train.nproc_per_node = {tp.nproc_per_node} but only {gpus} GPU(s) are visible; "
+                "NCCL needs one GPU per worker."
+            )
+    return backend
+
+
+def check_world_fits(params: Params, n_train: int, backend: str) -> None:
+    """Fail in the first second, not after an epoch: threads, batch split, dataset size."""
+    tp = params.train
+    if backend == "gloo":
+        check_threads(params)
+    check_disk()
+    world = tp.nproc_per_node * tp.nnodes
+    if tp.batch_size % world:
+        raise ConfigError(
+            f"train.batch_size = {tp.batch_size} does not split evenly over {world} worker(s); "
+            f"use a multiple of {world}."
+        )
+    if tp.batch_size > n_train:
+        raise ConfigError(
+            f"train.batch_size = {tp.batch_size} is larger than the training split ({n_train} samples)."
+        )
+
+
+def torchrun_command(params: Params, params_path: Path, backend: str) -> list[str]:
+    tp = params.train
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        str(tp.nproc_per_node),
+        "--max-restarts",
+        str(tp.max_restarts),
+    ]
+    if tp.nnodes == 1:
+        cmd += ["--standalone"]
+    else:
+        cmd += [
+            "--nnodes",
+            str(tp.nnodes),
+            "--rdzv-backend",
+            "c10d",
+            "--rdzv-endpoint",
+            str(tp.rdzv_endpoint),
+            "--rdzv-id",
+            "tinyops-train",
+        ]
+    cmd += [
+        "-m",
+        "pipeline.training.worker",
+        "--params",
+        str(params_path),
+        "--backend",
+        backend,
+        "--timing-file",
+        str(TIMING_FILE),
+        "--metrics-log",
+        str(METRICS_LOG),
+    ]
+    return cmd
+
+
+def worker_env(params: Params) -> dict[str, str]:
+    """Thread counts set on purpose per worker; deterministic cuBLAS; quiet torchrun."""
+    threads = str(params.train.threads_per_proc)
+    env = dict(os.environ)
+    env.update(
+        {
+            "OMP_NUM_THREADS": threads,
+            "MKL_NUM_THREADS": threads,
+            "CUBLAS_WORKSPACE_CONFIG": ":4096:8",
+            "PYTHONHASHSEED": str(params.train.seed),
+            "TORCHELASTIC_ERROR_FILE": str(Path(".tinyops/torchrun_error.json").resolve()),
+            WRITER_ENV: "1",
+        }
+    )
+    return env
+
+
+class MetricsForwarder:
+    """Sends the writer rank's metric lines to MLflow in one batch every FLUSH_SECONDS.
+
+    The workers only append lines to a file: they never import mlflow and never wait on the
+    tracking store, so a slow or remote store costs this idle process time, not training time.
+    """
+
+    def __init__(self, path: Path, run: Run | None) -> None:
+        self.path, self.run = path, run
+        self.offset = 0
+        self.seconds = 0.0  # spent here logging, reported beside the training time
+
+    def flush(self) -> None:
+        try:
+            with self.path.open("rb") as f:
+                f.seek(self.offset)
+                data = f.read()
+        except FileNotFoundError:
+            return
+        end = data.rfind(b"\n") + 1  # whole lines only; a line being written waits
+        self.offset += end
+        rows = [json.loads(line) for line in data[:end].splitlines() if line.strip()]
+        if self.run is not None and rows:
+            start = time.perf_counter()
+            self.run.log_metric_rows(rows)
+            self.seconds += time.perf_counter() - start
+
+
+def _stop(proc: subprocess.Popen[Any]) -> None:
+    """torchrun passes SIGTERM on to its workers; SIGKILL only if they do not go."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def train(
+    params: Params,
+    params_path: Path,
+    n_train: int,
+    run: Run | None = None,
+) -> TrainResult:
+    """Run torchrun to completion, forwarding epoch metrics to `run` as they come; rank 0's
+    output goes straight to this process's stdout/stderr."""
+    backend = resolve_backend(params)
+    check_world_fits(params, n_train, backend)
+    TIMING_FILE.parent.mkdir(parents=True, exist_ok=True)
+    cmd = torchrun_command(params, params_path, backend)
+    env = worker_env(params)
+    METRICS_LOG.unlink(missing_ok=True)
+    forwarder = MetricsForwarder(METRICS_LOG, run)
+    proc = subprocess.Popen(cmd, env=env)
+    try:
+        while True:
+            try:
+                code = proc.wait(timeout=FLUSH_SECONDS)
+                break
+            except subprocess.TimeoutExpired:
+                forwarder.flush()
+    except BaseException:
+        _stop(proc)
+        with contextlib.suppress(Exception):
+            forwarder.flush()  # what was trained before the interruption stays visible
+        raise
+    forwarder.flush()
+    if code != 0:
+        raise TrainingError(
+            f"torchrun exited with status {code}; the worker's error is printed above "
+            f"(and in {env['TORCHELASTIC_ERROR_FILE']} when torchrun recorded one)."
+        )
+    summary = json.loads(catalog.TRAIN_METRICS.read_text())
+    timing = json.loads(TIMING_FILE.read_text()) if TIMING_FILE.is_file() else {}
+    if timing:
+        timing["mlflow_log_seconds"] = forwarder.seconds
+        atomic.write_json(TIMING_FILE, timing)
+    return TrainResult(model_path=catalog.MODEL_FILE, summary=summary, timing=timing)
