@@ -48,7 +48,11 @@ def _exit_code(exc: BaseException | None) -> int:
 
 @contextlib.contextmanager
 def recorded(target: str) -> Iterator[None]:
-    """Write .tinyops/stages/<target>.json with the stage's exit code however it ends."""
+    """Write <status dir>/<target>.json with the stage's exit code however it ends, when the run
+    path asked for it (catalog.ENV_STAGE_STATUS)."""
+    import os
+
+    folder = os.environ.get(catalog.ENV_STAGE_STATUS)
     error: BaseException | None = None
     try:
         yield
@@ -56,10 +60,15 @@ def recorded(target: str) -> Iterator[None]:
         error = exc
         raise
     finally:
-        status = catalog.StageStatus(
-            target=target, exit_code=_exit_code(error), error=str(error or "")[:2000]
-        )
-        catalog.write(catalog.stage_status_file(target), status)
+        if folder:
+            _write_status(Path(folder), target, error)
+
+
+def _write_status(folder: Path, target: str, error: BaseException | None) -> None:
+    status = catalog.StageStatus(
+        target=target, exit_code=_exit_code(error), error=str(error or "")[:2000]
+    )
+    catalog.write(catalog.stage_status_file(target, folder), status)
 
 
 def run_prepare(params_path: Path) -> dict[str, Any]:

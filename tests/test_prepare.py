@@ -43,14 +43,14 @@ def test_digits_default(tmp_path: Path) -> None:
     out = tmp_path / "processed"
     meta = prepare(PrepareParams(), out).meta
     data = load_processed(out)
-    assert meta["input_shape"] == [8, 8, 1] and meta["num_classes"] == 10
-    assert sum(meta["splits"].values()) == 1797
+    assert meta.input_shape == [8, 8, 1] and meta.num_classes == 10
+    assert sum(meta.splits.values()) == 1797
     for split in ("train", "val", "test"):
         assert set(np.unique(data.y[split])) == set(range(10)), f"{split} split is not stratified"
     # Normalised with training statistics only: train is centred, the others merely close.
     assert abs(float(data.x["train"].mean())) < 1e-5
     assert abs(float(data.x["train"].std()) - 1.0) < 1e-4
-    assert len(meta["data_sha256"]) == 64
+    assert len(meta.data_sha256) == 64
 
 
 def test_prepare_is_deterministic(tmp_path: Path) -> None:
@@ -66,20 +66,20 @@ def test_npz_source_with_class_names(tmp_path: Path) -> None:
     x, y = _blobs()
     path = _npz(tmp_path / "d.npz", x=x, y=y, classes=np.array(["cat", "dog", "owl"]))
     meta = prepare(PrepareParams(source="npz", path=str(path)), tmp_path / "out").meta
-    assert meta["classes"] == ["cat", "dog", "owl"]
-    assert meta["input_shape"] == [6, 6, 1]
-    assert meta["class_counts"] == {"cat": 12, "dog": 12, "owl": 12}
+    assert meta.classes == ["cat", "dog", "owl"]
+    assert meta.input_shape == [6, 6, 1]
+    assert meta.class_counts == {"cat": 12, "dog": 12, "owl": 12}
 
 
 def test_imagefolder_source_resizes_and_converts(tmp_path: Path) -> None:
     root = _png_folder(tmp_path / "images")
     params = PrepareParams(source="imagefolder", path=str(root), image_size=(8, 8))
     meta = prepare(params, tmp_path / "out").meta
-    assert meta["classes"] == ["class_0", "class_1"]
-    assert meta["input_shape"] == [8, 8, 1]
+    assert meta.classes == ["class_0", "class_1"]
+    assert meta.input_shape == [8, 8, 1]
     rgb = prepare(params.model_copy(update={"color_mode": "rgb"}), tmp_path / "out_rgb").meta
-    assert rgb["input_shape"] == [8, 8, 3]
-    assert len(rgb["normalization"]["mean"]) == 3
+    assert rgb.input_shape == [8, 8, 3]
+    assert len(rgb.normalization["mean"]) == 3
 
 
 def _bad_npz(tmp_path: Path, case: str) -> tuple[PrepareParams, str]:

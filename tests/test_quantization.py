@@ -9,10 +9,10 @@ import pytest
 
 from pipeline.core.errors import ExportError, QuantizationCheckError
 from pipeline.data.prepare import load_processed
-from pipeline.tflite.litert import quantize_input
 from pipeline.models.store import load_model
 from pipeline.tflite import tflm
 from pipeline.tflite.flatbuffer import check_full_int8, read_model
+from pipeline.tflite.litert import quantize_input
 
 pytestmark = pytest.mark.slow
 

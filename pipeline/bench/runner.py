@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.core import atomic
+from pipeline.core.catalog import TRAIN_TIMING
 from pipeline.core.preflight import cores
 from pipeline.orchestration.dvc import tool
 
@@ -174,68 +175,67 @@ def summary(values: list[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
-def bench(rounds: int = 5, on_progress: Callable[[str], None] = print) -> dict[str, Any]:
-    n = cores()
-    results: dict[str, Any] = {
-        "machine": {
-            "cores": n,
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-            "torch": _run_json(
-                [sys.executable, "-c", "import json, torch; print(json.dumps(torch.__version__))"],
-                1,
-            ),
-        },
-        "rounds": rounds,
-        "throughput": {},
-        "allreduce_ms": {},
-        "overhead": {},
+def _machine() -> dict[str, Any]:
+    torch_version = [
+        sys.executable,
+        "-c",
+        "import json, torch; print(json.dumps(torch.__version__))",
+    ]
+    return {
+        "cores": cores(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "torch": _run_json(torch_version, 1),
     }
-    for model in ("default", "resnet8"):
-        configs: dict[str, Callable[[], float]] = {}
-        allreduce: dict[str, list[float]] = {}
-        # (threads, processes, global batch, train.allreduce): every config steps 64 samples per
-        # worker, as DDP throughput is usually compared. The target row is DDP as training runs
-        # it (shared-memory all-reduce on one host); the gloo row is the same over gloo's TCP;
-        # the split row is the pipeline's own global batch of 64 cut in two, where fixed
-        # per-step costs weigh double (the last two are reported, not targets, and run for the
-        # default model only, to keep the bench under 20 minutes on 2 cores).
-        plans = {
-            "1 proc × 1 thread": (1, 1, 64, "auto"),
-            f"1 proc × {n} threads": (n, 1, 64, "auto"),
-        }
-        if n >= 2:
-            plans[TARGET_DDP] = (1, 2, 128, "auto")
-            if model == "default":  # the comparisons, on the model where they matter most
-                plans[GLOO_DDP] = (1, 2, 128, "backend")
-                plans[SPLIT_DDP] = (1, 2, 64, "auto")
-        for name, (threads, procs, batch, how) in plans.items():
-            assert threads * procs <= n, "never more threads × processes than cores"
 
-            def run(
-                threads: int = threads,
-                procs: int = procs,
-                batch: int = batch,
-                how: str = how,
-                model: str = model,
-                allreduce: dict[str, list[float]] = allreduce,
-            ) -> float:
-                cmd = [*_worker(model, threads, how), "--batch", str(batch)]
-                got = _run_json(cmd, threads, procs)
-                for way, ms in (got["allreduce_ms"] or {}).items():
-                    allreduce.setdefault(way, []).append(ms)
-                return float(got["samples_per_s"])
 
-            configs[name] = run
-        samples = interleave(configs, rounds, lambda s, m=model: on_progress(f"{m}: {s}"))
-        results["throughput"][model] = {k: summary(v) for k, v in samples.items()}
-        if allreduce:
-            results["allreduce_ms"][model] = {k: summary(v) for k, v in allreduce.items()}
-    results["quantization"] = quantization()
-    on_progress("resnet8: exporting fp32 and int8, measuring TFLite Micro arenas")
-    results["resnet8_export"] = _run_json([sys.executable, "-m", "pipeline.bench.heavy_export"], 1)
-    results["latency_ms"] = latency(rounds, on_progress)
-    results["memory"] = memory()
+def _plans(model: str, n: int) -> dict[str, tuple[int, int, int, str]]:
+    """(threads, processes, global batch, train.allreduce) per configuration.
+
+    Every config steps 64 samples per worker, as DDP throughput is usually compared. The target
+    row is DDP as training runs it (shared-memory all-reduce on one host); the gloo row is the
+    same over gloo's TCP; the split row is the pipeline's own global batch of 64 cut in two,
+    where fixed per-step costs weigh double (the last two are reported, not targets, and run for
+    the default model only, to keep the bench under 20 minutes on 2 cores).
+    """
+    plans = {"1 proc × 1 thread": (1, 1, 64, "auto"), f"1 proc × {n} threads": (n, 1, 64, "auto")}
+    if n >= 2:
+        plans[TARGET_DDP] = (1, 2, 128, "auto")
+        if model == "default":  # the comparisons, on the model where they matter most
+            plans[GLOO_DDP] = (1, 2, 128, "backend")
+            plans[SPLIT_DDP] = (1, 2, 64, "auto")
+    return plans
+
+
+def throughput(
+    model: str, rounds: int, on_progress: Callable[[str], None]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Samples/s per configuration, interleaved, and the all-reduce times the DDP rows saw."""
+    n = cores()
+    configs: dict[str, Callable[[], float]] = {}
+    allreduce: dict[str, list[float]] = {}
+    for name, (threads, procs, batch, how) in _plans(model, n).items():
+        assert threads * procs <= n, "never more threads × processes than cores"
+
+        def run(
+            threads: int = threads, procs: int = procs, batch: int = batch, how: str = how
+        ) -> float:
+            cmd = [*_worker(model, threads, how), "--batch", str(batch)]
+            got = _run_json(cmd, threads, procs)
+            for way, ms in (got["allreduce_ms"] or {}).items():
+                allreduce.setdefault(way, []).append(ms)
+            return float(got["samples_per_s"])
+
+        configs[name] = run
+    samples = interleave(configs, rounds, lambda s: on_progress(f"{model}: {s}"))
+    return (
+        {k: summary(v) for k, v in samples.items()},
+        {k: summary(v) for k, v in allreduce.items()},
+    )
+
+
+def overhead(rounds: int, on_progress: Callable[[str], None]) -> dict[str, Any]:
+    """Orchestration costs: the flow against plain stages, no-op reruns, `--help`, MLflow."""
     tinyops = str(Path(sys.executable).parent / "tinyops")
     flow = interleave(
         {
@@ -248,7 +248,7 @@ def bench(rounds: int = 5, on_progress: Callable[[str], None] = print) -> dict[s
         on_progress,
     )
     floor = _one_stage_dvc_project()
-    overhead = interleave(
+    noop = interleave(
         {
             "tinyops --help (s)": lambda: _timed([tinyops, "--help"]),
             "dvc repro, nothing changed (s)": lambda: _timed([tool("dvc"), "repro"]),
@@ -261,12 +261,33 @@ def bench(rounds: int = 5, on_progress: Callable[[str], None] = print) -> dict[s
         on_progress,
     )
     shutil.rmtree(floor, ignore_errors=True)
-    results["overhead"] = {k: summary(v) for k, v in (flow | overhead).items()}
-    timing = Path(".tinyops/train_timing.json")
-    if timing.is_file():
-        t = json.loads(timing.read_text())
+    result = {k: summary(v) for k, v in (flow | noop).items()}
+    if TRAIN_TIMING.is_file():
+        t = json.loads(TRAIN_TIMING.read_text())
         share = t.get("mlflow_log_seconds", 0.0) / max(t["train_seconds"], 1e-9)
-        results["overhead"]["MLflow logging / training time"] = {"median": share}
+        result["MLflow logging / training time"] = {"median": share}
+    return result
+
+
+def bench(rounds: int = 5, on_progress: Callable[[str], None] = print) -> dict[str, Any]:
+    """Every measurement, side by side; written to bench/results.json with the machine."""
+    results: dict[str, Any] = {
+        "machine": _machine(),
+        "rounds": rounds,
+        "throughput": {},
+        "allreduce_ms": {},
+    }
+    for model in ("default", "resnet8"):
+        rows, allreduce = throughput(model, rounds, on_progress)
+        results["throughput"][model] = rows
+        if allreduce:
+            results["allreduce_ms"][model] = allreduce
+    results["quantization"] = quantization()
+    on_progress("resnet8: exporting fp32 and int8, measuring TFLite Micro arenas")
+    results["resnet8_export"] = _run_json([sys.executable, "-m", "pipeline.bench.heavy_export"], 1)
+    results["latency_ms"] = latency(rounds, on_progress)
+    results["memory"] = memory()
+    results["overhead"] = overhead(rounds, on_progress)
     results["targets"] = targets(results)
     atomic.write_json(RESULTS, results)
     return results

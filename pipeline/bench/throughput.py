@@ -15,6 +15,7 @@ import json
 import os
 import statistics
 import time
+from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
@@ -31,7 +32,7 @@ MODELS = {
 }
 
 
-def main(argv: list[str] | None = None) -> None:
+def _args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", choices=sorted(MODELS), default="default")
     parser.add_argument("--threads", type=int, default=1)
@@ -41,13 +42,70 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--allreduce", choices=["auto", "backend"], default="auto", help="as train.allreduce"
     )
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def _most(value: float, distributed: bool) -> float:
+    """Every rank must run the same number of steps (each one is a collective): the largest of
+    the ranks' values."""
+    if not distributed:
+        return value
+    t = torch.tensor([value], dtype=torch.float64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t)
+
+
+def _steady_state(
+    step: Callable[[], None], args: argparse.Namespace, distributed: bool
+) -> tuple[int, float]:
+    """Warm up for a time, not a step count (a ResNet-8 step is 10× a default one); the warm-up
+    steps' own time sizes the timed window. Returns (steps, seconds)."""
+
+    def timed(n: int) -> float:
+        start = time.perf_counter()
+        for _ in range(n):
+            step()
+        return (time.perf_counter() - start) / n
+
+    timed(3)
+    per_step = _most(timed(3), distributed)
+    per_step = timed(max(1, int(args.warmup / per_step)))
+    steps = int(_most(max(10, int(args.seconds / per_step) + 1), distributed))
+    if distributed:
+        dist.barrier()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if distributed:
+        dist.barrier()
+    return steps, time.perf_counter() - start
+
+
+def _allreduce_ms(parameters: int, shared: bool) -> dict[str, float]:
+    """Median time to all-reduce a gradient-sized buffer, gloo and (where used) shared memory."""
+    grads = torch.zeros(parameters)
+    ways = {"gloo": dist.all_reduce}
+    if shared:
+        ways["shared memory"] = SharedMemoryAllReduce(grads.numel() * 4).allreduce_mean_
+    result = {}
+    for way, fn in ways.items():
+        times = []
+        dist.barrier()
+        for _ in range(30):
+            t = time.perf_counter()
+            fn(grads)
+            times.append((time.perf_counter() - t) * 1000)
+        result[way] = statistics.median(times[5:])
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _args(argv)
     torch.set_num_threads(args.threads)
     distributed = "RANK" in os.environ
     if distributed:
         dist.init_process_group("gloo")
     world = dist.get_world_size() if distributed else 1
-    rank = dist.get_rank() if distributed else 0
     torch.manual_seed(0)
     arch = MODELS[args.model]
     model = build_model(arch)
@@ -57,65 +115,16 @@ def main(argv: list[str] | None = None) -> None:
     per_rank = args.batch // world
     x = torch.randn(per_rank, *arch.input_shape)
     y = torch.randint(0, arch.num_classes, (per_rank,))
-
-    def step() -> None:
-        train_step(net, opt, x, y)
-
-    def most(value: float) -> float:
-        """Every rank must run the same number of steps (each one is a collective): the
-        largest of the ranks' values."""
-        if not distributed:
-            return value
-        t = torch.tensor([value], dtype=torch.float64)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return float(t)
-
-    def timed(n: int) -> float:
-        start = time.perf_counter()
-        for _ in range(n):
-            step()
-        return (time.perf_counter() - start) / n
-
-    # Warm up for a time, not a step count (a ResNet-8 step is 10× a default one); the warm-up
-    # steps' own time sizes the timed window.
-    timed(3)
-    per_step = most(timed(3))
-    per_step = timed(max(1, int(args.warmup / per_step)))
-    steps = int(most(max(10, int(args.seconds / per_step) + 1)))
-    if distributed:
-        dist.barrier()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    if distributed:
-        dist.barrier()
-    seconds = time.perf_counter() - start
-    allreduce_ms: dict[str, float] = {}
-    if distributed:
-        grads = torch.zeros(count_parameters(model))
-        ways = {"gloo": dist.all_reduce}
-        if shared:
-            ways["shared memory"] = SharedMemoryAllReduce(grads.numel() * 4).allreduce_mean_
-        for way, fn in ways.items():
-            times = []
-            dist.barrier()
-            for _ in range(30):
-                t = time.perf_counter()
-                fn(grads)
-                times.append((time.perf_counter() - t) * 1000)
-            allreduce_ms[way] = statistics.median(times[5:])
-    if rank == 0:
-        print(
-            json.dumps(
-                {
-                    "samples_per_s": int(steps) * args.batch / seconds,
-                    "allreduce_ms": allreduce_ms or None,
-                    "allreduce": "shared memory" if shared else ("gloo" if distributed else None),
-                    "parameters": count_parameters(model),
-                }
-            ),
-            flush=True,
-        )
+    steps, seconds = _steady_state(lambda: train_step(net, opt, x, y), args, distributed)
+    allreduce_ms = _allreduce_ms(count_parameters(model), shared) if distributed else {}
+    if not distributed or dist.get_rank() == 0:
+        line = {
+            "samples_per_s": int(steps) * args.batch / seconds,
+            "allreduce_ms": allreduce_ms or None,
+            "allreduce": "shared memory" if shared else ("gloo" if distributed else None),
+            "parameters": count_parameters(model),
+        }
+        print(json.dumps(line), flush=True)
     if distributed:
         dist.destroy_process_group()
 

@@ -59,9 +59,14 @@ def deploy_status_file(device: str, status_dir: Path = DEPLOY_STATUS_DIR) -> Pat
     return status_dir / f"{device}.json"
 
 
-def stage_status_file(target: str) -> Path:
+# Set by the run path around `dvc repro`: the folder where each `tinyops stage` it starts records
+# how it ended. A stage run by hand, or by a bare `dvc repro`, writes none.
+ENV_STAGE_STATUS = "TINYOPS_STAGE_STATUS_DIR"
+
+
+def stage_status_file(target: str, status_dir: Path = STAGE_STATUS_DIR) -> Path:
     """Where `tinyops stage` records how a DVC stage ended (deploy@x → deploy@x.json)."""
-    return STAGE_STATUS_DIR / f"{target}.json"
+    return status_dir / f"{target}.json"
 
 
 class Artifact(BaseModel):

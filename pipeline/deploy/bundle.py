@@ -45,6 +45,13 @@ def _c_string(text: str) -> str:
 def cpp_sources(model: bytes, info: dict[str, Any], device: str, sha256: str) -> dict[str, str]:
     """Header and source: the model as a 16-byte-aligned array, the arena to reserve, I/O
     quantization, labels, and a function registering exactly the model's ops."""
+    return {
+        CPP_HEADER: _cpp_header(info, device, sha256),
+        CPP_SOURCE: _cpp_source(model, info, device),
+    }
+
+
+def _cpp_header(info: dict[str, Any], device: str, sha256: str) -> str:
     ops = info["ops"]
     h, w, c = info["input_shape"]
     labels = info["labels"]
@@ -90,6 +97,11 @@ TfLiteStatus RegisterOps(OpResolver& resolver);
 
 #endif  // {guard}
 """
+    return header
+
+
+def _cpp_source(model: bytes, info: dict[str, Any], device: str) -> str:
+    ops, labels = info["ops"], info["labels"]
     rows = [
         "  " + ", ".join(f"0x{b:02x}" for b in model[i : i + 16]) + ","
         for i in range(0, len(model), 16)
@@ -117,7 +129,7 @@ TfLiteStatus RegisterOps(OpResolver& resolver) {{
 
 }}  // namespace tinyops
 """
-    return {CPP_HEADER: header, CPP_SOURCE: source}
+    return source
 
 
 def readme(manifest: dict[str, Any]) -> str:

@@ -72,6 +72,70 @@ def _check(
     return Check(name, passed, value, budget, unit, reason)
 
 
+@dataclass(frozen=True)
+class _Runtime:
+    """What the runtime decides: its RAM and ops checks, accuracy, latency and how it was got."""
+
+    checks: tuple[Check, ...]
+    ram_need: int
+    accuracy: float
+    latency_ms: float
+    latency_kind: str
+    arena: int | None
+
+
+def _tflm(
+    figures: VariantInfo, device: DeviceProfile, deploy: DeployParams, runs: bool | None
+) -> _Runtime:
+    from pipeline.deploy.bundle import reserved_arena
+
+    arena = figures.tflm_arena_bytes or 0
+    runtime_ram = deploy.runtime_ram_bytes["tflm"]
+    ram_need = reserved_arena(arena) + runtime_ram
+    ram = _check(
+        "ram",
+        ram_need,
+        device.ram_bytes,
+        "B",
+        f"arena {reserved_arena(arena):,} B (measured {arena:,} + margin) + runtime "
+        f"{runtime_ram:,} B =",
+    )
+    ok = bool(runs)
+    ops = Check(
+        "ops",
+        ok,
+        float(ok),
+        1.0,
+        "",
+        "every op resolved and ran in the TFLite Micro interpreter"
+        if ok
+        else "the model does not run in the TFLite Micro interpreter (unsupported op or type)",
+    )
+    macs = figures.macs
+    latency = macs * device.cycles_per_mac / (device.clock_mhz * 1e3)
+    kind = (
+        f"estimate: {macs:,} MACs × {device.cycles_per_mac} cycles/MAC at {device.clock_mhz:g} MHz"
+    )
+    return _Runtime((ram, ops), ram_need, figures.tflm_accuracy or 0.0, latency, kind, arena)
+
+
+def _litert(
+    model: bytes, figures: VariantInfo, device: DeviceProfile, deploy: DeployParams
+) -> _Runtime:
+    ram_need = len(model) + activation_bytes(model) + deploy.runtime_ram_bytes["litert"]
+    ram = _check(
+        "ram",
+        ram_need,
+        device.ram_bytes,
+        "B",
+        "model + activations (upper bound) + LiteRT runtime =",
+    )
+    ops = Check("ops", True, 1.0, 1.0, "", "every op ran in LiteRT (ai_edge_litert) on the host")
+    latency = litert.measure_host_latency_ms(model, deploy.latency_runs)
+    kind = "host: median LiteRT invoke on the build machine, 1 thread"
+    return _Runtime((ram, ops), ram_need, figures.litert_accuracy, latency, kind, None)
+
+
 def assess(
     variant: str,
     model: bytes,
@@ -83,87 +147,38 @@ def assess(
     """Every check of one variant on one device. `figures` is the variant's entry of
     metrics/variants.json; `runs_in_tflm` the result of running it in TFLite Micro."""
     runtime = device.runtime
-    flash_need = len(model) + deploy.runtime_flash_bytes[runtime]
-    checks = [
-        _check(
-            "flash",
-            flash_need,
-            device.flash_bytes,
-            "B",
-            f"model {len(model):,} B + {runtime} runtime {deploy.runtime_flash_bytes[runtime]:,} B =",
-        ),
-    ]
-    if runtime == "tflm":
-        arena = figures.tflm_arena_bytes or 0
-        from pipeline.deploy.bundle import reserved_arena
-
-        ram_need = reserved_arena(arena) + deploy.runtime_ram_bytes["tflm"]
-        checks.append(
-            _check(
-                "ram",
-                ram_need,
-                device.ram_bytes,
-                "B",
-                f"arena {reserved_arena(arena):,} B (measured {arena:,} + margin) + runtime "
-                f"{deploy.runtime_ram_bytes['tflm']:,} B =",
-            )
-        )
-        ok = bool(runs_in_tflm)
-        checks.append(
-            Check(
-                "ops",
-                ok,
-                float(ok),
-                1.0,
-                "",
-                "every op resolved and ran in the TFLite Micro interpreter"
-                if ok
-                else "the model does not run in the TFLite Micro interpreter (unsupported op or type)",
-            )
-        )
-        accuracy = figures.tflm_accuracy or 0.0
-        macs = figures.macs
-        latency = macs * device.cycles_per_mac / (device.clock_mhz * 1e3)
-        kind = f"estimate: {macs:,} MACs × {device.cycles_per_mac} cycles/MAC at {device.clock_mhz:g} MHz"
-    else:
-        ram_need = len(model) + activation_bytes(model) + deploy.runtime_ram_bytes["litert"]
-        arena = None
-        checks.append(
-            _check(
-                "ram",
-                ram_need,
-                device.ram_bytes,
-                "B",
-                "model + activations (upper bound) + LiteRT runtime =",
-            )
-        )
-        checks.append(
-            Check("ops", True, 1.0, 1.0, "", "every op ran in LiteRT (ai_edge_litert) on the host")
-        )
-        accuracy = figures.litert_accuracy
-        latency = litert.measure_host_latency_ms(model, deploy.latency_runs)
-        kind = "host: median LiteRT invoke on the build machine, 1 thread"
-    checks.append(
-        _check(
-            "accuracy",
-            accuracy,
-            device.min_accuracy,
-            "",
-            f"{variant} accuracy in {runtime}",
-            higher_ok=True,
-        )
+    runtime_flash = deploy.runtime_flash_bytes[runtime]
+    flash = _check(
+        "flash",
+        len(model) + runtime_flash,
+        device.flash_bytes,
+        "B",
+        f"model {len(model):,} B + {runtime} runtime {runtime_flash:,} B =",
     )
-    checks.append(
-        _check(
-            "latency",
-            round(latency, 4),
-            device.max_latency_ms,
-            "ms",
-            f"latency ({kind.split(':')[0]})",
-        )
+    rt = (
+        _tflm(figures, device, deploy, runs_in_tflm)
+        if runtime == "tflm"
+        else _litert(model, figures, device, deploy)
     )
+    latency = round(rt.latency_ms, 4)
+    accuracy = _check(
+        "accuracy",
+        rt.accuracy,
+        device.min_accuracy,
+        "",
+        f"{variant} accuracy in {runtime}",
+        higher_ok=True,
+    )
+    within = _check(
+        "latency",
+        latency,
+        device.max_latency_ms,
+        "ms",
+        f"latency ({rt.latency_kind.split(':')[0]})",
+    )
+    checks = (flash, *rt.checks, accuracy, within)
     return Candidate(
-        variant, len(model), ram_need, accuracy, round(latency, 4), kind, tuple(checks), arena
+        variant, len(model), rt.ram_need, rt.accuracy, latency, rt.latency_kind, checks, rt.arena
     )
 
 

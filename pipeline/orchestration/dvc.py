@@ -71,13 +71,15 @@ def stage_env(parent_run_id: str) -> dict[str, str]:
     """The environment of a stage process: this interpreter's tools first, the parent run named."""
     env = dict(os.environ)
     env[tracking.ENV_PARENT] = parent_run_id
+    env[catalog.ENV_STAGE_STATUS] = str(catalog.STAGE_STATUS_DIR.resolve())
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     return env
 
 
-def _stage_status(target: str) -> catalog.StageStatus | None:
+def _stage_status(target: str, env: dict[str, str]) -> catalog.StageStatus | None:
+    path = catalog.stage_status_file(target, Path(env[catalog.ENV_STAGE_STATUS]))
     try:
-        return catalog.read(catalog.stage_status_file(target), catalog.StageStatus, target)
+        return catalog.read(path, catalog.StageStatus, target)
     except ArtifactError:
         return None
 
@@ -96,7 +98,10 @@ def repro_stage(
     cmd = [tool("dvc"), "repro", "--single-item", *(["--force"] if force else []), target]
     lines: list[str] = []
     with _DVC_LOCK:
-        catalog.stage_status_file(target).unlink(missing_ok=True)
+        env = {catalog.ENV_STAGE_STATUS: str(catalog.STAGE_STATUS_DIR.resolve()), **env}
+        catalog.stage_status_file(target, Path(env[catalog.ENV_STAGE_STATUS])).unlink(
+            missing_ok=True
+        )
         with subprocess.Popen(
             cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
         ) as proc:
@@ -105,7 +110,7 @@ def repro_stage(
                 lines.append(line.rstrip("\n"))
                 on_line(lines[-1])
             code = proc.wait()
-        status = _stage_status(target)
+        status = _stage_status(target, env)
     if code != 0:
         raise StageFailed(target, status.exit_code if status else code, "\n".join(lines[-15:]))
     return StageOutcome(target, ran=status is not None)

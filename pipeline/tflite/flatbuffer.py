@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 from pipeline.core.errors import ExportError, QuantizationCheckError
 
@@ -59,6 +60,35 @@ class ModelInfo:
         return tuple(dict.fromkeys(op.name for op in self.ops))
 
 
+def _ints(values: Any) -> tuple[int, ...]:
+    return tuple(int(v) for v in (values if values is not None else []))
+
+
+def _tensor(t: Any, buffers: list[Any]) -> TensorInfo:
+    q = t.quantization
+    buffer = buffers[t.buffer] if t.buffer < len(buffers) else None
+    has_data = buffer is not None and (
+        (buffer.data is not None and len(buffer.data) > 0) or (buffer.size or 0) > 0
+    )
+    return TensorInfo(
+        name=t.name.decode() if isinstance(t.name, bytes) else str(t.name),
+        dtype=_enum_names("TensorType").get(t.type, str(t.type)),
+        shape=_ints(t.shape),
+        scales=tuple(float(v) for v in (q.scale if q is not None and q.scale is not None else [])),
+        zero_points=_ints(q.zeroPoint if q is not None else None),
+        is_constant=has_data,
+    )
+
+
+def _operator(op: Any, codes: list[Any], op_names: dict[int, str]) -> OpInfo:
+    code = codes[op.opcodeIndex]
+    builtin = max(code.builtinCode, code.deprecatedBuiltinCode)
+    name = op_names.get(builtin, f"OP_{builtin}")
+    if name == "CUSTOM" and code.customCode:
+        name = f"CUSTOM:{code.customCode.decode()}"
+    return OpInfo(name=name, inputs=_ints(op.inputs), outputs=_ints(op.outputs))
+
+
 def read_model(data: bytes | Path, source: str = "model") -> ModelInfo:
     """Parse the first subgraph; a file that is not a TFLite flatbuffer raises ExportError."""
     if isinstance(data, Path):
@@ -76,44 +106,9 @@ def read_model(data: bytes | Path, source: str = "model") -> ModelInfo:
     if not model.subgraphs:
         raise ExportError(f"{source}: the flatbuffer holds no subgraph.")
     graph = model.subgraphs[0]
+    tensors = [_tensor(t, model.buffers) for t in graph.tensors]
     op_names = _enum_names("BuiltinOperator")
-    type_names = _enum_names("TensorType")
-    tensors = []
-    for t in graph.tensors:
-        q = t.quantization
-        buffer = model.buffers[t.buffer] if t.buffer < len(model.buffers) else None
-        has_data = buffer is not None and (
-            (buffer.data is not None and len(buffer.data) > 0) or (buffer.size or 0) > 0
-        )
-        tensors.append(
-            TensorInfo(
-                name=t.name.decode() if isinstance(t.name, bytes) else str(t.name),
-                dtype=type_names.get(t.type, str(t.type)),
-                shape=tuple(int(d) for d in (t.shape if t.shape is not None else [])),
-                scales=tuple(
-                    float(v) for v in (q.scale if q is not None and q.scale is not None else [])
-                ),
-                zero_points=tuple(
-                    int(v)
-                    for v in (q.zeroPoint if q is not None and q.zeroPoint is not None else [])
-                ),
-                is_constant=has_data,
-            )
-        )
-    ops = []
-    for op in graph.operators:
-        code = model.operatorCodes[op.opcodeIndex]
-        builtin = max(code.builtinCode, code.deprecatedBuiltinCode)
-        name = op_names.get(builtin, f"OP_{builtin}")
-        if name == "CUSTOM" and code.customCode:
-            name = f"CUSTOM:{code.customCode.decode()}"
-        ops.append(
-            OpInfo(
-                name=name,
-                inputs=tuple(int(i) for i in (op.inputs if op.inputs is not None else [])),
-                outputs=tuple(int(i) for i in (op.outputs if op.outputs is not None else [])),
-            )
-        )
+    ops = [_operator(op, model.operatorCodes, op_names) for op in graph.operators]
     return ModelInfo(
         ops=tuple(ops),
         tensors=tuple(tensors),
