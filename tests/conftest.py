@@ -69,14 +69,18 @@ def workspace_env(ws: Path) -> dict[str, str]:
 
 
 def run_cmd(
-    args: list[str], ws: Path, check: bool = True, timeout: int = 900
+    args: list[str],
+    ws: Path,
+    check: bool = True,
+    timeout: int = 900,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess:
     """Run a project command (tinyops, dvc) in the workspace; show its output when it fails."""
     exe = BIN / args[0]
     proc = subprocess.run(
         [str(exe) if exe.exists() else args[0], *args[1:]],
         cwd=ws,
-        env=workspace_env(ws),
+        env={**workspace_env(ws), **(env or {})},
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -86,6 +90,18 @@ def run_cmd(
             f"{args} exited {proc.returncode}\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
         )
     return proc
+
+
+IMPORT_LOG = "import_log"  # beside the session workspace: what each process of its run loaded
+
+
+def import_recording(folder: Path) -> dict[str, str]:
+    """Environment that makes every Python process record its project modules at exit
+    (tests/import_recorder/sitecustomize.py), for tests/test_dvc_deps.py."""
+    folder.mkdir(parents=True, exist_ok=True)
+    recorder = str(REPO / "tests" / "import_recorder")
+    path = os.pathsep.join(p for p in (recorder, os.environ.get("PYTHONPATH", "")) if p)
+    return {"TINYOPS_IMPORT_LOG": str(folder), "PYTHONPATH": path}
 
 
 def _free_port() -> int:
@@ -152,7 +168,7 @@ def pipeline_ws(tmp_path_factory: pytest.TempPathFactory, prefect_api: str) -> I
     """One real end-to-end `tinyops run` (torchrun DDP, litert-torch, TFLite Micro) shared by the
     slow tests; they read its outputs, and the tests that rerun stages come last in their module."""
     ws = make_workspace(tmp_path_factory.mktemp("pipeline"), FAST_TRAIN)
-    proc = run_cmd(["tinyops", "run"], ws)
+    proc = run_cmd(["tinyops", "run"], ws, env=import_recording(ws / IMPORT_LOG))
     (ws / "run.log").write_text(proc.stdout + proc.stderr)
     first = {d.name: tree_digest(d) for d in sorted((ws / "deploy").iterdir()) if d.is_dir()}
     (ws / "first_deploy.json").write_text(json.dumps(first))

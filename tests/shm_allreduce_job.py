@@ -4,6 +4,7 @@ against the arithmetic it promises and against gloo inside DDP. Rank 0 prints on
 from __future__ import annotations
 
 import json
+import sys
 
 import torch
 import torch.distributed as dist
@@ -21,7 +22,7 @@ def inputs(rank: int, n: int, dtype: torch.dtype, call: int) -> torch.Tensor:
 def train(shared: bool) -> list[torch.Tensor]:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(20, 32), nn.ReLU(), nn.Linear(32, 5))
-    ddp = make_ddp(model, torch.device("cpu"), shared)
+    ddp, _ = make_ddp(model, torch.device("cpu"), shared)
     opt = make_optimizer(model, 1e-2, 1e-4)
     g = torch.Generator().manual_seed(dist.get_rank())
     for _ in range(10):
@@ -31,8 +32,22 @@ def train(shared: bool) -> list[torch.Tensor]:
     return [p.detach().clone() for p in model.parameters()]
 
 
+def fallback() -> None:
+    """TINYOPS_SHM_DIR names a folder where set-up fails: DDP must fall back on every rank."""
+    model = nn.Sequential(nn.Linear(20, 32), nn.ReLU(), nn.Linear(32, 5))
+    _, used = make_ddp(model, torch.device("cpu"), True)
+    a, b = train(shared=True), train(shared=False)
+    if dist.get_rank() == 0:
+        equal = all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+        print(json.dumps({"used_shared_memory": used, "equal_to_gloo": equal}), flush=True)
+
+
 def main() -> None:
     dist.init_process_group("gloo")
+    if sys.argv[1:] == ["fallback"]:
+        fallback()
+        dist.destroy_process_group()
+        return
     rank, world = dist.get_rank(), dist.get_world_size()
     out: dict[str, object] = {
         "auto": use_shared_memory("auto"),

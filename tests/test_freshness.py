@@ -48,7 +48,9 @@ def test_fingerprint_follows_content_not_formatting(ws: Path) -> None:
     params["train"]["epochs"] = 3
     (ws / "params.yaml").write_text(yaml.safe_dump(params))
     assert "params changed" in changes(_fp(ws))
-    (ws / "pipeline/models/cnn2d.py").write_text((ws / "pipeline/models.py").read_text() + "\n# edit\n")
+    (ws / "pipeline/models/cnn2d.py").write_text(
+        (ws / "pipeline/models/cnn2d.py").read_text() + "\n# edit\n"
+    )
     assert changes(_fp(ws)) == ["data changed", "params changed", "code changed"]
 
 

@@ -109,8 +109,11 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(0)
     arch = MODELS[args.model]
     model = build_model(arch)
-    shared = distributed and use_shared_memory(args.allreduce)
-    net = make_ddp(model, torch.device("cpu"), shared) if distributed else model
+    net, shared = (
+        make_ddp(model, torch.device("cpu"), use_shared_memory(args.allreduce))
+        if distributed
+        else (model, False)
+    )
     opt = make_optimizer(model, lr=1e-3, weight_decay=1e-4)
     per_rank = args.batch // world
     x = torch.randn(per_rank, *arch.input_shape)

@@ -10,6 +10,12 @@ order: all workers compute the same bytes, whatever the timing.
 Used only where that is sound: gloo, every rank on this host, x86-64 (its store order makes the
 counter publish the data written before it; elsewhere the backend's all-reduce is used). The
 mapping is unlinked as soon as every worker has it open, so a killed job leaves nothing behind.
+
+Its memory is reserved up front (posix_fallocate), so a full /dev/shm (Docker's default is
+64 MiB) is an error at set-up rather than a SIGBUS mid-training. Any set-up failure on any rank
+(no space, no /dev/shm, a failed open) is shared with every rank, and all of them fall back to
+the backend's all-reduce together, with one warning naming the cause. TINYOPS_SHM_DIR names
+another folder than /dev/shm (the tests use a tiny tmpfs).
 """
 
 from __future__ import annotations
@@ -50,8 +56,74 @@ def this_job_reason(backend: str) -> str | None:
     return unavailable_reason(backend, world, local, platform.machine())
 
 
-def _shm_dir() -> str | None:
-    return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+SHM_DIR_ENV = "TINYOPS_SHM_DIR"
+
+
+class SharedMemoryUnavailable(RuntimeError):
+    """Set-up failed on some rank; every rank raises it with the same message."""
+
+
+def _shm_dir() -> str:
+    return os.environ.get(SHM_DIR_ENV) or "/dev/shm"
+
+
+def _reserve(size: int) -> str:
+    """Rank 0: create the file and reserve its memory (a sparse file would SIGBUS when full)."""
+    fd, path = tempfile.mkstemp(prefix="tinyops-allreduce-", dir=_shm_dir())
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError:
+        os.unlink(path)
+        raise
+    finally:
+        os.close(fd)
+    return path
+
+
+def _map(path: str, size: int) -> mmap.mmap:
+    fd = os.open(path, os.O_RDWR)
+    try:
+        return mmap.mmap(fd, size)
+    finally:
+        os.close(fd)
+
+
+def _rank_and_world(group) -> tuple[int, int]:  # type: ignore[no-untyped-def]
+    import torch.distributed as dist
+
+    return dist.get_rank(group), dist.get_world_size(group)
+
+
+def _map_on_every_rank(size: int, rank: int, world: int, group) -> mmap.mmap:  # type: ignore[no-untyped-def]
+    """Rank 0 reserves the file, every rank maps it, all ranks agree on the outcome; the name is
+    unlinked once every rank has it open (or has failed)."""
+    import torch.distributed as dist
+
+    src = dist.get_global_rank(group, 0) if group is not None else 0
+    box: list[str | None] = [None, None]  # path, rank 0's error
+    if rank == 0:
+        try:
+            box[0] = _reserve(size)
+        except OSError as exc:
+            box[1] = f"rank 0 could not reserve {size:,} B in {_shm_dir()}: {exc}"
+    dist.broadcast_object_list(box, src=src, group=group)
+    path, error, mapped = box[0], box[1], None
+    if error is None:
+        try:
+            mapped = _map(str(path), size)
+        except OSError as exc:
+            error = f"rank {rank} could not map {path}: {exc}"
+    errors: list[str | None] = [None] * world
+    dist.all_gather_object(errors, error, group=group)  # also: every rank is past its open
+    if rank == 0 and path:
+        os.unlink(path)
+    failed = [e for e in errors if e]
+    if failed:
+        if mapped is not None:
+            mapped.close()
+        raise SharedMemoryUnavailable(failed[0])
+    assert mapped is not None
+    return mapped
 
 
 class SharedMemoryAllReduce:
@@ -59,35 +131,18 @@ class SharedMemoryAllReduce:
     parity) of one slot per rank. A slot is rewritten only two calls later, by which time every
     worker has published the call in between, so it has finished reading this one."""
 
-    def __init__(self, max_bytes: int, timeout_s: float = TIMEOUT_S) -> None:
+    def __init__(self, max_bytes: int, group=None, timeout_s: float = TIMEOUT_S) -> None:  # type: ignore[no-untyped-def]
+        """Map the shared file on every rank of `group` (DDP's process group; default: the
+        default group). Raises SharedMemoryUnavailable on every rank if any rank failed."""
         import numpy as np
         import torch
-        import torch.distributed as dist
 
-        self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        self.rank, self.world = _rank_and_world(group)
         self.timeout_s = timeout_s
         self.slot_bytes = -(-max_bytes // LINE) * LINE
         header = LINE * self.world
         size = header + 2 * self.world * self.slot_bytes
-        name: list[str | None] = [None]
-        if self.rank == 0:
-            fd, name[0] = tempfile.mkstemp(prefix="tinyops-allreduce-", dir=_shm_dir())
-            try:
-                os.ftruncate(fd, size)
-            finally:
-                os.close(fd)
-        dist.broadcast_object_list(name, src=0)
-        path = str(name[0])
-        try:
-            fd = os.open(path, os.O_RDWR)
-            try:
-                self._map = mmap.mmap(fd, size)
-            finally:
-                os.close(fd)
-        finally:
-            dist.barrier()  # every worker has it mapped (or has failed): the name can go
-            if self.rank == 0:
-                os.unlink(path)
+        self._map = _map_on_every_rank(size, self.rank, self.world, group)
         self._seq: np.ndarray = np.frombuffer(self._map, dtype=np.int64, count=header // 8)[
             :: LINE // 8
         ]

@@ -66,13 +66,14 @@ def use_shared_memory(allreduce: str) -> bool:
 
 def make_ddp(
     model: nn.Module, device: torch.device, shared_memory: bool = False
-) -> nn.parallel.DistributedDataParallel:
-    """DDP as training and `tinyops bench` use it.
+) -> tuple[nn.parallel.DistributedDataParallel, bool]:
+    """DDP as training and `tinyops bench` use it, and whether it averages through shared memory.
 
     No buffer broadcast before every forward (a collective per step that 2 CPU workers feel);
     sync_buffers averages the BatchNorm statistics once per epoch instead. Gradients live in the
     all-reduce bucket itself, saving a copy per step. With shared_memory, the gradients are
-    averaged through a mapping the workers share instead of gloo's TCP.
+    averaged through a mapping the workers share instead of gloo's TCP; if that cannot be set up
+    on some rank, every rank keeps the backend's all-reduce and rank 0 says why.
     """
     ddp = nn.parallel.DistributedDataParallel(
         model,
@@ -80,13 +81,21 @@ def make_ddp(
         forward_sync_buffers=False,
         gradient_as_bucket_view=True,
     )
-    if shared_memory:
-        grad_bytes = sum(
-            p.numel() * p.element_size() for p in model.parameters() if p.requires_grad
-        )
-        state = shm_allreduce.SharedMemoryAllReduce(grad_bytes)
-        ddp.register_comm_hook(state, shm_allreduce.comm_hook)
-    return ddp
+    if not shared_memory:
+        return ddp, False
+    grad_bytes = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    try:
+        state = shm_allreduce.SharedMemoryAllReduce(grad_bytes, group=ddp.process_group)
+    except shm_allreduce.SharedMemoryUnavailable as exc:
+        if dist.get_rank() == 0:
+            warnings.warn(
+                f"shared-memory all-reduce unavailable ({exc}); using the backend's all-reduce",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        return ddp, False
+    ddp.register_comm_hook(state, shm_allreduce.comm_hook)
+    return ddp, True
 
 
 def make_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
@@ -288,8 +297,7 @@ def setup(args: argparse.Namespace) -> Job:
     # A 1-channel first conv's weight grad comes back with strides (9,1,3,1) against the
     # parameter's (9,9,3,1): the same memory, since that dim has size 1. DDP warns anyway.
     warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
-    shared_memory = use_shared_memory(tp.allreduce)
-    ddp = make_ddp(model, device, shared_memory)
+    ddp, shared_memory = make_ddp(model, device, use_shared_memory(tp.allreduce))
     optimizer = make_optimizer(model, tp.lr, tp.weight_decay)
     x_train = torch.from_numpy(data.x["train"]).to(device)
     sampler = DistributedSampler(
