@@ -13,6 +13,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -194,3 +195,59 @@ def mlflow_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.delenv("TINYOPS_PARENT_RUN_ID", raising=False)
     return uri
+
+
+@dataclass(frozen=True)
+class TinyRun:
+    """prepare → (seeded, untrained model) → export → evaluate on a tiny dataset, each stage's
+    own function writing into one folder laid out like a workspace."""
+
+    ws: Path
+    params: object  # pipeline.core.config.Params
+    int8: bytes
+    fp32: bytes
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> TinyRun:
+    """The middle layer: stage functions on tiny real data, in-process, in about 30 s."""
+    import numpy as np
+    import torch
+
+    from pipeline.core import catalog
+    from pipeline.core.config import parse_params
+    from pipeline.data.prepare import load_processed, prepare
+    from pipeline.evaluation.evaluate import evaluate, write_outputs
+    from pipeline.export.convert import export
+    from pipeline.models.architecture import Architecture, build_model
+    from pipeline.models.store import save_model
+
+    ws = tmp_path_factory.mktemp("tiny")
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(3), 20)
+    x = (rng.normal(size=(60, 6, 6, 1)) + y[:, None, None, None]).astype(np.float32)
+    np.savez(ws / "tiny.npz", x=x, y=y, classes=np.array(["a", "b", "c"]))
+    params = parse_params(
+        {
+            "prepare": {"source": "npz", "path": str(ws / "tiny.npz"), "min_samples_per_class": 5},
+            "model": {"channels": [4, 8]},
+            "export": {"calibration_samples": 16},
+            "evaluate": {"arena_max_bytes": 65536},
+        }
+    )
+    meta = prepare(params.prepare, ws / catalog.PROCESSED_DIR).meta
+    arch = Architecture(tuple(meta.input_shape), meta.num_classes, (4, 8), 3, 0.0)  # type: ignore[arg-type]
+    torch.manual_seed(0)
+    model = build_model(arch)
+    save_model(ws / catalog.MODEL_FILE, arch, model.state_dict(), meta.model_dump(), 1)
+    data = load_processed(ws / catalog.PROCESSED_DIR)
+    export(params.export, data.x["train"], 0, ws / catalog.MODEL_FILE, ws / catalog.EXPORT_DIR)
+    result = evaluate(params.evaluate, data, ws / catalog.MODEL_FILE, ws / catalog.EXPORT_DIR)
+    write_outputs(
+        result,
+        ws / catalog.EVALUATE_METRICS,
+        ws / catalog.PREDICTIONS_FILE,
+        ws / catalog.VARIANTS_FILE,
+    )
+    read = (ws / catalog.variant_file("int8")).read_bytes
+    return TinyRun(ws, params, read(), (ws / catalog.variant_file("fp32")).read_bytes())

@@ -29,9 +29,22 @@ def _stage_target(argv: list[str]) -> str | None:
     return argv[2]
 
 
-def loaded_by_stage(records: list[dict]) -> dict[str, set[str]]:
-    """Project source files each stage loaded, its descendants' included (empty package
-    __init__ files carry no code and are left out)."""
+def _project_file(file: str | None, roots: tuple[Path, ...]) -> str | None:
+    """pipeline/… or flows/… relative to the checkout or the workspace copy (a torchrun worker
+    started with `-m` imports the copy in its working directory); None for anything else and
+    for empty package __init__ files, which carry no code."""
+    path = Path(file or "")
+    for root in roots:
+        if path.is_file() and path.is_relative_to(root) and path.stat().st_size > 0:
+            rel = path.relative_to(root).as_posix()
+            return rel if rel.startswith(("pipeline/", "flows/")) else None
+    return None
+
+
+def loaded_by_stage(records: list[dict], ws: Path) -> dict[str, set[str]]:
+    """Project source files each stage loaded, its descendants' included. TFLite Micro's
+    forkserver outlives its stage and is re-parented away; it preloads only what the stage
+    itself had loaded (pipeline.tflite.tflm)."""
     by_pid = {r["pid"]: r for r in records}
     out: dict[str, set[str]] = {}
     for r in records:
@@ -41,10 +54,8 @@ def loaded_by_stage(records: list[dict]) -> dict[str, set[str]]:
             node = by_pid.get(node["ppid"])
         if target is None:
             continue
-        for file in r["modules"].values():
-            path = Path(file or "")
-            if path.is_file() and path.is_relative_to(REPO) and path.stat().st_size > 0:
-                out.setdefault(target, set()).add(path.relative_to(REPO).as_posix())
+        files = {_project_file(f, (REPO, ws)) for f in r["modules"].values()}
+        out.setdefault(target, set()).update(f for f in files if f)
     return out
 
 
@@ -62,7 +73,7 @@ def uncovered(files: set[str], deps: list[str]) -> list[str]:
 
 def test_every_module_a_stage_loads_is_in_its_deps(pipeline_ws: Path) -> None:
     dvc_yaml = yaml.safe_load((REPO / "dvc.yaml").read_text())
-    loaded = loaded_by_stage(_records(pipeline_ws / IMPORT_LOG))
+    loaded = loaded_by_stage(_records(pipeline_ws / IMPORT_LOG), pipeline_ws)
     names = {t.split("@")[0] for t in loaded}
     assert names == set(dvc_yaml["stages"]), f"stages seen running: {sorted(loaded)}"
     assert any("pipeline/training/worker.py" in f for f in loaded["train"]), "workers recorded"
@@ -74,7 +85,7 @@ def test_a_removed_deps_line_is_caught(pipeline_ws: Path) -> None:
     """The check has teeth: without `pipeline/core` (or the stage's own folder) in its deps,
     each stage is reported with the modules it lost."""
     dvc_yaml = yaml.safe_load((REPO / "dvc.yaml").read_text())
-    loaded = loaded_by_stage(_records(pipeline_ws / IMPORT_LOG))
+    loaded = loaded_by_stage(_records(pipeline_ws / IMPORT_LOG), pipeline_ws)
     for target, files in loaded.items():
         deps = [d for d in stage_deps(dvc_yaml, target) if d != "pipeline/core"]
         assert "pipeline/core/catalog.py" in uncovered(files, deps), target

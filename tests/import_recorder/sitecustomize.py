@@ -18,7 +18,7 @@ def _dump() -> None:
     modules = {
         name: getattr(module, "__file__", None)
         for name, module in list(sys.modules.items())
-        if name.split(".")[0] in ("pipeline", "flows")
+        if name.split(".")[0] in ("pipeline", "flows", "__main__")  # `python -m` runs as __main__
     }
     record = {"pid": os.getpid(), "ppid": os.getppid(), "argv": sys.argv, "modules": modules}
     path = os.path.join(_LOG, f"{os.getpid()}-{time.monotonic_ns()}.json")
