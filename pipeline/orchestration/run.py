@@ -128,6 +128,9 @@ class PipelineRun:
         return sorted(self.params.devices)
 
     def __enter__(self) -> PipelineRun:
+        from pipeline.core import interrupt
+
+        interrupt.install()  # SIGTERM unwinds like Ctrl-C, so the parent run ends KILLED
         self._lock.__enter__()
         try:
             self.ingest()
