@@ -173,14 +173,23 @@ def pipeline_ws(tmp_path_factory: pytest.TempPathFactory, prefect_api: str) -> I
     (ws / "run.log").write_text(proc.stdout + proc.stderr)
     first = {d.name: tree_digest(d) for d in sorted((ws / "deploy").iterdir()) if d.is_dir()}
     (ws / "first_deploy.json").write_text(json.dumps(first))
-    for name in (
-        "data/processed",
-        "models",
-        "exports",
-        "metrics",
-    ):  # later tests change these; keep the first
+    for name in ("data/processed", "models", "exports", "metrics"):
         shutil.copytree(ws / name, ws / "first_run" / name)
+    shutil.copytree(ws, _pristine(ws), ignore=shutil.ignore_patterns(IMPORT_LOG))
     yield ws
+
+
+def _pristine(ws: Path) -> Path:
+    return ws.with_name(f"{ws.name}-pristine")
+
+
+@pytest.fixture()
+def own_ws(pipeline_ws: Path, tmp_path: Path) -> Path:
+    """This test's own copy of the workspace as the first run left it, to change at will.
+
+    (The copy's MLflow store still names the first workspace's artifact folder, as a moved
+    store would: artifacts logged from the copy land there, under their own run ids.)"""
+    return Path(shutil.copytree(_pristine(pipeline_ws), tmp_path / "ws"))
 
 
 @pytest.fixture(scope="session")

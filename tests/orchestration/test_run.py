@@ -8,7 +8,6 @@ deploy times 200,000 invokes."""
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -31,11 +30,6 @@ PATHS = {
     "plain runner": [sys.executable, "-c", PLAIN],
     "dvc repro": [str(BIN / "dvc"), "repro"],
 }
-
-
-def _copy(pipeline_ws: Path, dest: Path) -> Path:
-    shutil.copytree(pipeline_ws, dest, ignore=shutil.ignore_patterns("first_run", "import_log"))
-    return dest
 
 
 def _edit_params(ws: Path, section: str, **values: object) -> None:
@@ -75,8 +69,8 @@ def _start(path: str, ws: Path) -> subprocess.Popen:
 
 
 @pytest.mark.parametrize("path", sorted(PATHS))
-def test_success_ends_the_parent_finished(pipeline_ws: Path, tmp_path: Path, path: str) -> None:
-    ws = _copy(pipeline_ws, tmp_path / "ws")
+def test_success_ends_the_parent_finished(own_ws: Path, path: str) -> None:
+    ws = own_ws
     (ws / "report/deploy.md").unlink()
     known = {r.info.run_id for r in _runs(ws)}
     out = _start(path, ws).communicate(timeout=600)[0]
@@ -86,10 +80,8 @@ def test_success_ends_the_parent_finished(pipeline_ws: Path, tmp_path: Path, pat
 
 
 @pytest.mark.parametrize("path", sorted(PATHS))
-def test_a_failing_stage_ends_the_parent_failed(
-    pipeline_ws: Path, tmp_path: Path, path: str
-) -> None:
-    ws = _copy(pipeline_ws, tmp_path / "ws")
+def test_a_failing_stage_ends_the_parent_failed(own_ws: Path, path: str) -> None:
+    ws = own_ws
     (ws / "data/raw/bad.npz").write_bytes(b"not a zip file")
     _edit_params(ws, "prepare", source="npz", path="data/raw/bad.npz")
     known = {r.info.run_id for r in _runs(ws)}
@@ -101,8 +93,8 @@ def test_a_failing_stage_ends_the_parent_failed(
 
 
 @pytest.mark.parametrize("path", sorted(PATHS))
-def test_sigterm_ends_the_parent_killed(pipeline_ws: Path, tmp_path: Path, path: str) -> None:
-    ws = _copy(pipeline_ws, tmp_path / "ws")
+def test_sigterm_ends_the_parent_killed(own_ws: Path, path: str) -> None:
+    ws = own_ws
     _edit_params(ws, "deploy", latency_runs=200_000)
     known = {r.info.run_id for r in _runs(ws)}
     proc = _start(path, ws)

@@ -3,6 +3,7 @@ checkpoints, tampered bundles. Each must end with a clear outcome and every good
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -73,8 +74,7 @@ def test_a_killed_worker_restarts_and_training_resumes_to_the_same_model(
     try:
         for line in proc.stdout:
             lines.append(line)
-            if not killed and "epoch   3/12" in line:
-                time.sleep(0.3)  # into epoch 4
+            if not killed and "epoch   3/12" in line:  # epoch 4 starts now
                 victim = next(w for w in _workers(proc.pid) if w.environ().get("RANK") == "1")
                 victim.kill()
                 killed = True
@@ -112,8 +112,23 @@ def _mlflow_run(ws: Path, stage: str):  # type: ignore[no-untyped-def]
     return client, (runs[0] if runs else None)
 
 
+def _cpu_seconds(pid: int) -> float:
+    """CPU time of a process and all its descendants so far."""
+    import psutil
+
+    total = 0.0
+    with contextlib.suppress(psutil.Error):
+        root = psutil.Process(pid)
+        for proc in [root, *root.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):
+                times = proc.cpu_times()
+                total += times.user + times.system
+    return total
+
+
 def _terminate_once_running(args: list[str], ws: Path, stage: str, after: float) -> str:
-    """Start a command, wait until its MLflow stage run exists, then SIGTERM it `after` s later."""
+    """Start a command, wait until its MLflow stage run exists, then SIGTERM it once it has spent
+    `after` more CPU-seconds."""
     _, before = _mlflow_run(ws, stage)
     proc = subprocess.Popen(
         args,
@@ -130,7 +145,11 @@ def _terminate_once_running(args: list[str], ws: Path, stage: str, after: float)
             break
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0]
         time.sleep(0.2)
-    time.sleep(after)
+    # Into the stage's work by CPU spent, not wall time, so a slow machine changes nothing.
+    spent = _cpu_seconds(proc.pid)
+    while _cpu_seconds(proc.pid) < spent + after:
+        assert proc.poll() is None, "finished before the signal: the test proves nothing"
+        time.sleep(0.1)
     assert proc.poll() is None, "finished before the signal: the test proves nothing"
     proc.send_signal(signal.SIGTERM)
     out = proc.communicate(timeout=120)[0]

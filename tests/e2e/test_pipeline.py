@@ -1,12 +1,12 @@
 """End to end on the default data: `tinyops run` → dvc repro → torchrun DDP → litert-torch →
-LiteRT and TFLite Micro. The tests that rerun stages come last: they change the workspace."""
+LiteRT and TFLite Micro. Tests that only read share the session's workspace; a test that
+changes a workspace works on its own copy of it (`own_ws`)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -122,14 +122,14 @@ def test_dvc_is_clean_and_a_rerun_does_nothing(pipeline_ws: Path) -> None:
     assert _digests(pipeline_ws) == before
 
 
-def test_force_repro_reproduces_identical_bytes(pipeline_ws: Path) -> None:
+def test_force_repro_reproduces_identical_bytes(own_ws: Path) -> None:
     """Forced rerun of the training stages (what the bytes depend on); deploy has its own tests."""
-    before = _digests(pipeline_ws)
-    run_cmd(["dvc", "repro", "--force", "evaluate"], pipeline_ws)
-    assert _digests(pipeline_ws) == before
-    assert "up to date" in run_cmd(["dvc", "status"], pipeline_ws).stdout
+    before = _digests(own_ws)
+    run_cmd(["dvc", "repro", "--force", "evaluate"], own_ws)
+    assert _digests(own_ws) == before
+    assert "up to date" in run_cmd(["dvc", "status"], own_ws).stdout
     # A bare `dvc repro` still groups its stages under one parent run.
-    client = _mlflow(pipeline_ws)
+    client = _mlflow(own_ws)
     runs = client.search_runs([client.get_experiment_by_name("tinyops").experiment_id])
     dvc_parents = [r for r in runs if r.data.tags.get("mlflow.runName") == "dvc repro"]
     assert len(dvc_parents) == 1
@@ -138,7 +138,7 @@ def test_force_repro_reproduces_identical_bytes(pipeline_ws: Path) -> None:
 
 
 MCUS = ("arduino_nano_33_ble_sense", "raspberry_pi_pico", "esp32_s3", "stm32f746")
-CPP_DIR = Path(__file__).parent / "cpp"
+CPP_DIR = Path(__file__).parents[1] / "cpp"
 
 
 def _devices(ws: Path) -> dict:
@@ -226,10 +226,8 @@ def test_generated_cpp_compiles_embeds_the_model_and_registers_its_ops(
         assert registered == list(read_model(model).op_names) == manifest["ops"]
 
 
-def test_too_small_profiles_are_rejected_naming_the_budget(
-    pipeline_ws: Path, tmp_path: Path
-) -> None:
-    params = yaml.safe_load((pipeline_ws / "params.yaml").read_text())
+def test_too_small_profiles_are_rejected_naming_the_budget(own_ws: Path, tmp_path: Path) -> None:
+    params = yaml.safe_load((own_ws / "params.yaml").read_text())
     base = params["devices"]["arduino_nano_33_ble_sense"]
     params["devices"] = {
         "tiny_ram": base | {"ram_bytes": 8192},
@@ -242,28 +240,22 @@ def test_too_small_profiles_are_rejected_naming_the_budget(
         ("tiny_flash", "flash", "budget 100,000 B"),
     ):
         out = run_cmd(
-            ["tinyops", "stage", "deploy", "--params", str(other), "--device", device], pipeline_ws
+            ["tinyops", "stage", "deploy", "--params", str(other), "--device", device], own_ws
         )
         assert f"deploy@{device}: rejected" in out.stdout
-        rejected = json.loads((pipeline_ws / "deploy" / device / "rejected.json").read_text())
+        rejected = json.loads((own_ws / "deploy" / device / "rejected.json").read_text())
         failed = [c for c in rejected["candidates"][0]["checks"] if not c["passed"]]
         assert [c["name"] for c in failed] == [check]
         assert budget in failed[0]["reason"]
-        assert not (pipeline_ws / "deploy" / device / "model.tflite").exists()
+        assert not (own_ws / "deploy" / device / "model.tflite").exists()
     params["deploy"]["require_all"] = True
     other.write_text(yaml.safe_dump(params))
     proc = run_cmd(
         ["tinyops", "stage", "deploy", "--params", str(other), "--device", "tiny_ram"],
-        pipeline_ws,
+        own_ws,
         check=False,
     )
     assert proc.returncode == 10 and "no variant fits" in proc.stderr
-    for device in (
-        "tiny_ram",
-        "tiny_flash",
-    ):  # not in the workspace's params: leave no trace for DVC
-        shutil.rmtree(pipeline_ws / "deploy" / device)
-        (pipeline_ws / "metrics/deploy" / f"{device}.json").unlink()
 
 
 @pytest.mark.parametrize("name", ["../x", "a/b", "", "UPPER"])
@@ -359,41 +351,41 @@ def test_the_flow_run_and_every_task_completed_on_the_server(
 
 
 def test_a_rerun_with_nothing_new_is_skipped_before_any_stage(
-    pipeline_ws: Path, prefect_here: str
+    own_ws: Path, prefect_here: str
 ) -> None:
-    before = _digests(pipeline_ws), tree_digest(pipeline_ws / "deploy")
-    proc = run_cmd(["tinyops", "run"], pipeline_ws)
+    before = _digests(own_ws), tree_digest(own_ws / "deploy")
+    proc = run_cmd(["tinyops", "run"], own_ws)
     out = proc.stdout + proc.stderr
     assert "skipped: nothing new since the last successful run" in proc.stdout
     flow_run, tasks = _flow_run(re.search(r"runs/flow-run/([0-9a-f-]{36})", out).group(1))
     assert flow_run.state.is_completed() and flow_run.state.name == "Skipped"
     assert [t.name for t in tasks] == ["ingest"], "no training, no export, no deploy"
-    assert len(_pipeline_parents(pipeline_ws)) == 1, "a skipped run opens no MLflow run"
-    assert (_digests(pipeline_ws), tree_digest(pipeline_ws / "deploy")) == before
-    assert "up to date" in run_cmd(["dvc", "status"], pipeline_ws).stdout
+    assert len(_pipeline_parents(own_ws)) == 1, "a skipped run opens no MLflow run"
+    assert (_digests(own_ws), tree_digest(own_ws / "deploy")) == before
+    assert "up to date" in run_cmd(["dvc", "status"], own_ws).stdout
     # Without a Prefect server the same decision is taken before Prefect's temporary one starts.
-    env = {k: v for k, v in workspace_env(pipeline_ws).items() if k != "PREFECT_API_URL"}
+    env = {k: v for k, v in workspace_env(own_ws).items() if k != "PREFECT_API_URL"}
     quick = subprocess.run(
-        [str(BIN / "tinyops"), "run"], cwd=pipeline_ws, env=env, capture_output=True, text=True
+        [str(BIN / "tinyops"), "run"], cwd=own_ws, env=env, capture_output=True, text=True
     )
     assert quick.returncode == 0, quick.stderr[-3000:]
     assert "skipped: nothing new since the last successful run" in quick.stdout
     assert "temporary server" not in quick.stdout + quick.stderr, "decided before Prefect starts"
-    assert len(_pipeline_parents(pipeline_ws)) == 1
-    assert (_digests(pipeline_ws), tree_digest(pipeline_ws / "deploy")) == before
+    assert len(_pipeline_parents(own_ws)) == 1
+    assert (_digests(own_ws), tree_digest(own_ws / "deploy")) == before
 
 
 def test_scheduled_deployment_picks_up_new_data_then_skips(
-    pipeline_ws: Path, prefect_here: str, tmp_path: Path
+    own_ws: Path, prefect_here: str, tmp_path: Path
 ) -> None:
     """`tinyops schedule` on the real server: read back the cron; a triggered run versions the
     new raw file with DVC and completes; a second trigger with nothing new ends as Skipped."""
     from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment
 
-    new_file = pipeline_ws / "data/raw/field_notes_2026-11.csv"
+    new_file = own_ws / "data/raw/field_notes_2026-11.csv"
     new_file.write_text("sample,label\n1,3\n")
-    env = workspace_env(pipeline_ws) | {"PREFECT_RUNNER_POLL_FREQUENCY": "1"}
+    env = workspace_env(own_ws) | {"PREFECT_RUNNER_POLL_FREQUENCY": "1"}
     log = tmp_path / "serve.log"
     with open(log, "w") as fh:
         serve = subprocess.Popen(
@@ -405,7 +397,7 @@ def test_scheduled_deployment_picks_up_new_data_then_skips(
                 "--name",
                 "nightly-test",
             ],
-            cwd=pipeline_ws,
+            cwd=own_ws,
             env=env,
             stdout=fh,
             stderr=subprocess.STDOUT,
@@ -440,53 +432,53 @@ def test_scheduled_deployment_picks_up_new_data_then_skips(
     text = log.read_text()
     assert f"new raw data, versioning with dvc add: data/raw/{new_file.name}" in text
     assert "Running stage 'prepare'" in text and "Running stage 'train'" not in text
-    assert (pipeline_ws / f"data/raw/{new_file.name}.dvc").is_file()
-    assert f"/{new_file.name}" in (pipeline_ws / "data/raw/.gitignore").read_text()
-    parents = _pipeline_parents(pipeline_ws)
+    assert (own_ws / f"data/raw/{new_file.name}.dvc").is_file()
+    assert f"/{new_file.name}" in (own_ws / "data/raw/.gitignore").read_text()
+    parents = _pipeline_parents(own_ws)
     assert [p.data.tags["prefect.flow_run_id"] for p in parents].count(str(first.id)) == 1
-    assert "up to date" in run_cmd(["dvc", "status"], pipeline_ws).stdout
+    assert "up to date" in run_cmd(["dvc", "status"], own_ws).stdout
 
 
-def test_rollback_restores_the_previous_bundle_byte_for_byte(pipeline_ws: Path) -> None:
+def test_rollback_restores_the_previous_bundle_byte_for_byte(own_ws: Path) -> None:
     """Deploy the same model again (v2, same accuracy: promoted), then roll back to v1."""
     device = "arduino_nano_33_ble_sense"
-    client = _mlflow(pipeline_ws)
-    out = run_cmd(["tinyops", "stage", "deploy", "--device", device], pipeline_ws).stdout
+    client = _mlflow(own_ws)
+    out = run_cmd(["tinyops", "stage", "deploy", "--device", device], own_ws).stdout
     assert f"deploy@{device}: promoted" in out
     assert client.get_model_version_by_alias(f"tinyops-{device}", "production").version == 2
-    first = json.loads((pipeline_ws / "first_deploy.json").read_text())[device]
-    assert tree_digest(pipeline_ws / "deploy" / device) != first, "v2's manifest names another run"
-    out = run_cmd(["tinyops", "rollback", device], pipeline_ws).stdout
+    first = json.loads((own_ws / "first_deploy.json").read_text())[device]
+    assert tree_digest(own_ws / "deploy" / device) != first, "v2's manifest names another run"
+    out = run_cmd(["tinyops", "rollback", device], own_ws).stdout
     assert "production v2 → v1" in out
-    assert tree_digest(pipeline_ws / "deploy" / device) == first
+    assert tree_digest(own_ws / "deploy" / device) == first
     assert client.get_model_version_by_alias(f"tinyops-{device}", "production").version == 1
-    again = run_cmd(["tinyops", "rollback", device], pipeline_ws, check=False)
+    again = run_cmd(["tinyops", "rollback", device], own_ws, check=False)
     assert again.returncode == 9 and "nothing to roll back to" in again.stderr
 
 
-def test_a_worse_model_reruns_train_not_prepare_and_production_stays(pipeline_ws: Path) -> None:
+def test_a_worse_model_reruns_train_not_prepare_and_production_stays(own_ws: Path) -> None:
     """A smaller, shorter-trained model: train and later stages rerun, prepare does not; every
     device registers the candidate but keeps its production version and bundle. A second run
     started meanwhile exits at once (code 11) and writes nothing; the first completes."""
-    params_path = pipeline_ws / "params.yaml"
+    params_path = own_ws / "params.yaml"
     params = yaml.safe_load(params_path.read_text())
     params["train"]["epochs"] = 2
     params["model"]["channels"] = [4]
     for profile in params["devices"].values():
         profile["min_accuracy"] = 0.0  # it fits; only the promotion rule may stop it
     params_path.write_text(yaml.safe_dump(params, sort_keys=False))
-    processed = tree_digest(pipeline_ws / "data/processed")
-    client = _mlflow(pipeline_ws)
+    processed = tree_digest(own_ws / "data/processed")
+    client = _mlflow(own_ws)
     prod_before = {
         d: client.get_model_version_by_alias(f"tinyops-{d}", "production").version
         for d in params["devices"]
     }
-    bundles_before = {d: tree_digest(pipeline_ws / "deploy" / d) for d in params["devices"]}
-    lock = pipeline_ws / ".tinyops/pipeline.lock"
+    bundles_before = {d: tree_digest(own_ws / "deploy" / d) for d in params["devices"]}
+    lock = own_ws / ".tinyops/pipeline.lock"
     first = subprocess.Popen(  # the flow: a params change retrains
         [str(Path(sys.executable).parent / "tinyops"), "run"],
-        cwd=pipeline_ws,
-        env=workspace_env(pipeline_ws),
+        cwd=own_ws,
+        env=workspace_env(own_ws),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -495,7 +487,7 @@ def test_a_worse_model_reruns_train_not_prepare_and_production_stays(pipeline_ws
     while not lock.read_text().strip():  # the first run holds the workspace
         assert first.poll() is None and time.monotonic() < deadline
         time.sleep(0.2)
-    second = run_cmd(["tinyops", "run"], pipeline_ws, check=False)
+    second = run_cmd(["tinyops", "run"], own_ws, check=False)
     assert second.returncode == 11, second.stdout + second.stderr
     assert "another pipeline run" in second.stderr and "pipeline.lock" in second.stderr
     out = first.communicate(timeout=900)[0]
@@ -503,15 +495,15 @@ def test_a_worse_model_reruns_train_not_prepare_and_production_stays(pipeline_ws
     assert "Stage 'prepare' didn't change, skipping" in out
     for stage in ("train", "export", "evaluate", "deploy@esp32_s3", "report"):
         assert f"Running stage '{stage}'" in out
-    assert tree_digest(pipeline_ws / "data/processed") == processed
-    assert _metrics(pipeline_ws)["tflm_int8_accuracy"] < 0.99
+    assert tree_digest(own_ws / "data/processed") == processed
+    assert _metrics(own_ws)["tflm_int8_accuracy"] < 0.99
     for device in params["devices"]:
-        status = json.loads((pipeline_ws / "metrics/deploy" / f"{device}.json").read_text())
+        status = json.loads((own_ws / "metrics/deploy" / f"{device}.json").read_text())
         assert status["status"] == "kept", (device, status["reason"])
         assert "lower than production" in status["reason"]
         assert (
             client.get_model_version_by_alias(f"tinyops-{device}", "production").version
             == prod_before[device]
         )
-        assert tree_digest(pipeline_ws / "deploy" / device) == bundles_before[device]
-    assert "lower than production" in (pipeline_ws / "report/deploy.md").read_text()
+        assert tree_digest(own_ws / "deploy" / device) == bundles_before[device]
+    assert "lower than production" in (own_ws / "report/deploy.md").read_text()

@@ -1,0 +1,69 @@
+"""dvc.yaml is the one list of stages: the CLI, the stage functions, the flow's tasks, the params
+each stage logs and the catalog's paths are all checked against it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from pipeline.cli import StageName
+from pipeline.core import catalog
+from pipeline.orchestration.dvc import stage_names, stage_targets
+from pipeline.stages import STAGE_SECTIONS, STAGES
+from tests.conftest import REPO
+
+DVC_YAML = REPO / "dvc.yaml"
+
+
+def _stages() -> dict:
+    return yaml.safe_load(DVC_YAML.read_text())["stages"]
+
+
+def test_every_stage_list_is_dvc_yamls() -> None:
+    from flows.retrain import STAGE_TASKS
+
+    names = stage_names(DVC_YAML)
+    assert names == ["prepare", "train", "export", "evaluate", "deploy", "report"]
+    assert list(STAGES) == names
+    assert [s.value for s in StageName] == names
+    assert list(STAGE_TASKS) == names
+
+
+def test_each_command_is_its_tinyops_stage() -> None:
+    for name, body in _stages().items():
+        cmd = (body.get("do") or body)["cmd"]
+        expected = f"tinyops stage {name}" + (" --device ${key}" if "foreach" in body else "")
+        assert cmd == expected
+
+
+def test_each_stage_logs_exactly_the_params_dvc_tracks() -> None:
+    stages = _stages()
+    for name, keys in STAGE_SECTIONS.items():
+        assert list(keys) == stages[name]["params"], name
+
+
+def test_foreach_stages_expand_per_device_in_order() -> None:
+    targets = stage_targets(["b", "a"], DVC_YAML)
+    assert targets == ["prepare", "train", "export", "evaluate", "deploy@a", "deploy@b", "report"]
+
+
+def test_every_catalog_output_is_declared_in_dvc_yaml() -> None:
+    text = DVC_YAML.read_text()
+    for path in (
+        catalog.PROCESSED_DIR,
+        catalog.MODEL_FILE,
+        catalog.CHECKPOINT_DIR,
+        catalog.TRAIN_METRICS,
+        catalog.TRAIN_HISTORY,
+        catalog.EVALUATE_METRICS,
+        catalog.VARIANTS_FILE,
+        catalog.PREDICTIONS_FILE,
+        catalog.REPORT_MD,
+        catalog.REPORT_PNG,
+        *(catalog.variant_file(v) for v in ("fp32", "float16", "dynamic_int8", "int8")),
+    ):
+        assert f"- {path.as_posix()}" in text, path
+    assert f"- {catalog.DEPLOY_ROOT}/${{key}}" in text
+    assert f"- {catalog.DEPLOY_STATUS_DIR}/${{key}}.json" in text
+    assert not Path(catalog.STATE_DIR).is_absolute()
