@@ -118,7 +118,37 @@ def run_export(params_path: Path) -> dict[str, Any]:
         run.set_tags({"int8_ops": ",".join(result.int8_ops)})
         for path in result.paths.values():
             run.log_artifact(path, "tflite")
+        _log_model(run, x_train[:1], result.paths)
     return {"sizes": result.sizes, "ops": result.int8_ops}
+
+
+def _log_model(run: tracking.Run, example: Any, tflite: dict[str, Path]) -> None:
+    """The trained network as an MLflow LoggedModel (signature, input example), with its
+    .tflite variants inside; deploy links each device's bundle to it."""
+    import mlflow.pytorch
+    import torch
+    from mlflow.models import infer_signature
+
+    import mlflow
+    from pipeline.core.provenance import sha256_file
+    from pipeline.models.store import load_model
+
+    model, _, _ = load_model(catalog.MODEL_FILE)
+    with torch.no_grad():
+        logits = model(torch.from_numpy(example)).numpy()
+    with mlflow.start_run(run_id=run.run_id):
+        info = mlflow.pytorch.log_model(
+            model,
+            name="model",
+            signature=infer_signature(example, logits),
+            input_example=example,
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+            extra_files=[str(p) for p in tflite.values()],
+        )
+    ref = catalog.LoggedModelRef(
+        model_id=info.model_id, model_sha256=sha256_file(catalog.MODEL_FILE)
+    )
+    catalog.write(catalog.LOGGED_MODEL, ref)
 
 
 def run_evaluate(params_path: Path) -> dict[str, Any]:

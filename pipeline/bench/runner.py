@@ -30,6 +30,7 @@ from pipeline.core.preflight import cores
 from pipeline.orchestration.dvc import tool
 
 RESULTS = Path("bench/results.json")
+BENCH_EXPERIMENT = "tinyops-bench"
 
 
 def _worker(model: str, threads: int, allreduce: str) -> list[str]:
@@ -91,9 +92,13 @@ def _run_json(cmd: list[str], threads: int, procs: int = 1) -> dict[str, Any]:
 
 
 def _ephemeral_env() -> dict[str, str]:
-    """Commands timed as a user without a Prefect server runs them (the slower case)."""
+    """Commands timed as a user without a Prefect server runs them (the slower case). Their
+    MLflow runs go to the experiment `tinyops-bench`, never among the user's."""
+    from pipeline.core.tracking import ENV_EXPERIMENT
+
     env = dict(os.environ)
     env.pop("PREFECT_API_URL", None)
+    env[ENV_EXPERIMENT] = BENCH_EXPERIMENT
     return env
 
 

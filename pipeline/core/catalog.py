@@ -48,6 +48,7 @@ STAGE_STATUS_DIR = STATE_DIR / "stages"  # one outcome file per stage execution
 TRAIN_TIMING = STATE_DIR / "train_timing.json"
 TRAIN_METRICS_LOG = STATE_DIR / "train_metrics.jsonl"
 CONFUSION_PNG = STATE_DIR / "confusion_matrix.png"
+LOGGED_MODEL = STATE_DIR / "logged_model.json"  # the MLflow LoggedModel of the latest export
 
 
 def variant_file(variant: str, export_dir: Path = EXPORT_DIR) -> Path:
@@ -150,6 +151,18 @@ class DeployStatus(Artifact):
     version: int | None = None
     production_version: int | None = None
     candidates: list[dict[str, Any]] = []
+    # Champion and challenger on the same data: production re-scored on this test split.
+    test_split_sha256: str | None = None
+    champion_version: int | None = None
+    champion_accuracy: float | None = None
+
+
+class LoggedModelRef(Artifact):
+    """Which MLflow LoggedModel holds the exported model (its id is new every export, so it is
+    workspace state, not a DVC output)."""
+
+    model_id: str
+    model_sha256: str  # of models/model.pt, so a stale reference is never followed
 
 
 class StageStatus(Artifact):

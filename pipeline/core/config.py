@@ -174,7 +174,11 @@ class DeployParams(_Section):
     require_all: bool = False
     """Fail the deploy stage when a device gets no bundle (else it gets rejected.json)."""
     promotion_tolerance: Annotated[float, Field(ge=0.0, le=1.0)] = 0.005
-    """'production' moves only if accuracy is not lower than production's by more than this."""
+    """'production' moves only if accuracy is not lower than production's by more than this,
+    both measured on the current test split in the device's runtime."""
+    new_lineage: Literal["promote", "refuse"] = "refuse"
+    """When production takes another input (shape, int8 or float) or predicts other classes:
+    refuse keeps it (the report says why); promote replaces it with the new model."""
     runtime_flash_bytes: dict[Literal["tflm", "litert"], Annotated[int, Field(ge=0)]] = Field(
         default_factory=lambda: {"tflm": 65536, "litert": 4194304}, strict=False
     )

@@ -23,6 +23,9 @@ if TYPE_CHECKING:
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow/mlflow.db"
 EXPERIMENT = "tinyops"
+ENV_EXPERIMENT = "TINYOPS_EXPERIMENT"  # another experiment for the same store (`tinyops bench`)
+# MLflow 3 opens an experiment on its GenAI pages unless it is marked as classic model work.
+KIND_TAG, KIND = "mlflow.experimentKind", "custom_model_development"
 ENV_PARENT = "TINYOPS_PARENT_RUN_ID"
 TAG_EXECUTION = "tinyops.execution"
 TAG_STAGE = "tinyops.stage"
@@ -61,17 +64,27 @@ def client() -> MlflowClient:
     return MlflowClient(tracking_uri=uri)
 
 
+def experiment_name() -> str:
+    return os.environ.get(ENV_EXPERIMENT) or EXPERIMENT
+
+
 def experiment_id(c: MlflowClient) -> str:
-    exp = c.get_experiment_by_name(EXPERIMENT)
-    if exp is not None:
-        return exp.experiment_id
-    try:
-        return c.create_experiment(EXPERIMENT, artifact_location=_artifact_root(tracking_uri()))
-    except Exception:  # another process created it first
-        exp = c.get_experiment_by_name(EXPERIMENT)
-        if exp is None:
-            raise
-        return exp.experiment_id
+    """The experiment's id, created on first use and marked for the runs table."""
+    name = experiment_name()
+    exp = c.get_experiment_by_name(name)
+    if exp is None:
+        try:
+            exp_id = c.create_experiment(
+                name, artifact_location=_artifact_root(tracking_uri()), tags={KIND_TAG: KIND}
+            )
+            return exp_id
+        except Exception:  # another process created it first
+            exp = c.get_experiment_by_name(name)
+            if exp is None:
+                raise
+    if exp.tags.get(KIND_TAG) != KIND:  # a store made by an earlier version
+        c.set_experiment_tag(exp.experiment_id, KIND_TAG, KIND)
+    return exp.experiment_id
 
 
 def _dvc_execution() -> str | None:
@@ -144,6 +157,25 @@ class Run:
 
     def log_artifact(self, path: Path | str, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+
+def log_datasets(run: Run, name: str, splits: dict[str, tuple[Any, Any]], source: str) -> None:
+    """Each split as an MLflow dataset input (the runs table's Dataset column, and lineage):
+    digest = the split's content hash, context = train/val/test, schema from the arrays."""
+    import hashlib
+
+    import mlflow.data
+    from mlflow.entities import DatasetInput, InputTag
+
+    inputs = []
+    for split, (x, y) in splits.items():
+        digest = hashlib.sha256(x.tobytes() + y.tobytes()).hexdigest()[:32]
+        ds = mlflow.data.from_numpy(
+            x, targets=y, source=source, name=f"{name}-{split}", digest=digest
+        )
+        tag = InputTag(key="mlflow.data.context", value=split)
+        inputs.append(DatasetInput(dataset=ds._to_mlflow_entity(), tags=[tag]))
+    run.client.log_inputs(run.run_id, datasets=inputs)
 
 
 def run_tags(stage: str | None = None) -> dict[str, str]:

@@ -22,8 +22,8 @@ from pipeline.core.config import Params, require_device
 from pipeline.core.errors import ArtifactError, TinyopsError
 from pipeline.core.provenance import git_commit, sha256_bytes
 from pipeline.core.tracking import Run
-from pipeline.data.prepare import load_meta
-from pipeline.deploy import registry
+from pipeline.data.prepare import load_meta, load_processed
+from pipeline.deploy import champion, registry
 from pipeline.deploy.bundle import (
     MANIFEST_FILE,
     MODEL_FILE,
@@ -33,6 +33,7 @@ from pipeline.deploy.bundle import (
     reserved_arena,
     verify_bundle,
 )
+from pipeline.deploy.champion import Champion
 from pipeline.deploy.fit import Candidate, assess, choose
 from pipeline.tflite import tflm
 from pipeline.tflite.flatbuffer import read_model
@@ -197,18 +198,37 @@ def build_and_verify(
     return model, manifest
 
 
+def face_champion(run: Run, device: str, staged: Path) -> tuple[Champion | None, dict[str, str]]:
+    """Production scored on the current test split beside the challenger, and what the new
+    version records of the match."""
+    manifest = json.loads((staged / MANIFEST_FILE).read_text())
+    data = load_processed()
+    x, y = data.x["test"], data.y["test"]
+    model = (staged / manifest["model_file"]).read_bytes()
+    challenger = champion.signature(model, list(manifest["labels"]))
+    champ = champion.assess_production(run.client, device, challenger, x, y, data.meta)
+    facts = {"test_split_sha256": champion.split_sha256(x, y)}
+    if champ is not None:
+        facts |= {"champion_version": champ.version, "champion_lineage": champ.lineage or "same"}
+        if champ.accuracy is not None:
+            facts["champion_accuracy"] = f"{champ.accuracy:.6f}"
+    return champ, facts
+
+
 def register_and_promote(
     params: Params, device: str, chosen: Candidate, run: Run, staged: Path, target: Path
-) -> tuple[str, registry.Decision]:
+) -> tuple[str, registry.Decision, dict[str, str]]:
     """Register the bundle; move `production` and deploy/<device>/ together only when the
-    registry's decision says the candidate is no worse."""
+    candidate is no worse than production on the same test split."""
     manifest = json.loads((staged / MANIFEST_FILE).read_text())
+    champ, facts = face_champion(run, device, staged)
     # The manifest's scalar fields, as the version's tags (lists stay in manifest.json).
-    tags = {k: str(v) for k, v in manifest.items() if isinstance(v, str | int | float)}
-    version = registry.register(run.client, device, run.run_id, tags)
+    tags = {k: str(v) for k, v in manifest.items() if isinstance(v, str | int | float)} | facts
     decision = registry.decide(
-        run.client, device, chosen.accuracy, params.deploy.promotion_tolerance
+        chosen.accuracy, champ, params.deploy.promotion_tolerance, params.deploy.new_lineage
     )
+    description = registry.describe(manifest, decision)
+    version = registry.register(run.client, device, run.run_id, tags, description)
     if decision.promote:
         with interrupt.deferred():  # the alias and the bundle move together, or neither
             registry.promote(run.client, device, version.version)
@@ -217,7 +237,7 @@ def register_and_promote(
                     shutil.copy2(f, swap / f.name)
     else:
         _keep_production(run.client, device, target)
-    return version.version, decision
+    return version.version, decision, facts
 
 
 def deploy_device(
@@ -242,20 +262,29 @@ def deploy_device(
     else:
         with tempfile.TemporaryDirectory() as tmp:
             model, manifest = build_and_verify(params, device, chosen, run, Path(tmp), export_dir)
-            version, decision = register_and_promote(params, device, chosen, run, Path(tmp), target)
+            version, decision, facts = register_and_promote(
+                params, device, chosen, run, Path(tmp), target
+            )
         record = _promoted_record(params, device, candidates, chosen, model, manifest)
-        record = record.model_copy(update=_decision_fields(version, decision))
+        record = record.model_copy(update=_decision_fields(version, decision, facts))
         _log_decision(run, device, record, manifest)
+        _link_logged_model(run, device, record)
     catalog.write(catalog.deploy_status_file(device, status_dir), record)
     return DeployResult(device, record.status, record)
 
 
-def _decision_fields(version: str, decision: registry.Decision) -> dict[str, Any]:
+def _decision_fields(
+    version: str, decision: registry.Decision, facts: dict[str, str]
+) -> dict[str, Any]:
+    champion_accuracy = facts.get("champion_accuracy")
     return {
         "status": "promoted" if decision.promote else "kept",
         "reason": decision.reason,
         "version": int(version),
         "production_version": int(version) if decision.promote else decision.previous_version,
+        "test_split_sha256": facts["test_split_sha256"],
+        "champion_version": facts.get("champion_version"),
+        "champion_accuracy": float(champion_accuracy) if champion_accuracy else None,
     }
 
 
@@ -278,6 +307,23 @@ def _promoted_record(
         accuracy=chosen.accuracy,
         latency_ms=chosen.latency_ms,
     )
+
+
+def _link_logged_model(run: Run, device: str, record: DeployStatus) -> None:
+    """The deploy run consumed the exported model, and the model names the bundle made of it
+    (when the export stage logged one for this very model.pt)."""
+    from mlflow.entities import LoggedModelInput
+
+    from pipeline.core.provenance import sha256_file
+
+    if not catalog.LOGGED_MODEL.is_file():
+        return
+    ref = catalog.read(catalog.LOGGED_MODEL, catalog.LoggedModelRef, "export")
+    if ref.model_sha256 != sha256_file(catalog.MODEL_FILE):
+        return
+    run.client.log_inputs(run.run_id, models=[LoggedModelInput(ref.model_id)])
+    tag = f"v{record.version} ({record.variant}, {record.status})"
+    run.client.set_logged_model_tags(ref.model_id, {f"bundle.{device}": tag})
 
 
 def _log_decision(run: Run, device: str, record: DeployStatus, manifest: dict[str, Any]) -> None:

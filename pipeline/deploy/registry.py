@@ -19,6 +19,8 @@ from pipeline.deploy.bundle import verify_bundle
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
+    from pipeline.deploy.champion import Champion
+
 ALIAS = "production"
 TAG_PROMOTED = "tinyops.promoted"
 TAG_ROLLED_BACK = "tinyops.rolled_back"
@@ -51,7 +53,19 @@ def production(client: MlflowClient, device: str):  # type: ignore[no-untyped-de
         return None
 
 
-def register(client: MlflowClient, device: str, run_id: str, tags: dict[str, str]):  # type: ignore[no-untyped-def]
+def describe(manifest: dict[str, Any], decision: Decision) -> str:
+    """The version's description in the MLflow UI: what it is and how it compared."""
+    arena = f", arena {manifest['arena_bytes']:,} B" if manifest.get("arena_bytes") else ""
+    return (
+        f"{manifest['device']}: {manifest['variant']} for {manifest['runtime']}, "
+        f"{manifest['model_bytes']:,} B{arena}, test accuracy {manifest['accuracy']:.4f}. "
+        f"{'Promoted' if decision.promote else 'Not promoted'}: {decision.reason}."
+    )
+
+
+def register(  # type: ignore[no-untyped-def]
+    client: MlflowClient, device: str, run_id: str, tags: dict[str, str], description: str = ""
+):
     """A new version from the bundle logged under the run's `bundle/` artifacts."""
     from mlflow.exceptions import MlflowException
 
@@ -59,26 +73,38 @@ def register(client: MlflowClient, device: str, run_id: str, tags: dict[str, str
     with contextlib.suppress(MlflowException):  # it exists already
         client.create_registered_model(name, description=f"tinyops bundles for device '{device}'")
     source = f"{client.get_run(run_id).info.artifact_uri}/bundle"
-    return client.create_model_version(name, source, run_id=run_id, tags=tags)
+    return client.create_model_version(
+        name, source, run_id=run_id, tags=tags, description=description or None
+    )
 
 
-def decide(client: MlflowClient, device: str, accuracy: float, tolerance: float) -> Decision:
-    current = production(client, device)
-    if current is None:
+def decide(
+    accuracy: float, champion: Champion | None, tolerance: float, new_lineage: str = "refuse"
+) -> Decision:
+    """Promote unless the challenger scores lower than production, on the same test split, by
+    more than the tolerance; a champion of another lineage is replaced only if asked."""
+    if champion is None:
         return Decision(True, "first version for this device", None)
-    prod_acc = float(current.tags.get("accuracy", "nan"))
-    if accuracy + tolerance < prod_acc:
+    if champion.lineage:
+        if new_lineage == "promote":
+            return Decision(
+                True, f"{champion.lineage}; deploy.new_lineage is promote", champion.version
+            )
         return Decision(
             False,
-            f"accuracy {accuracy:.4f} is lower than production v{current.version} ({prod_acc:.4f}) "
-            f"by more than the tolerance {tolerance}",
-            current.version,
+            f"{champion.lineage}. Production stays; set deploy.new_lineage: promote to replace "
+            "it, or deploy the new model under another device name.",
+            champion.version,
         )
-    return Decision(
-        True,
-        f"accuracy {accuracy:.4f} vs production v{current.version} {prod_acc:.4f}",
-        current.version,
-    )
+    assert champion.accuracy is not None
+    both = f"production v{champion.version} ({champion.accuracy:.4f}) on the same test split"
+    if accuracy + tolerance < champion.accuracy:
+        return Decision(
+            False,
+            f"accuracy {accuracy:.4f} is lower than {both} by more than the tolerance {tolerance}",
+            champion.version,
+        )
+    return Decision(True, f"accuracy {accuracy:.4f} vs {both}", champion.version)
 
 
 def promote(client: MlflowClient, device: str, version: str) -> None:

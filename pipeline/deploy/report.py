@@ -58,6 +58,27 @@ def _row(device: str, runtime: str, status: DeployStatus) -> str:
     return "| " + " | ".join(str(c) for c in cells) + " |"
 
 
+def _champion_lines(statuses: dict[str, DeployStatus]) -> list[str]:
+    """Challenger and production, scored on the same test split in the device's runtime."""
+    rows = [
+        f"| {d} | {s.accuracy:.4f} | v{s.champion_version}: "
+        + (f"{s.champion_accuracy:.4f}" if s.champion_accuracy is not None else "another lineage")
+        + f" | `{(s.test_split_sha256 or '')[:12]}` |"
+        for d, s in statuses.items()
+        if s.champion_version is not None and s.accuracy is not None
+    ]
+    if not rows:
+        return []
+    header = [
+        "",
+        "Champion and challenger on the same test split (production re-scored in this run):",
+        "",
+        "| device | challenger | production | test split sha256 |",
+        "|---|---:|---:|---|",
+    ]
+    return header + rows
+
+
 def markdown(params: Params, evaluated: EvaluateMetrics, statuses: dict[str, DeployStatus]) -> str:
     evaluate = evaluated.model_dump()
     levels = (
@@ -84,6 +105,7 @@ def markdown(params: Params, evaluated: EvaluateMetrics, statuses: dict[str, Dep
     ]
     for device, s in statuses.items():
         lines.append(_row(device, params.devices[device].runtime, s))
+    lines += _champion_lines(statuses)
     lines += ["", "Every variant checked, per device:", ""]
     lines += ["| device | variant | fits | failed checks |", "|---|---|---|---|"]
     for device, s in statuses.items():

@@ -145,10 +145,16 @@ class PipelineRun:
             raise
         return self
 
+    def run_name(self) -> str:
+        """What this run trains, and on which params: `digits-cnn2d-ddp2 · 3f2a1c`."""
+        train, prepare = self.params.train, self.params.prepare
+        world = train.nproc_per_node * train.nnodes
+        return f"{prepare.source}-cnn2d-ddp{world} · {self.fingerprint.params[:6]}"
+
     def _open_parent(self) -> None:
         c = tracking.client()
         tags = {**tracking.run_tags(), **freshness.tags(self.fingerprint), **self.extra_tags}
-        self.parent = tracking.start_parent(c, "pipeline", tags)
+        self.parent = tracking.start_parent(c, self.run_name(), tags)
         self.parent.log_params(tracking.flatten("", self.params.model_dump(mode="json")))
         self.env = stage_env(self.parent.run_id)
 
@@ -179,12 +185,40 @@ class PipelineRun:
     def _close_parent(self, status: str) -> None:
         """Tag and log the final metrics (when there are any) and end the parent run."""
         assert self.parent is not None
+        if status == "FINISHED" and not any(o.ran for o in self.outcomes):
+            # Forced, yet DVC found every stage up to date: say so rather than look like a run.
+            self.parent.set_tags({"tinyops.outcome": "nothing ran"})
+            name = f"{self.run_name()} (nothing ran)"
+            self.parent.client.update_run(self.parent.run_id, name=name)
         if status == "FINISHED" and catalog.EVALUATE_METRICS.is_file():
             evaluated = catalog.read(catalog.EVALUATE_METRICS, catalog.EvaluateMetrics, "evaluate")
             self.metrics = evaluated.as_metrics()
             self.parent.set_tags(tracking.run_tags())
             self.parent.log_metrics(self.metrics)
+            self._log_results()
         self.parent.client.set_terminated(self.parent.run_id, status)
+
+    def _log_results(self) -> None:
+        """What the parent shows in the MLflow UI: the data it trained on, and the plots."""
+        from pipeline.data.prepare import load_processed
+
+        assert self.parent is not None
+        data = load_processed()
+        splits = {s: (data.x[s], data.y[s]) for s in ("train", "val", "test")}
+        source = str(catalog.PROCESSED_DIR.resolve())
+        tracking.log_datasets(self.parent, data.meta.source, splits, source)
+        for png in (catalog.CONFUSION_PNG, catalog.REPORT_PNG):
+            if png.is_file():
+                self.parent.log_artifact(png, "plots")
+        if catalog.LOGGED_MODEL.is_file():  # the runs table's Models column
+            from mlflow.entities import LoggedModelOutput
+
+            from pipeline.core.provenance import sha256_file
+
+            ref = catalog.read(catalog.LOGGED_MODEL, catalog.LoggedModelRef, "export")
+            if ref.model_sha256 == sha256_file(catalog.MODEL_FILE):
+                output = LoggedModelOutput(ref.model_id, 0)
+                self.parent.client.log_outputs(self.parent.run_id, [output])
 
     def summary(self) -> dict[str, Any]:
         if self.skipped:

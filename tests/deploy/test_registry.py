@@ -1,5 +1,5 @@
-"""The registry's decision, through a real MLflow store: promote unless accuracy drops past the
-tolerance, against the version in production."""
+"""The registry's decision: champion against challenger on the same test split, lineage first;
+and versions registered through a real MLflow store."""
 
 from __future__ import annotations
 
@@ -7,6 +7,42 @@ from pathlib import Path
 
 from pipeline.core import tracking
 from pipeline.deploy import registry
+from pipeline.deploy.champion import Champion
+
+
+def _champion(accuracy: float | None, lineage: str | None = None) -> Champion:
+    return Champion("3", accuracy, 0.99, lineage)
+
+
+def test_no_production_means_the_first_version_goes_in() -> None:
+    first = registry.decide(0.5, None, 0.005)
+    assert first.promote and first.reason == "first version for this device"
+
+
+def test_better_equal_and_worse_on_the_same_split() -> None:
+    assert registry.decide(0.93, _champion(0.90), 0.005).promote
+    within = registry.decide(0.896, _champion(0.90), 0.005)
+    assert within.promote and "on the same test split" in within.reason
+    worse = registry.decide(0.89, _champion(0.90), 0.005)
+    assert not worse.promote and worse.previous_version == "3"
+    assert (
+        "accuracy 0.8900 is lower than production v3 (0.9000) on the same test split by more "
+        "than the tolerance 0.005"
+    ) in worse.reason
+
+
+def test_the_recorded_score_of_another_split_plays_no_part() -> None:
+    """Production scored 0.99 on its own split months ago; on today's it scores 0.95."""
+    assert registry.decide(0.96, _champion(0.95), 0.005).promote
+
+
+def test_another_lineage_is_refused_unless_asked() -> None:
+    why = "production v3 takes 8×8×1 int8 input with 10 classes; this model takes 28×28×1 ..."
+    refused = registry.decide(0.98, _champion(None, why), 0.005)
+    assert not refused.promote
+    assert why in refused.reason and "set deploy.new_lineage: promote" in refused.reason
+    promoted = registry.decide(0.98, _champion(None, why), 0.005, new_lineage="promote")
+    assert promoted.promote and "deploy.new_lineage is promote" in promoted.reason
 
 
 def _version(client, device: str, accuracy: float, tmp: Path) -> str:  # type: ignore[no-untyped-def]
@@ -15,25 +51,18 @@ def _version(client, device: str, accuracy: float, tmp: Path) -> str:  # type: i
     folder.mkdir()
     (folder / "model.tflite").write_bytes(b"x")
     client.log_artifacts(run.run_id, str(folder), "bundle")
-    return registry.register(client, device, run.run_id, {"accuracy": str(accuracy)}).version
+    tags = {"accuracy": str(accuracy)}
+    return registry.register(client, device, run.run_id, tags, f"v at {accuracy}").version
 
 
-def test_first_better_equal_and_worse_challengers(mlflow_store: str, tmp_path: Path) -> None:
+def test_versions_and_the_production_alias(mlflow_store: str, tmp_path: Path) -> None:
     client = tracking.client()
-    first = registry.decide(client, "dev", 0.90, 0.005)
-    assert first.promote and first.reason == "first version for this device"
+    assert registry.production(client, "dev") is None
     v1 = _version(client, "dev", 0.90, tmp_path)
     registry.promote(client, "dev", v1)
-
-    better = registry.decide(client, "dev", 0.93, 0.005)
-    assert better.promote and better.previous_version == v1
-    within = registry.decide(client, "dev", 0.896, 0.005)  # lower, but inside the tolerance
-    assert within.promote
-    worse = registry.decide(client, "dev", 0.89, 0.005)
-    assert not worse.promote
-    assert f"lower than production v{v1} (0.9000) by more than the tolerance 0.005" in worse.reason
-
     v2 = _version(client, "dev", 0.93, tmp_path)
+    assert registry.production(client, "dev").version == v1
     registry.promote(client, "dev", v2)
     assert registry.production(client, "dev").version == v2
+    assert client.get_model_version("tinyops-dev", v2).description == "v at 0.93"
     assert registry.production(client, "other") is None

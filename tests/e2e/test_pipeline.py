@@ -83,9 +83,21 @@ def test_mlflow_holds_parent_with_stage_runs(pipeline_ws: Path) -> None:
     client = _mlflow(pipeline_ws)
     exp = client.get_experiment_by_name("tinyops")
     runs = client.search_runs([exp.experiment_id])
-    parents = [r for r in runs if r.data.tags.get("mlflow.runName") == "pipeline"]
+    parents = [r for r in runs if "tinyops.params_sha256" in r.data.tags]
     assert len(parents) == 1
     parent = parents[0]
+    # Named after what it trained and its params; the experiment opens on the runs table.
+    assert (
+        parent.info.run_name
+        == f"digits-cnn2d-ddp2 · {parent.data.tags['tinyops.params_sha256'][:6]}"
+    )
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    inputs = client.get_run(parent.info.run_id).inputs.dataset_inputs
+    contexts = {i.tags[0].value: i.dataset for i in inputs}
+    assert sorted(contexts) == ["test", "train", "val"]
+    assert all(d.name.startswith("digits-") and len(d.digest) == 32 for d in contexts.values())
+    plots = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
+    assert plots == {"plots/confusion_matrix.png", "plots/accuracy_vs_size.png"}
     children = {
         r.data.tags["tinyops.stage"]: r
         for r in runs
@@ -98,6 +110,15 @@ def test_mlflow_holds_parent_with_stage_runs(pipeline_ws: Path) -> None:
         assert run.data.tags["data_sha256"] == meta["data_sha256"]
         assert len(run.data.tags["git_commit"]) >= 7
     assert parent.data.metrics["tflm_int8_accuracy"] == _metrics(pipeline_ws)["tflm_int8_accuracy"]
+    # The trained model as a LoggedModel: the parent's output, the export run's source, with
+    # the .tflite variants inside and each device's bundle named on it.
+    outputs = client.get_run(parent.info.run_id).outputs.model_outputs
+    assert len(outputs) == 1
+    model = client.get_logged_model(outputs[0].model_id)
+    assert model.source_run_id == children["export"].info.run_id
+    files = {Path(a.path).name for a in client.list_logged_model_artifacts(model.model_id)}
+    assert {"MLmodel", "model_int8.tflite", "model_fp32.tflite"} <= files
+    assert {f"bundle.{d}" for d in CATALOGUE} <= set(model.tags)
     assert parent.data.params["train.epochs"] == "12"
     train_run = children["train"]
     assert train_run.data.params["model.channels"] == "[32, 64, 128]"
@@ -317,7 +338,7 @@ def _flow_run(flow_run_id: str):  # type: ignore[no-untyped-def]
 def _pipeline_parents(ws: Path) -> list:
     client = _mlflow(ws)
     runs = client.search_runs([client.get_experiment_by_name("tinyops").experiment_id])
-    return [r for r in runs if r.data.tags.get("mlflow.runName") == "pipeline"]
+    return [r for r in runs if "tinyops.params_sha256" in r.data.tags]
 
 
 def test_the_flow_run_and_every_task_completed_on_the_server(
