@@ -24,7 +24,7 @@ from prefect.states import Completed, State
 from prefect.tasks import Task, exponential_backoff
 
 from pipeline.core import catalog
-from pipeline.orchestration.dvc import StageFailed, repro_stage
+from pipeline.orchestration.dvc import StageFailed, StageOutcome, repro_stage
 from pipeline.orchestration.run import PipelineRun
 
 MLFLOW_UI = "http://127.0.0.1:5000"
@@ -143,6 +143,7 @@ def retrain(
         targets = [f"deploy@{d}" for d in run.devices]
         done += [f.result() for f in t["deploy"].map(targets, env, unmapped(force))]
         done.append(t["report"]("report", run.env, force))
+        run.outcomes += [StageOutcome(r["target"], r["ran"]) for r in done]
     _publish(run)
     ran = [r["target"] for r in done if r["ran"]]
     print(

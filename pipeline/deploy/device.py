@@ -266,7 +266,9 @@ def deploy_device(
                 params, device, chosen, run, Path(tmp), target
             )
         record = _promoted_record(params, device, candidates, chosen, model, manifest)
-        record = record.model_copy(update=_decision_fields(version, decision, facts))
+        record = DeployStatus.model_validate(  # validated: versions come as text
+            record.model_dump() | _decision_fields(version, decision, facts)
+        )
         _log_decision(run, device, record, manifest)
         _link_logged_model(run, device, record)
     catalog.write(catalog.deploy_status_file(device, status_dir), record)

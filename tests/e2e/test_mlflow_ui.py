@@ -28,7 +28,7 @@ FLAGS = [
     "--disable-component-update",
     "--disable-sync",
     "--virtual-time-budget=30000",
-    "--window-size=1400,900",
+    "--window-size=1800,900",
 ]
 
 

@@ -116,8 +116,12 @@ def test_mlflow_holds_parent_with_stage_runs(pipeline_ws: Path) -> None:
     assert len(outputs) == 1
     model = client.get_logged_model(outputs[0].model_id)
     assert model.source_run_id == children["export"].info.run_id
-    files = {Path(a.path).name for a in client.list_logged_model_artifacts(model.model_id)}
-    assert {"MLmodel", "model_int8.tflite", "model_fp32.tflite"} <= files
+    top = {a.path for a in client.list_logged_model_artifacts(model.model_id)}
+    assert {"MLmodel", "input_example.json", "extra_files"} <= top
+    extra = client.list_logged_model_artifacts(model.model_id, "extra_files")
+    assert {Path(a.path).name for a in extra} == {
+        f"model_{v}.tflite" for v in ("fp32", "float16", "dynamic_int8", "int8")
+    }
     assert {f"bundle.{d}" for d in CATALOGUE} <= set(model.tags)
     assert parent.data.params["train.epochs"] == "12"
     train_run = children["train"]
