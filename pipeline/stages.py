@@ -124,29 +124,41 @@ def run_export(params_path: Path) -> dict[str, Any]:
 
 def _log_model(run: tracking.Run, example: Any, tflite: dict[str, Path]) -> None:
     """The trained network as an MLflow LoggedModel (signature, input example), with its
-    .tflite variants inside; deploy links each device's bundle to it."""
+    .tflite variants inside. Its source is the pipeline's parent run, so the runs table shows it
+    on the row a person sees; deploy links each device's bundle to it."""
+    import tempfile
+
     import mlflow.pytorch
     import torch
     from mlflow.models import infer_signature
 
-    import mlflow
     from pipeline.core.provenance import sha256_file
     from pipeline.models.store import load_model
 
     model, _, _ = load_model(catalog.MODEL_FILE)
     with torch.no_grad():
         logits = model(torch.from_numpy(example)).numpy()
-    with mlflow.start_run(run_id=run.run_id):
-        info = mlflow.pytorch.log_model(
+    client = run.client
+    parent = client.get_run(run.run_id).data.tags.get("mlflow.parentRunId", run.run_id)
+    logged = client.create_logged_model(
+        tracking.experiment_id(client), name="model", source_run_id=parent, model_type="tinyops"
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        mlflow.pytorch.save_model(
             model,
-            name="model",
+            f"{tmp}/model",
             signature=infer_signature(example, logits),
             input_example=example,
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
             extra_files=[str(p) for p in tflite.values()],
         )
+        client.log_model_artifacts(logged.model_id, f"{tmp}/model")
+    client.finalize_logged_model(logged.model_id, "READY")
+    from mlflow.entities import LoggedModelOutput
+
+    client.log_outputs(run.run_id, [LoggedModelOutput(logged.model_id, 0)])
     ref = catalog.LoggedModelRef(
-        model_id=info.model_id, model_sha256=sha256_file(catalog.MODEL_FILE)
+        model_id=logged.model_id, model_sha256=sha256_file(catalog.MODEL_FILE)
     )
     catalog.write(catalog.LOGGED_MODEL, ref)
 

@@ -201,7 +201,12 @@ def final_status(exc: BaseException | None) -> str:
 
 
 def start_parent(c: MlflowClient, name: str, tags: Mapping[str, str]) -> Run:
-    run = c.create_run(experiment_id(c), run_name=name, tags=dict(tags))
+    """A top-level run; its Source in the UI is tinyops at the run's git commit."""
+    source = {"mlflow.source.type": "LOCAL", "mlflow.source.name": "tinyops"}
+    commit = tags.get("git_commit", "")
+    if commit and commit != "unknown":
+        source["mlflow.source.git.commit"] = commit.removesuffix("-dirty")
+    run = c.create_run(experiment_id(c), run_name=name, tags={**source, **dict(tags)})
     return Run(c, run.info.run_id)
 
 

@@ -114,3 +114,37 @@ def test_another_lineage_is_refused_then_promoted_when_asked(ws: Path, tiny_run:
     assert "set deploy.new_lineage: promote" in refused.reason
     promoted = _deploy(_params(tiny_run, new_lineage="promote"))
     assert promoted.status == "promoted" and "deploy.new_lineage is promote" in promoted.reason
+
+
+@pytest.mark.slow
+def test_another_input_shape_through_the_registry(ws: Path, tiny_run: TinyRun) -> None:
+    """The user's own data at another resolution: prepare, export and evaluate a 5×5 model; the
+    6×6 production model is of another lineage and stays, with one sentence saying why."""
+    import numpy as np
+    import torch
+
+    from pipeline.data.prepare import load_processed, prepare
+    from pipeline.evaluation.evaluate import evaluate, write_outputs
+    from pipeline.export.convert import export
+    from pipeline.models.architecture import Architecture, build_model
+    from pipeline.models.store import save_model
+
+    params = _params(tiny_run)
+    _deploy(params)
+    rng = np.random.default_rng(1)
+    y = np.repeat(np.arange(3), 20)
+    x = (rng.normal(size=(60, 5, 5, 1)) + y[:, None, None, None]).astype(np.float32)
+    np.savez(ws / "five.npz", x=x, y=y, classes=np.array(["a", "b", "c"]))
+    meta = prepare(params.prepare.model_copy(update={"path": str(ws / "five.npz")})).meta
+    arch = Architecture((5, 5, 1), 3, (4, 8), 3, 0.0)
+    torch.manual_seed(0)
+    save_model(catalog.MODEL_FILE, arch, build_model(arch).state_dict(), meta.model_dump(), 1)
+    data = load_processed()
+    export(params.export, data.x["train"], 0)
+    write_outputs(evaluate(params.evaluate, data))
+    refused = _deploy(params)
+    assert refused.status == "kept"
+    assert refused.reason.startswith(
+        "production v1 takes 6×6×1 int8 input with 3 classes; this model takes 5×5×1 int8 input "
+        "with 3 classes: a new lineage. Production stays"
+    ), refused.reason

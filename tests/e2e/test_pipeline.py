@@ -92,6 +92,7 @@ def test_mlflow_holds_parent_with_stage_runs(pipeline_ws: Path) -> None:
         == f"digits-cnn2d-ddp2 · {parent.data.tags['tinyops.params_sha256'][:6]}"
     )
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert parent.data.tags["mlflow.source.name"] == "tinyops"
     inputs = client.get_run(parent.info.run_id).inputs.dataset_inputs
     contexts = {i.tags[0].value: i.dataset for i in inputs}
     assert sorted(contexts) == ["test", "train", "val"]
@@ -115,7 +116,9 @@ def test_mlflow_holds_parent_with_stage_runs(pipeline_ws: Path) -> None:
     outputs = client.get_run(parent.info.run_id).outputs.model_outputs
     assert len(outputs) == 1
     model = client.get_logged_model(outputs[0].model_id)
-    assert model.source_run_id == children["export"].info.run_id
+    assert model.source_run_id == parent.info.run_id  # shown on the row a person sees
+    export_outputs = client.get_run(children["export"].info.run_id).outputs.model_outputs
+    assert [o.model_id for o in export_outputs] == [model.model_id]
     top = {a.path for a in client.list_logged_model_artifacts(model.model_id)}
     assert {"MLmodel", "input_example.json", "extra_files"} <= top
     extra = client.list_logged_model_artifacts(model.model_id, "extra_files")
