@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import statistics
-import time
 from typing import Any
 
 import numpy as np
+
+from pipeline.tflite.timing import median_invoke_ms
 
 
 def quantize_input(x: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
@@ -40,11 +40,4 @@ def measure_host_latency_ms(model: bytes, runs: int) -> float:
     interp.allocate_tensors()
     inp = interp.get_input_details()[0]
     interp.set_tensor(inp["index"], np.zeros(inp["shape"], dtype=inp["dtype"]))
-    for _ in range(5):
-        interp.invoke()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        interp.invoke()
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
+    return median_invoke_ms(interp.invoke, runs, warmup=5)

@@ -94,18 +94,10 @@ def predict(model: bytes, x: np.ndarray, arena_size: int) -> np.ndarray:
 def measure_invoke_ms(model: bytes, arena_size: int, runs: int = 200) -> float:
     """Median TFLite Micro invoke time on this host (the reference kernels: a host figure, far
     from a Cortex-M's, but it tracks the model's cost from commit to commit)."""
-    import statistics
-    import time
+    from pipeline.tflite.timing import median_invoke_ms
 
     interp = _interpreter(model, arena_size)
     shape = interp.get_input_details(0)["shape"]
     dtype = interp.get_input_details(0)["dtype"]
     interp.set_input(np.zeros(shape, dtype=dtype), 0)
-    for _ in range(3):
-        interp.invoke()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        interp.invoke()
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
+    return median_invoke_ms(interp.invoke, runs, warmup=3)
