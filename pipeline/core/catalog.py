@@ -132,8 +132,13 @@ class EvaluateMetrics(Artifact):
     tflm_arena_bytes: int
     test_samples: int
 
-    def as_metrics(self) -> dict[str, float]:
-        return {k: float(v) for k, v in self.model_dump().items() if isinstance(v, int | float)}
+    def as_metrics(self) -> dict[str, float | int]:
+        """The numeric fields, kept as they are (byte counts stay whole in summaries)."""
+        return {
+            k: v
+            for k, v in self.model_dump().items()
+            if isinstance(v, int | float) and not isinstance(v, bool)
+        }
 
 
 class DeployStatus(Artifact):
