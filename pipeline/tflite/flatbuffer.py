@@ -13,8 +13,27 @@ from pipeline.core.errors import ExportError, QuantizationCheckError
 
 # Ops whose extra input is an int32 bias; every other input of a compute op must be int8.
 _BIAS_INPUT = {"CONV_2D": 2, "DEPTHWISE_CONV_2D": 2, "FULLY_CONNECTED": 2, "TRANSPOSE_CONV": 3}
-# Ops that carry shapes or indices, not activations (their int32 inputs are fine).
-_SHAPE_INPUTS = {"RESHAPE": {1}, "TRANSPOSE": {1}, "PAD": {1}, "MEAN": {1}, "SUM": {1}}
+# Ops' inputs that carry shapes, axes, indices or bounds, not activations: int32 is right there.
+_SHAPE_INPUTS = {
+    "RESHAPE": {1},
+    "TRANSPOSE": {1},
+    "PAD": {1},
+    "PADV2": {1},
+    "MEAN": {1},
+    "SUM": {1},
+    "REDUCE_MAX": {1},
+    "REDUCE_MIN": {1},
+    "SLICE": {1, 2},  # begin, size
+    "STRIDED_SLICE": {1, 2, 3},  # begin, end, strides
+    "GATHER": {1},  # indices
+    "SPLIT": {0},  # axis
+    "SPLIT_V": {1, 2},  # size_splits, axis
+    "EXPAND_DIMS": {1},
+    "TILE": {1},
+    "BROADCAST_TO": {1},
+    "RESIZE_BILINEAR": {1},
+    "RESIZE_NEAREST_NEIGHBOR": {1},
+}
 
 
 @cache

@@ -104,3 +104,39 @@ def test_arena_measurement_is_minimal(first_run: Path) -> None:
     assert not tflm.runs_with_arena(model, arena - 16)
     with pytest.raises(ValueError, match="does not run"):
         tflm.measure_arena_bytes(model, max_bytes=256)
+
+
+def _info(op: str, dtypes: list[str]) -> object:
+    from pipeline.tflite.flatbuffer import ModelInfo, OpInfo, TensorInfo
+
+    def tensor(i: int, dtype: str) -> TensorInfo:
+        scales = (0.1,) if dtype == "INT8" else ()
+        return TensorInfo(f"t{i}", dtype, (1, 4), scales, (0,) * len(scales), i > 0)
+
+    tensors = [tensor(i, d) for i, d in enumerate([*dtypes, "INT8"])]
+    out = len(dtypes)
+    ops = (OpInfo(op, tuple(range(len(dtypes))), (out,)),)
+    return ModelInfo(ops=ops, tensors=tuple(tensors), inputs=(0,), outputs=(out,))
+
+
+@pytest.mark.parametrize(
+    ("op", "dtypes"),
+    [
+        ("SLICE", ["INT8", "INT32", "INT32"]),
+        ("STRIDED_SLICE", ["INT8", "INT32", "INT32", "INT32"]),
+        ("GATHER", ["INT8", "INT32"]),
+        ("RESHAPE", ["INT8", "INT32"]),
+    ],
+)
+def test_int32_shape_and_index_inputs_are_not_violations(op: str, dtypes: list[str]) -> None:
+    """SLICE's begin/size and kin are int32 by definition (a false positive before)."""
+    from pipeline.tflite.flatbuffer import int8_violations
+
+    assert int8_violations(_info(op, dtypes)) == []  # type: ignore[arg-type]
+
+
+def test_an_int32_activation_is_still_a_violation() -> None:
+    from pipeline.tflite.flatbuffer import int8_violations
+
+    problems = int8_violations(_info("ADD", ["INT8", "INT32"]))  # type: ignore[arg-type]
+    assert problems == ["op 0 ADD: weight 't1' is INT32, expected INT8"]
