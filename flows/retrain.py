@@ -137,12 +137,17 @@ def retrain(
             print(f"skipped: {run.reason}")
             return Completed(name="Skipped", message=run.reason, data=run.summary())
         print(f"running: {run.reason}")
-        t, env = _with_retries(run), unmapped(run.env)
-        done = [t[name](name, run.env, force) for name in ("prepare", "train", "export")]
-        done.append(t["evaluate"]("evaluate", run.env, force))
-        targets = [f"deploy@{d}" for d in run.devices]
-        done += [f.result() for f in t["deploy"].map(targets, env, unmapped(force))]
-        done.append(t["report"]("report", run.env, force))
+        t, args = _with_retries(run), (run.env, force)
+        done = [
+            t["prepare"]("prepare", *args),
+            t["train"]("train", *args),
+            t["export"]("export", *args),
+            t["evaluate"]("evaluate", *args),
+        ]
+        devices = [f"deploy@{d}" for d in run.devices]
+        deploys = t["deploy"].map(devices, unmapped(run.env), unmapped(force))
+        done += [f.result() for f in deploys]
+        done.append(t["report"]("report", *args))
         run.outcomes += [StageOutcome(r["target"], r["ran"]) for r in done]
     _publish(run)
     ran = [r["target"] for r in done if r["ran"]]
