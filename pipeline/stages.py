@@ -9,6 +9,7 @@ ended, instead of reading DVC's printed text.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -50,8 +51,6 @@ def _exit_code(exc: BaseException | None) -> int:
 def recorded(target: str) -> Iterator[None]:
     """Write <status dir>/<target>.json with the stage's exit code however it ends, when the run
     path asked for it (catalog.ENV_STAGE_STATUS)."""
-    import os
-
     folder = os.environ.get(catalog.ENV_STAGE_STATUS)
     error: BaseException | None = None
     try:

@@ -170,6 +170,19 @@ class LoggedModelRef(Artifact):
     model_sha256: str  # of models/model.pt, so a stale reference is never followed
 
 
+def logged_model_id() -> str | None:
+    """The MLflow LoggedModel of the current models/model.pt, if the export stage logged one.
+    A missing, unreadable or stale reference (another model.pt) is none: it is workspace state,
+    never a reason to fail a stage."""
+    from pipeline.core.provenance import sha256_file
+
+    try:
+        ref = read(LOGGED_MODEL, LoggedModelRef, "export")
+        return ref.model_id if ref.model_sha256 == sha256_file(MODEL_FILE) else None
+    except (ArtifactError, OSError):
+        return None
+
+
 class StageStatus(Artifact):
     """.tinyops/stages/<target>.json: how one `tinyops stage` run ended, read by the run path
     instead of DVC's printed text."""

@@ -181,12 +181,17 @@ def reject(
 
 
 def build_and_verify(
-    params: Params, device: str, chosen: Candidate, run: Run, staged: Path, export_dir: Path
+    params: Params,
+    device: str,
+    chosen: Candidate,
+    variants: Variants,
+    run: Run,
+    staged: Path,
+    export_dir: Path,
 ) -> tuple[bytes, dict[str, Any]]:
     """The bundle in `staged`, verified, then logged to the stage's MLflow run."""
     model = catalog.variant_file(chosen.variant, export_dir).read_bytes()
     meta = load_meta()
-    variants = catalog.read(catalog.VARIANTS_FILE, catalog.Variants, "evaluate")
     manifest = manifest_for(params, device, chosen, model, meta, variants, run.run_id)
     cpp = None
     if params.devices[device].runtime == "tflm":
@@ -261,7 +266,9 @@ def deploy_device(
         record = reject(params, device, candidates, run, target)
     else:
         with tempfile.TemporaryDirectory() as tmp:
-            model, manifest = build_and_verify(params, device, chosen, run, Path(tmp), export_dir)
+            model, manifest = build_and_verify(
+                params, device, chosen, variants, run, Path(tmp), export_dir
+            )
             version, decision, facts = register_and_promote(
                 params, device, chosen, run, Path(tmp), target
             )
@@ -316,16 +323,12 @@ def _link_logged_model(run: Run, device: str, record: DeployStatus) -> None:
     (when the export stage logged one for this very model.pt)."""
     from mlflow.entities import LoggedModelInput
 
-    from pipeline.core.provenance import sha256_file
-
-    if not catalog.LOGGED_MODEL.is_file():
+    model_id = catalog.logged_model_id()
+    if model_id is None:
         return
-    ref = catalog.read(catalog.LOGGED_MODEL, catalog.LoggedModelRef, "export")
-    if ref.model_sha256 != sha256_file(catalog.MODEL_FILE):
-        return
-    run.client.log_inputs(run.run_id, models=[LoggedModelInput(ref.model_id)])
+    run.client.log_inputs(run.run_id, models=[LoggedModelInput(model_id)])
     tag = f"v{record.version} ({record.variant}, {record.status})"
-    run.client.set_logged_model_tags(ref.model_id, {f"bundle.{device}": tag})
+    run.client.set_logged_model_tags(model_id, {f"bundle.{device}": tag})
 
 
 def _log_decision(run: Run, device: str, record: DeployStatus, manifest: dict[str, Any]) -> None:

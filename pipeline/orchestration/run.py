@@ -210,15 +210,11 @@ class PipelineRun:
         for png in (catalog.CONFUSION_PNG, catalog.REPORT_PNG):
             if png.is_file():
                 self.parent.log_artifact(png, "plots")
-        if catalog.LOGGED_MODEL.is_file():  # the runs table's Models column
+        model_id = catalog.logged_model_id()
+        if model_id is not None:  # the runs table's Models column
             from mlflow.entities import LoggedModelOutput
 
-            from pipeline.core.provenance import sha256_file
-
-            ref = catalog.read(catalog.LOGGED_MODEL, catalog.LoggedModelRef, "export")
-            if ref.model_sha256 == sha256_file(catalog.MODEL_FILE):
-                output = LoggedModelOutput(ref.model_id, 0)
-                self.parent.client.log_outputs(self.parent.run_id, [output])
+            self.parent.client.log_outputs(self.parent.run_id, [LoggedModelOutput(model_id, 0)])
 
     def summary(self) -> dict[str, Any]:
         if self.skipped:
