@@ -88,19 +88,38 @@ def run_prepare(params_path: Path) -> dict[str, Any]:
 
 def run_train(params_path: Path) -> dict[str, Any]:
     from pipeline.data.prepare import load_meta
+    from pipeline.models.architecture import architecture_for, block_parameters
     from pipeline.training.launcher import train
 
     params = load_params(params_path)
-    n_train = load_meta().splits["train"]
+    meta = load_meta()
+    blocks = block_parameters(architecture_for(params, meta.input_shape, meta.num_classes))
     with tracking.stage_run(
         "train", stage_params(params, "train"), tracking.run_tags("train")
     ) as run:
-        result = train(params, params_path, n_train, run=run)
-        run.log_metrics({f"best_{k}": v for k, v in result.summary.items() if k != "world_size"})
+        result = train(params, params_path, meta.splits["train"], run=run, block_params=blocks)
+        _log_train_summary(run, result.summary)
         if result.timing:
             run.log_metrics(result.timing)
         run.log_artifact(catalog.TRAIN_HISTORY)
     return result.summary
+
+
+def _log_train_summary(run: tracking.Run, summary: dict[str, Any]) -> None:
+    """The best epoch's figures as best_*; the strategy's shape and per-rank model state as
+    they are (the run's params hold train.parallelism and its settings)."""
+    outcome = ("best_epoch", "epochs_run", "val_loss", "val_accuracy")
+    run.log_metrics(
+        {f"best_{k}": summary[k] for k in outcome} | {"parameters": summary["parameters"]}
+    )
+    run.log_metrics(
+        {
+            k: v
+            for k, v in summary.items()
+            if k not in outcome and isinstance(v, int | float) and k != "parameters"
+        }
+    )
+    run.set_tags({"parallelism": summary["strategy"]})
 
 
 def run_export(params_path: Path) -> dict[str, Any]:

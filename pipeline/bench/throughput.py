@@ -21,8 +21,9 @@ import torch
 import torch.distributed as dist
 
 from pipeline.models.architecture import Architecture, build_model, count_parameters
+from pipeline.training.data_parallel import make_ddp, train_step, use_shared_memory
 from pipeline.training.shm_allreduce import SharedMemoryAllReduce
-from pipeline.training.worker import make_ddp, make_optimizer, train_step, use_shared_memory
+from pipeline.training.strategy import make_optimizer
 
 MODELS = {
     # The default pipeline's CNN on 8×8 digits.

@@ -11,6 +11,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline.core.errors import ConfigError
+from pipeline.core.parallel import Parallelism, ParallelPlan, Schedule, make_plan
 
 DEFAULT_PARAMS = Path("params.yaml")
 
@@ -98,6 +99,26 @@ class TrainParams(_Section):
     max_restarts: NonNegativeInt = 3
     """torchrun --max-restarts: a lost worker restarts the job, which resumes from the last
     complete epoch's checkpoint."""
+    parallelism: Parallelism = "data"
+    """data: DDP, every worker holds the whole model; fsdp: FSDP2, each worker holds 1/world of
+    the model state; pipeline: the model cut into stages at block boundaries, one worker per
+    stage (torch.distributed.pipelining); hybrid: pipelines replicated with DDP on a 2-D mesh."""
+    pipeline_stages: Annotated[int, Field(ge=2)] = 2
+    """pipeline/hybrid: pieces the model is cut into (at most its blocks); one per pipeline
+    worker, two with schedule interleaved_1f1b."""
+    microbatches: PositiveInt | Literal["auto"] = "auto"
+    """Each replica's batch is cut into this many microbatches; gradients are summed over them,
+    then divided by their number. auto: 4 for pipeline and hybrid, 1 (no cut) otherwise."""
+    schedule: Schedule = "1f1b"
+    """pipeline/hybrid: gpipe (all forwards, then all backwards), 1f1b (one forward, one
+    backward: less activation memory), interleaved_1f1b (2 stages per worker: a smaller bubble)."""
+    oversubscribe: bool = False
+    """Allow more worker threads than cores (e.g. a 4-worker hybrid mesh on 2 cores): correct
+    but slower; the run is labelled oversubscribed."""
+    max_worker_memory_mb: Annotated[float, Field(gt=0.0)] | None = None
+    """Per-worker budget for model state (parameters, gradients, AdamW's two moments), checked
+    before launch; null: no check. data holds it all on each worker, fsdp 1/world, pipeline the
+    largest stage's."""
 
     @model_validator(mode="after")
     def _check(self) -> TrainParams:
@@ -204,6 +225,20 @@ class Params(_Section):
     devices: dict[str, DeviceProfile] = Field(default_factory=dict, strict=False)
     """The device catalogue, keyed by device name (a folder name: lowercase letters, digits, _ and -)."""
 
+    @model_validator(mode="after")
+    def _check_parallelism(self) -> Params:
+        """Strategy, world size and model depth validated together (pipeline/core/parallel.py)."""
+        tp = self.train
+        make_plan(
+            tp.parallelism,
+            tp.nproc_per_node * tp.nnodes,
+            blocks=len(self.model.channels),
+            pipeline_stages=tp.pipeline_stages,
+            schedule=tp.schedule,
+            microbatches=tp.microbatches,
+        )
+        return self
+
     @field_validator("devices", mode="before")
     @classmethod
     def _check_names(cls, value: Any) -> Any:
@@ -211,6 +246,23 @@ class Params(_Section):
             for name in value:
                 check_device_name(name)
         return value
+
+
+def parallel_plan(params: Params, batch_size: bool = True) -> ParallelPlan:
+    """The training job's shape for these params (valid: checked when they were loaded)."""
+    tp = params.train
+    try:
+        return make_plan(
+            tp.parallelism,
+            tp.nproc_per_node * tp.nnodes,
+            blocks=len(params.model.channels),
+            pipeline_stages=tp.pipeline_stages,
+            schedule=tp.schedule,
+            microbatches=tp.microbatches,
+            batch_size=tp.batch_size if batch_size else None,
+        )
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def require_device(params: Params, device: str, source: str = "params.yaml") -> None:
@@ -267,6 +319,8 @@ def _describe(error: dict[str, Any], source: str) -> str:
     msg = error["msg"]
     if error["type"] == "value_error":
         msg = msg.removeprefix("Value error, ")
+        if not loc:  # a check across sections names its own keys
+            return f"{source}: {msg}"
     given = error.get("input")
     shown = "" if isinstance(given, dict) else f" (got {given!r})"
     hint = ""

@@ -24,11 +24,14 @@ def cores() -> int:
 
 def check_threads(params: Params) -> None:
     tp = params.train
+    if tp.oversubscribe:
+        return
     if tp.backend != "nccl" and tp.nproc_per_node * tp.threads_per_proc > cores():
         raise ConfigError(
             f"train.nproc_per_node × train.threads_per_proc = {tp.nproc_per_node} × "
             f"{tp.threads_per_proc} = {tp.nproc_per_node * tp.threads_per_proc} threads, but this "
-            f"machine has {cores()} core(s); oversubscribing only slows training. Lower one of them."
+            f"machine has {cores()} core(s); oversubscribing only slows training. Lower one of them "
+            "(or set train.oversubscribe: true to run it anyway, e.g. a hybrid mesh for a test)."
         )
 
 

@@ -37,6 +37,18 @@ class Architecture:
         )
 
 
+def architecture_for(params: Any, input_shape: Any, num_classes: int) -> Architecture:
+    """The architecture params.yaml's model section gives for this data."""
+    m = params.model
+    return Architecture(
+        input_shape=tuple(int(v) for v in input_shape),  # type: ignore[arg-type]
+        num_classes=int(num_classes),
+        channels=tuple(m.channels),
+        kernel_size=m.kernel_size,
+        dropout=m.dropout,
+    )
+
+
 def build_model(arch: Architecture) -> torch.nn.Module:
     """Instantiate the network for `arch` (weights initialised from the current torch RNG).
 
@@ -45,6 +57,28 @@ def build_model(arch: Architecture) -> torch.nn.Module:
     from pipeline.models import cnn2d
 
     return cnn2d.build(arch)
+
+
+def block_parameters(arch: Architecture) -> list[int]:
+    """Parameters per splittable block, in order: what pipeline stages are balanced by and what
+    the per-worker memory check adds up (no torch needed)."""
+    from pipeline.models import cnn2d
+
+    return cnn2d.block_parameters(arch)
+
+
+def prune_to_blocks(model: torch.nn.Module, blocks: set[int]) -> torch.nn.Module:
+    """`model` keeping only `blocks` (original parameter names): one pipeline worker's share."""
+    from pipeline.models import cnn2d
+
+    return cnn2d.prune(model, blocks)
+
+
+def pipeline_stage(model: torch.nn.Module, blocks: range, n_blocks: int) -> torch.nn.Module:
+    """The module that runs `blocks` of `model` as one pipeline stage."""
+    from pipeline.models import cnn2d
+
+    return cnn2d.stage(model, blocks, n_blocks)
 
 
 def count_parameters(model: torch.nn.Module) -> int:

@@ -66,3 +66,107 @@ def latest_checkpoint(ckpt_dir: Path, key: str, say) -> dict[str, Any] | None:  
         except Exception as exc:  # truncated, corrupt, or not a checkpoint
             say(f"checkpoint {path} is unreadable ({type(exc).__name__}); trying the one before")
     return None
+
+
+def progress_fields(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """What a checkpoint holds of training's progress, whatever its format."""
+    return {k: ckpt[k] for k in ("epoch", "history", "best", "stale", "scheduler")}
+
+
+def remove_all(ckpt_dir: Path) -> None:
+    """A fresh run: every epoch checkpoint of any other run goes (files and shard folders)."""
+    import shutil
+
+    for old in ckpt_dir.glob("epoch-*"):
+        if old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink(missing_ok=True)
+
+
+def prune(ckpt_dir: Path, keep: int) -> None:
+    """Keep the newest `keep` epoch checkpoints (files or shard folders)."""
+    import shutil
+
+    done = sorted(p for p in ckpt_dir.glob("epoch-*") if not p.name.endswith(".partial"))
+    for old in done[:-keep]:
+        if old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink(missing_ok=True)
+
+
+class FileCheckpoints:
+    """One file per epoch, written by the writer alone: for data parallelism, where every
+    replica holds the same weights."""
+
+    def find(self, ckpt_dir: Path, key: str, say: Any) -> dict[str, Any] | None:
+        return latest_checkpoint(ckpt_dir, key, say)
+
+    def restore(self, strategy: Any, ckpt: dict[str, Any]) -> tuple[dict[str, Any], dict]:
+        strategy.load_state(ckpt["model"])
+        strategy.optimizer.load_state_dict(ckpt["optimizer"])
+        torch.set_rng_state(ckpt["rng_torch"])  # every rank drew the same dropout stream
+        return progress_fields(ckpt), ckpt["best_state"]
+
+    def save(
+        self, strategy: Any, path: Path, fields: dict[str, Any], best_state: dict, writer: bool
+    ) -> None:
+        from pipeline.models.store import save_torch
+
+        if not writer:
+            return
+        save_torch(
+            canonical(
+                {
+                    "epoch": fields["epoch"],
+                    "model": {
+                        k: v.detach().to("cpu") for k, v in strategy.model.state_dict().items()
+                    },
+                    "optimizer": strategy.optimizer.state_dict(),
+                    "scheduler": fields["scheduler"],
+                    "best": fields["best"],
+                    "best_state": best_state,
+                    "history": fields["history"],
+                    "stale": fields["stale"],
+                    "rng_torch": torch.get_rng_state(),
+                    "key": fields["key"],
+                }
+            ),
+            path.with_name(path.name + ".pt"),
+        )
+
+
+class ShardedCheckpoints:
+    """One folder per epoch, a shard per rank (torch.distributed.checkpoint): for fsdp,
+    pipeline and hybrid, where no rank holds the whole model."""
+
+    def find(self, ckpt_dir: Path, key: str, say: Any) -> tuple[Path, dict[str, Any]] | None:
+        from pipeline.training import sharded_checkpoint
+
+        run = _run_file(ckpt_dir)
+        if run.get("key") != key or run.get("complete"):
+            return None
+        return sharded_checkpoint.latest(ckpt_dir, key, say)
+
+    def restore(self, strategy: Any, found: tuple[Path, dict[str, Any]]) -> tuple[dict, dict]:
+        from pipeline.training import sharded_checkpoint
+
+        folder, meta = found
+        return progress_fields(meta), sharded_checkpoint.load(strategy, folder)
+
+    def save(
+        self, strategy: Any, path: Path, fields: dict[str, Any], best_state: dict, writer: bool
+    ) -> None:
+        from pipeline.training import sharded_checkpoint
+
+        sharded_checkpoint.save(strategy, path, canonical(fields), best_state, writer)
+
+
+def _run_file(ckpt_dir: Path) -> dict[str, Any]:
+    import json
+
+    try:
+        return json.loads((ckpt_dir / RUN_FILE).read_text())
+    except (OSError, ValueError):
+        return {}

@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline.core import atomic, catalog
-from pipeline.core.config import Params
+from pipeline.core.config import Params, parallel_plan
 from pipeline.core.errors import ConfigError, TrainingError
+from pipeline.core.parallel import STATE_BYTES_PER_PARAM, worker_model_state_bytes
 from pipeline.core.preflight import check_disk, check_threads
 
 if TYPE_CHECKING:
@@ -72,16 +73,51 @@ def check_world_fits(params: Params, n_train: int, backend: str) -> None:
     if backend == "gloo":
         check_threads(params)
     check_disk()
-    world = tp.nproc_per_node * tp.nnodes
-    if tp.batch_size % world:
-        raise ConfigError(
-            f"train.batch_size = {tp.batch_size} does not split evenly over {world} worker(s); "
-            f"use a multiple of {world}."
-        )
+    parallel_plan(params)  # the batch splits evenly over replicas × microbatches
     if tp.batch_size > n_train:
         raise ConfigError(
             f"train.batch_size = {tp.batch_size} is larger than the training split ({n_train} samples)."
         )
+
+
+def check_memory(params: Params, block_params: list[int]) -> None:
+    """train.max_worker_memory_mb against the model state one worker would hold under this
+    strategy (parameters, gradients, AdamW moments), before any worker starts."""
+    budget = params.train.max_worker_memory_mb
+    if budget is None:
+        return
+    plan = parallel_plan(params)
+    need = worker_model_state_bytes(plan, block_params)
+    if need <= budget * 2**20:
+        return
+    others = {
+        other: worker_model_state_bytes(parallel_plan(_with(params, other), False), block_params)
+        for other in ("fsdp", "pipeline")
+        if _valid(params, other)
+    }
+    fits = [f"{k} ({v / 2**20:.2f} MiB)" for k, v in others.items() if v <= budget * 2**20]
+    hint = f"With this world, {' or '.join(fits)} would fit. " if fits else ""
+    raise ConfigError(
+        f"train.parallelism {plan.parallelism} needs {need / 2**20:.2f} MiB of model state on one "
+        f"worker ({sum(block_params):,} parameters × {STATE_BYTES_PER_PARAM} B: weights, "
+        f"gradients, AdamW's moments; {plan.describe()}), over train.max_worker_memory_mb = "
+        f"{budget:g}. {hint}Split the model over workers with parallelism pipeline or fsdp, "
+        "or raise the budget."
+    )
+
+
+def _with(params: Params, parallelism: str) -> Params:
+    return params.model_copy(
+        update={"train": params.train.model_copy(update={"parallelism": parallelism})}
+    )
+
+
+def _valid(params: Params, parallelism: str) -> bool:
+    try:
+        parallel_plan(_with(params, parallelism), batch_size=False)
+    except ConfigError:
+        return False
+    return True
 
 
 def torchrun_command(params: Params, params_path: Path, backend: str) -> list[str]:
@@ -183,11 +219,14 @@ def train(
     params_path: Path,
     n_train: int,
     run: Run | None = None,
+    block_params: list[int] | None = None,
 ) -> TrainResult:
     """Run torchrun to completion, forwarding epoch metrics to `run` as they come; rank 0's
     output goes straight to this process's stdout/stderr."""
     backend = resolve_backend(params)
     check_world_fits(params, n_train, backend)
+    if block_params is not None:
+        check_memory(params, block_params)
     TIMING_FILE.parent.mkdir(parents=True, exist_ok=True)
     cmd = torchrun_command(params, params_path, backend)
     env = worker_env(params)

@@ -1,13 +1,14 @@
-"""One DDP worker; torchrun starts N of them. `tinyops stage train` builds the command, e.g.
+"""One training worker; torchrun starts N of them. `tinyops stage train` builds the command, e.g.
 
     torchrun --standalone --nproc-per-node 2 -m pipeline.training.worker --params params.yaml
     torchrun --nnodes 2 --nproc-per-node 2 --rdzv-backend c10d --rdzv-endpoint HOST:29400 \\
         --rdzv-id tinyops-train -m pipeline.training.worker --params params.yaml   # other nodes
 
-Every rank trains on its shard (DistributedSampler) and joins the gradient all-reduce; metrics are
-all-reduced so every rank takes the same early-stopping decision. One process alone prints, logs to
-MLflow and writes files: rank 0 on one node, local rank 0 of the `tinyops stage train` node across
-several (see _is_writer).
+The loop (setup → resume → epoch → checkpoint → finish) is the same for every train.parallelism;
+what a step, an evaluation and the model state mean is the strategy's (pipeline/training/
+strategy.py). Metrics are all-reduced so every rank takes the same early-stopping decision. One
+process alone prints, logs to MLflow and writes files: rank 0 on one node, local rank 0 of the
+`tinyops stage train` node across several (see _is_writer).
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import os
 import random
 import sys
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,18 +27,26 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch import nn
-from torch.utils.data import DistributedSampler
 
 from pipeline.core import atomic
 from pipeline.core.catalog import DatasetMeta
-from pipeline.core.config import Params, load_params
+from pipeline.core.config import Params, load_params, parallel_plan
+from pipeline.core.parallel import ParallelPlan
 from pipeline.data.prepare import load_processed
-from pipeline.models.architecture import Architecture, build_model, count_parameters
-from pipeline.models.store import save_model, save_torch
-from pipeline.training import shm_allreduce
-from pipeline.training.checkpoint import RUN_FILE, canonical, latest_checkpoint, run_key
+from pipeline.models.architecture import Architecture, architecture_for, block_parameters
+from pipeline.models.store import save_model
+from pipeline.training.checkpoint import (
+    RUN_FILE,
+    latest_checkpoint,
+    prune,
+    remove_all,
+    run_key,
+)
 from pipeline.training.launcher import WRITER_ENV
+from pipeline.training.strategies import make_strategy
+from pipeline.training.strategy import Setting, Strategy
+
+__all__ = ["RUN_FILE", "latest_checkpoint", "main"]
 
 
 def _seed_everything(seed: int) -> None:
@@ -52,104 +60,6 @@ def _share(obj: Any, writer_rank: int) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=writer_rank)
     return box[0]
-
-
-def use_shared_memory(allreduce: str) -> bool:
-    """train.allreduce resolved for this job (pipeline/shm_allreduce.py)."""
-    if allreduce == "backend" or dist.get_world_size() == 1:
-        return False
-    reason = shm_allreduce.this_job_reason(dist.get_backend())
-    if allreduce == "shared_memory" and reason:
-        raise RuntimeError(f"train.allreduce is shared_memory, but {reason}")
-    return reason is None
-
-
-def make_ddp(
-    model: nn.Module, device: torch.device, shared_memory: bool = False
-) -> tuple[nn.parallel.DistributedDataParallel, bool]:
-    """DDP as training and `tinyops bench` use it, and whether it averages through shared memory.
-
-    No buffer broadcast before every forward (a collective per step that 2 CPU workers feel);
-    sync_buffers averages the BatchNorm statistics once per epoch instead. Gradients live in the
-    all-reduce bucket itself, saving a copy per step. With shared_memory, the gradients are
-    averaged through a mapping the workers share instead of gloo's TCP; if that cannot be set up
-    on some rank, every rank keeps the backend's all-reduce and rank 0 says why.
-    """
-    ddp = nn.parallel.DistributedDataParallel(
-        model,
-        device_ids=[device.index] if device.type == "cuda" else None,
-        forward_sync_buffers=False,
-        gradient_as_bucket_view=True,
-    )
-    if not shared_memory:
-        return ddp, False
-    grad_bytes = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
-    try:
-        state = shm_allreduce.SharedMemoryAllReduce(grad_bytes, group=ddp.process_group)
-    except shm_allreduce.SharedMemoryUnavailable as exc:
-        if dist.get_rank() == 0:
-            warnings.warn(
-                f"shared-memory all-reduce unavailable ({exc}); using the backend's all-reduce",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-        return ddp, False
-    ddp.register_comm_hook(state, shm_allreduce.comm_hook)
-    return ddp, True
-
-
-def make_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    """AdamW with the fused kernel: one call per step instead of several ops per parameter."""
-    return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, fused=True)
-
-
-def train_step(
-    ddp: nn.Module, optimizer: torch.optim.Optimizer, xb: torch.Tensor, yb: torch.Tensor
-) -> torch.Tensor:
-    optimizer.zero_grad(set_to_none=True)
-    loss = nn.functional.cross_entropy(ddp(xb), yb)
-    loss.backward()
-    optimizer.step()
-    return loss.detach()
-
-
-def batches(indices: list[int], batch_size: int) -> list[torch.Tensor]:
-    """The sampler's order cut into batches, as a DataLoader would, without a per-sample fetch
-    and collate: the data is one in-memory tensor, so a batch is one indexing op."""
-    idx = torch.tensor(indices, dtype=torch.long)
-    return list(idx.split(batch_size))
-
-
-def sync_buffers(model: nn.Module) -> None:
-    """Average BatchNorm running statistics over the ranks (each saw its own shard), so every
-    rank evaluates and checkpoints the same model."""
-    floats = [b for b in model.buffers() if b.is_floating_point()]
-    if not floats:
-        return
-    flat = torch.cat([b.reshape(-1) for b in floats])
-    dist.all_reduce(flat)
-    flat /= dist.get_world_size()
-    offset = 0
-    for b in floats:
-        b.copy_(flat[offset : offset + b.numel()].view_as(b))
-        offset += b.numel()
-
-
-def _evaluate(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, rank: int, world: int, device: torch.device
-) -> tuple[float, float]:
-    """Loss and accuracy over the whole split: each rank takes every world-th sample, then all-reduce."""
-    model.eval()
-    xs, ys = x[rank::world].to(device), y[rank::world].to(device)
-    with torch.no_grad():
-        logits = model(xs) if len(xs) else torch.zeros((0, 1), device=device)
-        loss_sum = nn.functional.cross_entropy(logits, ys, reduction="sum") if len(xs) else 0.0
-        correct = (logits.argmax(1) == ys).sum() if len(xs) else 0
-    totals = torch.tensor(
-        [float(loss_sum), float(correct), float(len(xs))], dtype=torch.float64, device=device
-    )
-    dist.all_reduce(totals)
-    return totals[0].item() / totals[2].item(), totals[1].item() / totals[2].item()
 
 
 class _Reporter:
@@ -217,10 +127,11 @@ def _is_writer(rank: int, nnodes: int) -> bool:
 
 @dataclass
 class Job:
-    """What stays fixed for the whole training: params, placement, data, model and optimizer."""
+    """What stays fixed for the whole training: params, placement, data, strategy, schedule."""
 
     args: argparse.Namespace
     params: Params
+    plan: ParallelPlan
     rank: int
     world: int
     device: torch.device
@@ -230,15 +141,12 @@ class Job:
     y_train: torch.Tensor
     x_val: torch.Tensor
     y_val: torch.Tensor
-    model: nn.Module
-    ddp: nn.Module
-    optimizer: torch.optim.Optimizer
+    strategy: Strategy
     scheduler: torch.optim.lr_scheduler.LRScheduler
-    sampler: DistributedSampler
-    per_rank: int
     steps: int
     key: str
     reporter: _Reporter | None
+    writer_rank: int = 0
 
     @property
     def ckpt_dir(self) -> Path:
@@ -281,103 +189,95 @@ def _place(params: Params) -> tuple[int, int, torch.device]:
 
 
 def setup(args: argparse.Namespace) -> Job:
-    """Load params and data, build the model, wrap it in DDP, make the optimizer and sampler."""
+    """Load params and data, place the model by train.parallelism, make the LR schedule."""
     params = load_params(args.params)
-    tp = params.train
+    tp, plan = params.train, parallel_plan(params)
     rank, world, device = _place(params)
     data = load_processed(Path(args.data_dir))
-    arch = Architecture(
-        input_shape=tuple(data.meta.input_shape),  # type: ignore[arg-type]
-        num_classes=data.meta.num_classes,
-        channels=params.model.channels,
-        kernel_size=params.model.kernel_size,
-        dropout=params.model.dropout,
+    arch = architecture_for(params, data.meta.input_shape, data.meta.num_classes)
+    micro = tp.batch_size // (plan.dp * plan.microbatches)
+    strategy = make_strategy(
+        Setting(plan, arch, device, tp.lr, tp.weight_decay, tp.allreduce, micro)
     )
-    model = build_model(arch).to(device)
-    # A 1-channel first conv's weight grad comes back with strides (9,1,3,1) against the
-    # parameter's (9,9,3,1): the same memory, since that dim has size 1. DDP warns anyway.
-    warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
-    ddp, shared_memory = make_ddp(model, device, use_shared_memory(tp.allreduce))
-    optimizer = make_optimizer(model, tp.lr, tp.weight_decay)
     x_train = torch.from_numpy(data.x["train"]).to(device)
-    sampler = DistributedSampler(
-        range(len(x_train)), num_replicas=world, rank=rank, shuffle=True, seed=tp.seed
-    )
-    per_rank = tp.batch_size // world
-    steps = -(-len(sampler) // per_rank)
+    steps = len(strategy.batches(len(x_train), tp.seed, 1, tp.batch_size))
     writer = _is_writer(rank, tp.nnodes)
     job = Job(
-        args, params, rank, world, device, arch, data.meta,
+        args, params, plan, rank, world, device, arch, data.meta,
         x_train, torch.from_numpy(data.y["train"]).to(device),
         torch.from_numpy(data.x["val"]), torch.from_numpy(data.y["val"]),
-        model, ddp, optimizer,
-        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=tp.epochs),
-        sampler, per_rank, steps,
+        strategy,
+        torch.optim.lr_scheduler.CosineAnnealingLR(strategy.optimizer, T_max=tp.epochs),
+        steps,
         run_key(params.model_dump(mode="json"), data.meta.data_sha256, world),
         _Reporter(Path(args.metrics_log), tp.epochs, steps) if writer else None,
     )  # fmt: skip
     job.say(
-        f"train: {world} worker(s) × {tp.threads_per_proc} thread(s), backend {dist.get_backend()} "
-        f"(all-reduce: {'shared memory' if shared_memory else dist.get_backend()}), "
-        f"{count_parameters(model):,} parameters, {len(x_train)} training samples"
+        f"train: {world} worker(s) × {tp.threads_per_proc} thread(s)"
+        + (" (oversubscribed)" if tp.oversubscribe else "")
+        + f", backend {dist.get_backend()}, "
+        f"{strategy.describe()}, {count_parameters_of(arch):,} parameters, "
+        f"{len(x_train)} training samples"
     )
     return job
+
+
+def count_parameters_of(arch: Architecture) -> int:
+    return sum(block_parameters(arch))
 
 
 def resume(job: Job) -> Progress:
     """The writer finds the newest checkpoint of this run (if any) and every rank loads it."""
     flags: list[Any] = [None] * job.world
     dist.all_gather_object(flags, job.reporter is not None)
-    ckpt = None
+    job.writer_rank = flags.index(True)
+    store = job.strategy.checkpoints
+    found = None
     if job.reporter:
-        ckpt = latest_checkpoint(job.ckpt_dir, job.key, job.say)
-        if ckpt is None:  # a fresh run: checkpoints of any other run go
-            for old in job.ckpt_dir.glob("epoch-*.pt"):
-                old.unlink()
+        found = store.find(job.ckpt_dir, job.key, job.say)
+        if found is None:  # a fresh run: checkpoints of any other run go
+            remove_all(job.ckpt_dir)
         atomic.write_json(job.ckpt_dir / RUN_FILE, {"key": job.key, "complete": False})
-    ckpt = _share(ckpt, flags.index(True))
-    if ckpt is None:
+    found = _share(found, job.writer_rank)
+    if found is None:
         return Progress()
-    job.model.load_state_dict(ckpt["model"])
-    job.optimizer.load_state_dict(ckpt["optimizer"])
-    job.scheduler.load_state_dict(ckpt["scheduler"])
-    torch.set_rng_state(ckpt["rng_torch"])  # every rank drew the same dropout stream
+    fields, best_state = store.restore(job.strategy, found)
+    job.scheduler.load_state_dict(fields["scheduler"])
     tp = job.params.train
     progress = Progress(
-        history=ckpt["history"],
-        best=ckpt["best"],
-        best_state=ckpt["best_state"],
-        stale=ckpt["stale"],
-        train_seconds=_seconds_before(job.timing_file, ckpt["epoch"]),
+        history=fields["history"],
+        best=fields["best"],
+        best_state=best_state,
+        stale=fields["stale"],
+        train_seconds=_seconds_before(job.timing_file, fields["epoch"]),
         # A crash after the epoch that ended training: nothing left to train.
-        start=tp.epochs + 1 if ckpt["stale"] >= tp.patience else ckpt["epoch"] + 1,
+        start=tp.epochs + 1 if fields["stale"] >= tp.patience else fields["epoch"] + 1,
     )
     job.say(
-        f"resuming from checkpoint epoch {ckpt['epoch']} (restart "
+        f"resuming from checkpoint epoch {fields['epoch']} (restart "
         f"{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}); continuing at epoch {progress.start}"
     )
     return progress
 
 
 def run_epoch(job: Job, epoch: int) -> dict[str, float]:
-    """One pass over this rank's shard, then the synced evaluation: the epoch's history row."""
-    job.sampler.set_epoch(epoch)
-    job.ddp.train()
+    """One pass over this replica's batches, then the synced evaluation: the epoch's history row."""
+    tp = job.params.train
+    job.strategy.train()
     loss_sum = torch.zeros(2, dtype=torch.float64, device=job.device)
     if job.reporter:
         job.reporter.progress.reset(job.reporter.task, total=job.steps, epoch=epoch)
-    for idx in batches(list(job.sampler), job.per_rank):
+    for idx in job.strategy.batches(len(job.x_train), tp.seed, epoch, tp.batch_size):
         idx = idx.to(job.device)
-        xb, yb = job.x_train[idx], job.y_train[idx]
-        loss = train_step(job.ddp, job.optimizer, xb, yb)
-        loss_sum[0] += loss.double() * len(yb)
-        loss_sum[1] += len(yb)
+        total, count = job.strategy.step(job.x_train[idx], job.y_train[idx])
+        loss_sum[0] += total
+        loss_sum[1] += count
         if job.reporter:
             job.reporter.progress.advance(job.reporter.task)
     job.scheduler.step()
-    sync_buffers(job.model)
+    job.strategy.end_epoch()
     dist.all_reduce(loss_sum)
-    val_loss, val_acc = _evaluate(job.model, job.x_val, job.y_val, job.rank, job.world, job.device)
+    val_loss, val_acc = _evaluate(job)
     return {
         "epoch": epoch,
         "train_loss": loss_sum[0].item() / loss_sum[1].item(),
@@ -385,6 +285,14 @@ def run_epoch(job: Job, epoch: int) -> dict[str, float]:
         "val_accuracy": val_acc,
         "lr": job.scheduler.get_last_lr()[0],
     }
+
+
+def _evaluate(job: Job) -> tuple[float, float]:
+    """Loss and accuracy over the whole validation split: each rank its share, then all-reduce."""
+    loss_sum, correct, count = job.strategy.evaluate(job.x_val, job.y_val)
+    totals = torch.tensor([loss_sum, correct, float(count)], dtype=torch.float64, device=job.device)
+    dist.all_reduce(totals)
+    return totals[0].item() / totals[2].item(), totals[1].item() / totals[2].item()
 
 
 def record_epoch(job: Job, progress: Progress, row: dict[str, float]) -> bool:
@@ -398,40 +306,35 @@ def record_epoch(job: Job, progress: Progress, row: dict[str, float]) -> bool:
         "val_loss": row["val_loss"],
         "val_accuracy": row["val_accuracy"],
     }
-    progress.best_state = {
-        k: v.detach().to("cpu").clone() for k, v in job.model.state_dict().items()
-    }
+    progress.best_state = job.strategy.state()
     progress.stale = 0
     return True
 
 
 def checkpoint(job: Job, progress: Progress, epoch: int) -> None:
-    """The writer saves the epoch's checkpoint and keeps the newest train.keep_checkpoints."""
-    save_torch(
-        canonical(
-            {
-                "epoch": epoch,
-                "model": {k: v.detach().to("cpu") for k, v in job.model.state_dict().items()},
-                "optimizer": job.optimizer.state_dict(),
-                "scheduler": job.scheduler.state_dict(),
-                "best": progress.best,
-                "best_state": progress.best_state,
-                "history": progress.history,
-                "stale": progress.stale,
-                "rng_torch": torch.get_rng_state(),
-                "key": job.key,
-            }
-        ),
-        job.ckpt_dir / f"epoch-{epoch:04d}.pt",
+    """The epoch's checkpoint (the writer's file, or every rank's shard); the newest
+    train.keep_checkpoints are kept."""
+    fields = {
+        "epoch": epoch,
+        "scheduler": job.scheduler.state_dict(),
+        "best": progress.best,
+        "history": progress.history,
+        "stale": progress.stale,
+        "key": job.key,
+    }
+    path = job.ckpt_dir / f"epoch-{epoch:04d}"
+    job.strategy.checkpoints.save(
+        job.strategy, path, fields, progress.best_state, job.reporter is not None
     )
+    if not job.reporter:
+        return
     # Wall time is kept beside, not in, the checkpoint: checkpoints are DVC outputs and
     # must come out byte for byte the same on every run.
     atomic.write_json(
         _progress_file(job.timing_file),
         {"epoch": epoch, "train_seconds": progress.train_seconds},
     )
-    for old in sorted(job.ckpt_dir.glob("epoch-*.pt"))[: -job.params.train.keep_checkpoints]:
-        old.unlink()
+    prune(job.ckpt_dir, job.params.train.keep_checkpoints)
 
 
 def _report_epoch(job: Job, row: dict[str, float], improved: bool) -> None:
@@ -444,24 +347,32 @@ def _report_epoch(job: Job, row: dict[str, float], improved: bool) -> None:
     job.reporter.metrics(int(row["epoch"]), {k: v for k, v in row.items() if k != "epoch"})
 
 
+def _per_rank(job: Job) -> list[dict[str, Any]]:
+    """Collective: each rank's model-state bytes and peak RSS, gathered on every rank."""
+    import resource
+
+    mine = {
+        "rank": job.rank,
+        **job.strategy.model_state_bytes(),
+        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+    rows: list[Any] = [None] * job.world
+    dist.all_gather_object(rows, mine)
+    return rows
+
+
 def finish(job: Job, progress: Progress) -> None:
-    """The writer saves models/model.pt (the best epoch), train.json, the history CSV, timing."""
-    assert job.reporter is not None
+    """Collective: the best epoch's whole model on the writer, which saves models/model.pt,
+    train.json, the history CSV and the timing."""
+    per_rank = _per_rank(job)
+    full = job.strategy.full_state(progress.best_state, job.writer_rank)
+    if not job.reporter:
+        return
     job.reporter.progress.stop()
     out_dir, metrics_dir = Path(job.args.out_dir), Path(job.args.metrics_dir)
     best = progress.best
-    save_model(
-        out_dir / "model.pt", job.arch, progress.best_state, job.meta.model_dump(), best["epoch"]
-    )
-    summary = {
-        "best_epoch": best["epoch"],
-        "epochs_run": len(progress.history),
-        "val_loss": round(best["val_loss"], 6),
-        "val_accuracy": round(best["val_accuracy"], 6),
-        "parameters": count_parameters(job.model),
-        "world_size": job.world,
-    }
-    atomic.write_json(metrics_dir / "train.json", summary)
+    save_model(out_dir / "model.pt", job.arch, full, job.meta.model_dump(), best["epoch"])
+    atomic.write_json(metrics_dir / "train.json", _summary(job, progress, per_rank))
     atomic.write_json(job.ckpt_dir / RUN_FILE, {"key": job.key, "complete": True})
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(progress.history[0]), lineterminator="\n")
@@ -474,8 +385,36 @@ def finish(job: Job, progress: Progress) -> None:
     samples = len(job.x_train) * len(progress.history)
     atomic.write_json(
         job.timing_file,
-        {"train_seconds": seconds, "samples_per_second": samples / max(seconds, 1e-9)},
+        {
+            "train_seconds": seconds,
+            "samples_per_second": samples / max(seconds, 1e-9),
+            **{f"peak_rss_mib_rank{r['rank']}": r["peak_rss_mib"] for r in per_rank},
+        },
     )
+
+
+def _summary(job: Job, progress: Progress, per_rank: list[dict[str, Any]]) -> dict[str, Any]:
+    """metrics/train.json: the best epoch, and the strategy's shape and per-rank model state
+    (deterministic figures only: it is a DVC metric)."""
+    best, plan = progress.best, job.plan
+    state = [r["parameters"] + r["gradients"] + r["optimizer"] for r in per_rank]
+    summary = {
+        "best_epoch": best["epoch"],
+        "epochs_run": len(progress.history),
+        "val_loss": round(best["val_loss"], 6),
+        "val_accuracy": round(best["val_accuracy"], 6),
+        "parameters": count_parameters_of(job.arch),
+        "world_size": job.world,
+        "parallelism": plan.parallelism,
+        "strategy": plan.describe(),
+        "mesh_dp": plan.dp,
+        "mesh_pp": plan.pp,
+        "pipeline_stages": plan.stages if plan.pipelined else 0,
+        "microbatches": plan.microbatches,
+        "schedule": plan.schedule or "none",
+        "model_state_bytes_max_rank": max(state),
+    }
+    return summary | {f"model_state_bytes_rank{i}": b for i, b in enumerate(state)}
 
 
 def train(args: argparse.Namespace) -> None:
@@ -492,15 +431,14 @@ def train(args: argparse.Namespace) -> None:
         improved = record_epoch(job, progress, row)
         if job.reporter:
             _report_epoch(job, row, improved)
-            checkpoint(job, progress, epoch)
+        checkpoint(job, progress, epoch)
         if progress.stale >= tp.patience and epoch < tp.epochs:
             job.say(
                 f"early stop: no lower val_loss for {tp.patience} epochs; "
                 f"best epoch {progress.best['epoch']}"
             )
             break
-    if job.reporter:
-        finish(job, progress)
+    finish(job, progress)
 
 
 def _init_process_group(backend: str) -> None:

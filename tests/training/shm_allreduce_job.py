@@ -10,8 +10,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from pipeline.training.data_parallel import make_ddp, train_step, use_shared_memory
 from pipeline.training.shm_allreduce import SharedMemoryAllReduce
-from pipeline.training.worker import make_ddp, make_optimizer, train_step, use_shared_memory
+from pipeline.training.strategy import make_optimizer
 
 
 def inputs(rank: int, n: int, dtype: torch.dtype, call: int) -> torch.Tensor:
