@@ -33,12 +33,20 @@ class _ReproducibleWriter(FileSystemWriter):
         return None
 
 
-def _state(strategy: Any, best: dict[str, Any]) -> dict[str, Any]:
+def _state(strategy: Any, best: dict[str, Any]) -> tuple[dict[str, Any], list[Any]]:
+    """The tensors to save (the optimizer's per-parameter state only: its hyperparameters are
+    the params', and the learning rate comes back with the LR schedule), and the param groups."""
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
     model, optim = get_state_dict(strategy.model, strategy.optimizer)
     rank = dist.get_rank()
-    return {"model": model, "optim": optim, "best": best, f"rng.{rank}": torch.get_rng_state()}
+    tensors = {
+        "model": model,
+        "optim": optim["state"],
+        "best": best,
+        f"rng.{rank}": torch.get_rng_state(),
+    }
+    return tensors, optim["param_groups"]
 
 
 def save(
@@ -50,7 +58,8 @@ def save(
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
     dist.barrier()
-    dcp.save(_state(strategy, best), storage_writer=_ReproducibleWriter(partial, thread_count=1))
+    tensors, _ = _state(strategy, best)
+    dcp.save(tensors, storage_writer=_ReproducibleWriter(partial, thread_count=1))
     dist.barrier()
     if writer:
         atomic.write_json(partial / META, meta)
@@ -77,13 +86,13 @@ def load(strategy: Any, folder: Path) -> dict[str, Any]:
     """Collective: restore this rank's model, optimizer and RNG; return its best-weights shard."""
     from torch.distributed.checkpoint.state_dict import set_state_dict
 
-    state = _state(strategy, strategy.state())
+    state, groups = _state(strategy, strategy.state())
     dcp.load(state, checkpoint_id=folder)
     set_state_dict(
         strategy.model,
         strategy.optimizer,
         model_state_dict=state["model"],
-        optim_state_dict=state["optim"],
+        optim_state_dict={"state": state["optim"], "param_groups": groups},
     )
     torch.set_rng_state(state[f"rng.{dist.get_rank()}"])
     return state["best"]
