@@ -120,6 +120,14 @@ class TrainParams(_Section):
     before launch; null: no check. data holds it all on each worker, fsdp 1/world, pipeline the
     largest stage's."""
 
+    @field_validator("microbatches", mode="before")
+    @classmethod
+    def _microbatches(cls, value: Any) -> Any:
+        positive = isinstance(value, int) and not isinstance(value, bool) and value > 0
+        if value != "auto" and not positive:
+            raise ValueError("must be a positive integer or auto")
+        return value
+
     @model_validator(mode="after")
     def _check(self) -> TrainParams:
         if self.nnodes > 1 and not self.rdzv_endpoint:
