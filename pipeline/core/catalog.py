@@ -93,6 +93,29 @@ class DatasetMeta(Artifact):
     processed_sha256: str
 
 
+class TrainSummary(Artifact):
+    """metrics/train.json, written by train: the best epoch, the strategy's shape and the model
+    state each worker held (per-rank keys `model_state_bytes_rank<N>` ride along as extras)."""
+
+    best_epoch: int
+    epochs_run: int
+    val_loss: float
+    val_accuracy: float
+    parameters: int
+    world_size: int
+    parallelism: str = "data"
+    strategy: str = ""
+    mesh_dp: int = 1
+    mesh_pp: int = 1
+    microbatches: int = 1
+    model_state_bytes_max_rank: int = 0
+
+    def per_rank_state(self) -> list[int]:
+        extra = self.model_extra or {}
+        return [int(extra[f"model_state_bytes_rank{r}"]) for r in range(self.world_size)
+                if f"model_state_bytes_rank{r}" in extra]  # fmt: skip
+
+
 class VariantInfo(Artifact):
     """One .tflite variant as evaluate measured it (metrics/variants.json)."""
 

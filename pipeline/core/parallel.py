@@ -54,6 +54,14 @@ class ParallelPlan:
             f"{self.parallelism} {mesh} {self.schedule} m{self.microbatches} ({self.stages} stages)"
         )
 
+    def tag(self) -> str:
+        """A short name for run names: ddp2, fsdp2, pp2, dp2pp2."""
+        if self.parallelism == "data":
+            return f"ddp{self.dp}"
+        if self.parallelism == "fsdp":
+            return f"fsdp{self.dp}"
+        return f"pp{self.pp}" if self.dp == 1 else f"dp{self.dp}pp{self.pp}"
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

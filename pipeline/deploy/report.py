@@ -7,7 +7,14 @@ import io
 from pathlib import Path
 
 from pipeline.core import atomic, catalog
-from pipeline.core.catalog import REPORT_MD, REPORT_PNG, DeployStatus, EvaluateMetrics, Variants
+from pipeline.core.catalog import (
+    REPORT_MD,
+    REPORT_PNG,
+    DeployStatus,
+    EvaluateMetrics,
+    TrainSummary,
+    Variants,
+)
 from pipeline.core.config import Params
 
 
@@ -79,7 +86,27 @@ def _champion_lines(statuses: dict[str, DeployStatus]) -> list[str]:
     return header + rows
 
 
-def markdown(params: Params, evaluated: EvaluateMetrics, statuses: dict[str, DeployStatus]) -> str:
+def training_line(trained: TrainSummary | None) -> str:
+    """How the model was trained: strategy, shape and the model state each worker held."""
+    if trained is None:
+        return "Training: metrics/train.json is missing."
+    per_rank = trained.per_rank_state()
+    held = " / ".join(f"{b / 2**20:.2f}" for b in per_rank) or "?"
+    whole = trained.parameters * 16 / 2**20
+    return (
+        f"Trained with {trained.strategy or trained.parallelism} on {trained.world_size} "
+        f"worker(s); model state per worker (weights, gradients, AdamW): {held} MiB "
+        f"(the whole model's: {whole:.2f} MiB); best epoch {trained.best_epoch} of "
+        f"{trained.epochs_run}."
+    )
+
+
+def markdown(
+    params: Params,
+    evaluated: EvaluateMetrics,
+    statuses: dict[str, DeployStatus],
+    trained: TrainSummary | None = None,
+) -> str:
     evaluate = evaluated.model_dump()
     levels = (
         "torch_fp32",
@@ -91,6 +118,8 @@ def markdown(params: Params, evaluated: EvaluateMetrics, statuses: dict[str, Dep
     )
     lines = [
         "# Deployment report",
+        "",
+        training_line(trained),
         "",
         "Test-split accuracy per level: "
         + ", ".join(
@@ -167,6 +196,11 @@ def write_report(params: Params, status_dir: Path = catalog.DEPLOY_STATUS_DIR) -
     evaluate = catalog.read(catalog.EVALUATE_METRICS, EvaluateMetrics, "evaluate")
     variants = catalog.read(catalog.VARIANTS_FILE, Variants, "evaluate")
     statuses = load_statuses(status_dir, sorted(params.devices))
-    atomic.write_text(REPORT_MD, markdown(params, evaluate, statuses))
+    trained = (
+        catalog.read(catalog.TRAIN_METRICS, TrainSummary, "train")
+        if catalog.TRAIN_METRICS.is_file()
+        else None
+    )
+    atomic.write_text(REPORT_MD, markdown(params, evaluate, statuses, trained))
     atomic.write_bytes(REPORT_PNG, chart(params, variants))
     return REPORT_MD, REPORT_PNG

@@ -146,10 +146,12 @@ class PipelineRun:
         return self
 
     def run_name(self) -> str:
-        """What this run trains, and on which params: `digits-cnn2d-ddp2 · 3f2a1c`."""
-        train, prepare = self.params.train, self.params.prepare
-        world = train.nproc_per_node * train.nnodes
-        return f"{prepare.source}-cnn2d-ddp{world} · {self.fingerprint.params[:6]}"
+        """What this run trains, how, and on which params: `digits-cnn2d-ddp2 · 3f2a1c`
+        (pp2 for a 2-stage pipeline, fsdp2, dp2pp2 for a hybrid mesh)."""
+        from pipeline.core.config import parallel_plan
+
+        shape = parallel_plan(self.params, batch_size=False).tag()
+        return f"{self.params.prepare.source}-cnn2d-{shape} · {self.fingerprint.params[:6]}"
 
     def _open_parent(self) -> None:
         c = tracking.client()
