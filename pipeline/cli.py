@@ -8,7 +8,7 @@ import enum
 import signal
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
@@ -268,15 +268,23 @@ def check(params: ParamsOpt = Path("params.yaml")) -> None:
 @app.command()
 def bench(
     rounds: Annotated[int, typer.Option(min=1, help="Measured rounds after the warm-up.")] = 5,
+    only: Annotated[
+        Literal["paradigms"] | None,
+        typer.Option(help="Run one section only (merged into bench/results.json)."),
+    ] = None,
 ) -> None:
     """Measure speed, size, memory and overhead side by side; write bench/results.json.
 
-    Uses the workspace's last pipeline run (run `tinyops run` first); about 18 minutes on 2 cores.
+    Uses the workspace's last pipeline run (run `tinyops run` first); about 30 minutes on 2 cores
+    (`--only paradigms`: the parallelism comparison alone, about 12 minutes at 3 rounds).
     """
     from pipeline.bench.runner import bench as run_bench
+    from pipeline.bench.runner import bench_paradigms
     from pipeline.bench.table import print_results
 
-    print_results(run_bench(rounds, on_progress=lambda s: typer.echo(s, err=True)), _console())
+    progress = lambda s: typer.echo(s, err=True)  # noqa: E731
+    results = bench_paradigms(rounds, progress) if only else run_bench(rounds, progress)
+    print_results(results, _console())
 
 
 def _print_summary(result: dict) -> None:

@@ -87,9 +87,52 @@ def _cost_rows(r: dict[str, Any]) -> list[Row]:
     return rows
 
 
+def _paradigm_detail(row: dict[str, Any], data_state: float) -> Row:
+    detail = (
+        f"state {row['model_state_bytes_max_rank'] / 1024:,.0f} KiB, "
+        f"sends {row['sent_bytes_per_step_max_rank'] / 1024:,.0f} KiB/step"
+    )
+    if "step_ms" in row:
+        detail += (
+            f"; step {row['step_ms']:.1f} ms = busy {row['busy_ms']:.1f} + comm "
+            f"{row['comm_ms']:.1f} + bubble/overhead; bubble {row['bubble_and_overhead_measured']:.2f}"
+            f" measured vs {row['bubble_theory']:.2f} theory; ideal "
+            f"{row['ideal_samples_per_s']:,.0f}/s"
+        )
+    ratio = row["model_state_bytes_max_rank"] / data_state if data_state else 0.0
+    return ("  └ busiest rank", detail, "", f"{ratio:.2f}× data's state")
+
+
+def paradigm_rows(r: dict[str, Any]) -> list[Row]:
+    """Each paradigm's samples/s (ratio to 1 × 1), then its busiest rank's model state (ratio
+    to data parallelism's), bytes sent and, for pipelines, where the step's time goes."""
+    out: list[Row] = []
+    for model, configs in r.get("paradigms", {}).items():
+        base = configs["1 × 1"]["samples_per_s"]["median"]
+        data_state = configs.get("data 2 × 1", configs["1 × 1"])["model_state_bytes_max_rank"]
+        for name, row in configs.items():
+            s = row["samples_per_s"]
+            out.append(
+                (
+                    f"{model}: {name} (samples/s)",
+                    f"{s['median']:,.0f}",
+                    f"{s['min']:,.0f}–{s['max']:,.0f}",
+                    f"{s['median'] / base:.2f}×",
+                )
+            )
+            out.append(_paradigm_detail(row, data_state))
+    return out
+
+
 def rows(r: dict[str, Any]) -> list[Row]:
     """Every measured row: (measure, median, min–max, ratio)."""
-    return [*_throughput_rows(r), *_latency_rows(r), *_quantization_rows(r), *_cost_rows(r)]
+    return [
+        *_throughput_rows(r),
+        *paradigm_rows(r),
+        *_latency_rows(r),
+        *_quantization_rows(r),
+        *_cost_rows(r),
+    ]
 
 
 def print_results(r: dict[str, Any], console: Any) -> None:
@@ -99,7 +142,7 @@ def print_results(r: dict[str, Any], console: Any) -> None:
     table = Table(title=f"tinyops bench: {machine['cores']} cores, torch {machine['torch']}")
     for col in ("measure", "median", "min–max", "ratio"):
         table.add_column(col)
-    for row in rows(r):
+    for row in rows(r) if "throughput" in r else paradigm_rows(r):
         table.add_row(*row)
     console.print(table)
     for t in r["targets"]:

@@ -30,6 +30,9 @@ MODELS = {
     "default": Architecture((8, 8, 1), 10, (32, 64, 128), 3, 0.1),
     # ResNet-8-sized (MLPerf Tiny image classification: ~80k parameters) on 32×32×3.
     "resnet8": Architecture((32, 32, 3), 10, (32, 64, 128), 3, 0.1),
+    # Deeper and heavier per sample (4 blocks, 390k parameters): the paradigm comparison's
+    # second model, where a pipeline stage has more compute per microbatch to hide its bubble.
+    "deep": Architecture((32, 32, 3), 10, (32, 64, 128, 256), 3, 0.1),
 }
 
 

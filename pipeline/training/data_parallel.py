@@ -20,6 +20,7 @@ from pipeline.training.strategy import (
     average_buffers,
     classify,
     make_optimizer,
+    parameter_bytes,
 )
 
 
@@ -139,6 +140,11 @@ class DataParallel(Strategy):
 
     def end_epoch(self) -> None:
         average_buffers(self.model)
+
+    def sent_bytes_per_step(self, replica_batch: int) -> int:
+        """A ring all-reduce of the gradients: 2 (n − 1) / n of their bytes."""
+        n = dist.get_world_size()
+        return 2 * (n - 1) * parameter_bytes(self.model) // n
 
     @property
     def checkpoints(self) -> Any:

@@ -20,6 +20,7 @@ from pipeline.training.strategy import (
     average_buffers,
     classify,
     make_optimizer,
+    parameter_bytes,
 )
 
 
@@ -62,6 +63,12 @@ class FullyShardedDataParallel(Strategy):
 
     def end_epoch(self) -> None:
         average_buffers(self.model)  # buffers are not sharded: each rank ran its own statistics
+
+    def sent_bytes_per_step(self, replica_batch: int) -> int:
+        """All-gathers of the parameters for the forward and again for the backward, and a
+        reduce-scatter of the gradients: 3 (n − 1) / n of the parameters' bytes."""
+        n = dist.get_world_size()
+        return 3 * (n - 1) * parameter_bytes(self.model) // n
 
     def state(self) -> dict[str, Any]:
         """This rank's shards (DTensors) and its copy of the buffers."""

@@ -24,7 +24,14 @@ from pipeline.models.architecture import (
     pipeline_stage,
     prune_to_blocks,
 )
-from pipeline.training.strategy import Setting, Strategy, average_buffers, classify, make_optimizer
+from pipeline.training.strategy import (
+    Setting,
+    Strategy,
+    average_buffers,
+    classify,
+    make_optimizer,
+    parameter_bytes,
+)
 
 SCHEDULES = {
     "gpipe": "ScheduleGPipe",
@@ -160,6 +167,36 @@ class PipelineParallel(Strategy):
     def end_epoch(self) -> None:
         average_buffers(self.model, self.dp_group)
 
+    def sent_bytes_per_step(self, replica_batch: int) -> int:
+        """Activations forward out of each of our stages but the last, their gradients back out
+        of each but the first (fp32), and with dp > 1 a ring all-reduce of our stages' gradients."""
+        sent = 0
+        for i in self.mine:
+            if i < self.plan.stages - 1:
+                sent += replica_batch * _numel(self.shapes[i + 1]) * 4
+            if i > 0:
+                sent += replica_batch * _numel(self.shapes[i]) * 4
+        dp = self.plan.dp
+        return sent + 2 * (dp - 1) * parameter_bytes(self.model) // dp
+
+    def compute_seconds(self, micro: int, repeats: int = 20) -> float:
+        """Forward and backward of all our stages on one microbatch, no communication: the busy
+        time the schedule has to fit m of (median of `repeats`)."""
+        import statistics
+        import time
+
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            for i, module in zip(self.mine, self.stage_modules, strict=True):
+                shape = (micro, *self.shapes[i][1:])
+                x = torch.randn(shape, device=self.setting.device, requires_grad=i > 0)
+                out = module(x)
+                out.backward(torch.ones_like(out))
+            times.append(time.perf_counter() - start)
+        self.optimizer.zero_grad(set_to_none=True)
+        return statistics.median(times)
+
     def full_state(self, state: dict[str, torch.Tensor], writer: int) -> dict[str, torch.Tensor]:
         """Every stage's part, gathered on the writer: together they are the whole model."""
         parts: list[Any] = [None] * dist.get_world_size() if dist.get_rank() == writer else []
@@ -172,6 +209,14 @@ class PipelineParallel(Strategy):
         for part in parts:
             full.update(part)
         return {k: full[k] for k in self.key_order} if full else {}
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    """Elements per sample of an activation shape (batch of 1)."""
+    n = 1
+    for d in shape[1:]:
+        n *= d
+    return n
 
 
 def _mesh(device: torch.device, pp: int, dp: int) -> Any:

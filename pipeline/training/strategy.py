@@ -112,6 +112,11 @@ class Strategy(ABC):
         """Collective: the whole model's state dict on `writer` (plain CPU tensors), from every
         rank's `state()`; other ranks get {}."""
 
+    @abstractmethod
+    def sent_bytes_per_step(self, replica_batch: int) -> int:
+        """What this rank sends per optimizer step (logical payload of its collectives and
+        point-to-point messages), for `tinyops bench`'s comparison of the paradigms."""
+
     def model_state_bytes(self) -> dict[str, int]:
         """This rank's parameters, gradients and optimizer state in bytes (local shards)."""
 
@@ -128,6 +133,11 @@ class Strategy(ABC):
         ]
         size = lambda ts: sum(t.numel() * t.element_size() for t in ts)  # noqa: E731
         return {"parameters": size(params), "gradients": size(grads), "optimizer": size(opt)}
+
+
+def parameter_bytes(model: nn.Module) -> int:
+    """Bytes of the whole parameters (DTensor shards counted at their full size)."""
+    return sum(p.numel() * p.element_size() for p in model.parameters())
 
 
 def make_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
