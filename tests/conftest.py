@@ -93,6 +93,38 @@ def run_cmd(
     return proc
 
 
+def train_killing_a_worker(ws: Path, trigger: str, rank: str = "1") -> tuple[int, str, bool]:
+    """`tinyops stage train` in `ws`, SIGKILLing the worker of `rank` at the first output line
+    containing `trigger`: (exit code, output, whether it was killed)."""
+    import signal
+    import threading
+
+    import psutil
+
+    proc = subprocess.Popen(
+        [str(BIN / "tinyops"), "stage", "train"], cwd=ws, env=workspace_env(ws),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )  # fmt: skip
+    watchdog = threading.Timer(480, os.killpg, (proc.pid, signal.SIGKILL))  # never hang CI
+    watchdog.start()
+    lines, killed = [], False
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if not killed and trigger in line:
+                victim = next(
+                    w for w in psutil.Process(proc.pid).children(recursive=True)
+                    if "pipeline.training.worker" in " ".join(w.cmdline())
+                    and w.environ().get("RANK") == rank
+                )  # fmt: skip
+                victim.kill()
+                killed = True
+    finally:
+        watchdog.cancel()
+    return proc.wait(timeout=600), "".join(lines), killed
+
+
 IMPORT_LOG = "import_log"  # beside the session workspace: what each process of its run loaded
 
 

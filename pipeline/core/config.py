@@ -236,15 +236,7 @@ class Params(_Section):
     @model_validator(mode="after")
     def _check_parallelism(self) -> Params:
         """Strategy, world size and model depth validated together (pipeline/core/parallel.py)."""
-        tp = self.train
-        make_plan(
-            tp.parallelism,
-            tp.nproc_per_node * tp.nnodes,
-            blocks=len(self.model.channels),
-            pipeline_stages=tp.pipeline_stages,
-            schedule=tp.schedule,
-            microbatches=tp.microbatches,
-        )
+        _plan(self.train, self.model, batch_size=None)
         return self
 
     @field_validator("devices", mode="before")
@@ -258,19 +250,22 @@ class Params(_Section):
 
 def parallel_plan(params: Params, batch_size: bool = True) -> ParallelPlan:
     """The training job's shape for these params (valid: checked when they were loaded)."""
-    tp = params.train
     try:
-        return make_plan(
-            tp.parallelism,
-            tp.nproc_per_node * tp.nnodes,
-            blocks=len(params.model.channels),
-            pipeline_stages=tp.pipeline_stages,
-            schedule=tp.schedule,
-            microbatches=tp.microbatches,
-            batch_size=tp.batch_size if batch_size else None,
-        )
+        return _plan(params.train, params.model, params.train.batch_size if batch_size else None)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+
+
+def _plan(tp: TrainParams, model: ModelParams, batch_size: int | None) -> ParallelPlan:
+    return make_plan(
+        tp.parallelism,
+        tp.nproc_per_node * tp.nnodes,
+        blocks=len(model.channels),
+        pipeline_stages=tp.pipeline_stages,
+        schedule=tp.schedule,
+        microbatches=tp.microbatches,
+        batch_size=batch_size,
+    )
 
 
 def require_device(params: Params, device: str, source: str = "params.yaml") -> None:

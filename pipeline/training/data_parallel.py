@@ -13,15 +13,7 @@ from torch import nn
 
 from pipeline.models.architecture import build_model
 from pipeline.training import shm_allreduce
-from pipeline.training.strategy import (
-    Setting,
-    Strategy,
-    accumulate,
-    average_buffers,
-    classify,
-    make_optimizer,
-    parameter_bytes,
-)
+from pipeline.training.strategy import Replicated, Setting, make_optimizer, parameter_bytes
 
 
 def use_shared_memory(allreduce: str) -> bool:
@@ -79,7 +71,7 @@ def train_step(
     return loss.detach()
 
 
-class DataParallel(Strategy):
+class DataParallel(Replicated):
     """DDP: the whole model on every rank; each rank steps on its own shard of the data."""
 
     name = "data"
@@ -122,24 +114,11 @@ class DataParallel(Strategy):
             out.pop()
         return out
 
+    def _forward_module(self) -> nn.Module:
+        return self.ddp
+
     def _sync(self, last: bool) -> Any:
         return contextlib.nullcontext() if last else self.ddp.no_sync()
-
-    def step(self, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, int]:
-        self.optimizer.zero_grad(set_to_none=True)
-        out = accumulate(self.ddp, xb, yb, self.plan.microbatches, self._sync)
-        self.optimizer.step()
-        return out
-
-    def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float, int]:
-        self.model.eval()
-        rank, world = self.replica
-        with torch.no_grad():
-            xs, ys = x[rank::world].to(self.setting.device), y[rank::world].to(self.setting.device)
-            return classify(self.model(xs), ys) if len(xs) else (0.0, 0.0, 0)
-
-    def end_epoch(self) -> None:
-        average_buffers(self.model)
 
     def sent_bytes_per_step(self, replica_batch: int) -> int:
         """A ring all-reduce of the gradients: 2 (n − 1) / n of their bytes."""

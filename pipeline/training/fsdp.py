@@ -13,18 +13,10 @@ import torch.distributed as dist
 from torch import nn
 
 from pipeline.models.architecture import build_model
-from pipeline.training.strategy import (
-    Setting,
-    Strategy,
-    accumulate,
-    average_buffers,
-    classify,
-    make_optimizer,
-    parameter_bytes,
-)
+from pipeline.training.strategy import Replicated, Setting, make_optimizer, parameter_bytes
 
 
-class FullyShardedDataParallel(Strategy):
+class FullyShardedDataParallel(Replicated):
     """Every convolution and the classifier are their own FSDP unit, the rest (BatchNorm) the
     root's: only one unit's full parameters exist at a time beside the shards."""
 
@@ -46,23 +38,6 @@ class FullyShardedDataParallel(Strategy):
         """Reduce-scatter only after the last microbatch's backward."""
         self.model.set_requires_gradient_sync(last)  # type: ignore[operator]
         yield
-
-    def step(self, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, int]:
-        self.optimizer.zero_grad(set_to_none=True)
-        out = accumulate(self.model, xb, yb, self.plan.microbatches, self._sync)
-        self.optimizer.step()
-        return out
-
-    def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float, int]:
-        """Every rank runs one forward (its all-gathers are collectives), on its share."""
-        self.model.eval()
-        rank, world = self.replica
-        with torch.no_grad():
-            xs, ys = x[rank::world].to(self.setting.device), y[rank::world].to(self.setting.device)
-            return classify(self.model(xs), ys)
-
-    def end_epoch(self) -> None:
-        average_buffers(self.model)  # buffers are not sharded: each rank ran its own statistics
 
     def sent_bytes_per_step(self, replica_batch: int) -> int:
         """All-gathers of the parameters for the forward and again for the backward, and a

@@ -135,6 +135,35 @@ class Strategy(ABC):
         return {"parameters": size(params), "gradients": size(grads), "optimizer": size(opt)}
 
 
+class Replicated(Strategy):
+    """Data-parallel replicas (DDP, FSDP): each rank steps on its own share of the batch and
+    evaluates its share of a split with a module every rank calls alike."""
+
+    def _forward_module(self) -> nn.Module:
+        return self.model
+
+    def _sync(self, last: bool) -> Any:
+        """A context holding the gradient reduction back on all but the last microbatch."""
+        raise NotImplementedError
+
+    def step(self, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, int]:
+        self.optimizer.zero_grad(set_to_none=True)
+        out = accumulate(self._forward_module(), xb, yb, self.plan.microbatches, self._sync)
+        self.optimizer.step()
+        return out
+
+    def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float, int]:
+        """Every rank runs one forward on its share (FSDP's all-gathers are collectives)."""
+        self.model.eval()
+        rank, world = self.replica
+        with torch.no_grad():
+            xs, ys = x[rank::world].to(self.setting.device), y[rank::world].to(self.setting.device)
+            return classify(self.model(xs), ys)
+
+    def end_epoch(self) -> None:
+        average_buffers(self.model)  # each replica ran BatchNorm on its own data
+
+
 def parameter_bytes(model: nn.Module) -> int:
     """Bytes of the whole parameters (DTensor shards counted at their full size)."""
     return sum(p.numel() * p.element_size() for p in model.parameters())

@@ -5,23 +5,22 @@ last sharded checkpoint to the uninterrupted run's exact bytes."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import signal
-import subprocess
-import sys
-import threading
 from pathlib import Path
 
-import psutil
 import pytest
 import yaml
 
-from tests.conftest import make_workspace, run_cmd, tree_digest, workspace_env
+from tests.conftest import (
+    make_workspace,
+    run_cmd,
+    train_killing_a_worker,
+    tree_digest,
+    workspace_env,
+)
 
 pytestmark = pytest.mark.slow
-TINYOPS = str(Path(sys.executable).parent / "tinyops")
 PIPELINE = {"parallelism": "pipeline", "schedule": "1f1b", "microbatches": 4, "epochs": 6}
 
 
@@ -45,6 +44,27 @@ def test_tinyops_run_with_pipeline_parallelism_ends_in_bundles(pipeline_run: Pat
         assert (folder / "manifest.json").is_file() or (folder / "rejected.json").is_file()
     assert (pipeline_run / "deploy/stm32f746/tinyops_model.cc").is_file()
     assert "pipeline pp2 1f1b m4" in (pipeline_run / "run.log").read_text()
+    report = (pipeline_run / "report/deploy.md").read_text()
+    assert "Trained with pipeline pp2 1f1b m4 (2 stages) on 2 worker(s)" in report
+    assert "0.29 / 1.15 MiB (the whole model's: 1.44 MiB)" in report  # each holds its stage
+
+
+def test_mlflow_records_the_strategy(pipeline_run: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=workspace_env(pipeline_run)["MLFLOW_TRACKING_URI"])
+    exp = client.get_experiment_by_name("tinyops")
+    runs = client.search_runs([exp.experiment_id])
+    (parent,) = [r for r in runs if "tinyops.params_sha256" in r.data.tags]
+    assert parent.info.run_name.startswith("digits-cnn2d-pp2 · ")
+    (train,) = [r for r in runs if r.data.tags.get("tinyops.stage") == "train"]
+    assert train.data.params["train.parallelism"] == "pipeline"
+    assert train.data.params["train.schedule"] == "1f1b"
+    assert train.data.tags["parallelism"] == "pipeline pp2 1f1b m4 (2 stages)"
+    metrics = train.data.metrics
+    assert metrics["mesh_pp"] == 2 and metrics["microbatches"] == 4
+    assert metrics["model_state_bytes_rank0"] + metrics["model_state_bytes_rank1"] == 94_186 * 16
+    assert metrics["peak_rss_mib_rank0"] > 0 and metrics["samples_per_second"] > 0
 
 
 def test_a_killed_pipeline_worker_resumes_to_the_same_bytes(
@@ -56,30 +76,8 @@ def test_a_killed_pipeline_worker_resumes_to_the_same_bytes(
     bytes, checkpoints included."""
     ws = make_workspace(tmp_path / "ws", PIPELINE)
     shutil.copytree(pipeline_run / "data/processed", ws / "data/processed")
-    proc = subprocess.Popen(
-        [TINYOPS, "stage", "train"], cwd=ws, env=workspace_env(ws), stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True, start_new_session=True,
-    )  # fmt: skip
-    watchdog = threading.Timer(480, os.killpg, (proc.pid, signal.SIGKILL))  # never hang CI
-    watchdog.start()
-    lines, killed = [], False
-    try:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.append(line)
-            if not killed and "epoch   2/6" in line:
-                workers = psutil.Process(proc.pid).children(recursive=True)
-                victim = next(
-                    w for w in workers
-                    if "pipeline.training.worker" in " ".join(w.cmdline())
-                    and w.environ().get("RANK") == "1"
-                )  # fmt: skip
-                victim.kill()
-                killed = True
-    finally:
-        watchdog.cancel()
-    out = "".join(lines)
-    assert proc.wait(timeout=600) == 0, out[-4000:]
+    code, out, killed = train_killing_a_worker(ws, "epoch   2/6")
+    assert code == 0, out[-4000:]
     assert killed, out[-2000:]
     resumed = re.search(r"resuming from checkpoint epoch (\d+) \(restart \d+\)", out)
     assert resumed and int(resumed.group(1)) >= 1, out[-4000:]

@@ -323,6 +323,8 @@ def test_registry_has_production_per_device(pipeline_ws: Path) -> None:
         assert f" v{version} " in row, out
     report = (pipeline_ws / "report/deploy.md").read_text()
     assert all(name in report for name in _devices(pipeline_ws))
+    assert "Trained with data dp2 on 2 worker(s); model state per worker" in report
+    assert "1.44 / 1.44 MiB (the whole model's: 1.44 MiB)" in report
     assert (pipeline_ws / "report/accuracy_vs_size.png").read_bytes()[:4] == b"\x89PNG"
 
 

@@ -11,7 +11,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -20,7 +19,14 @@ import pytest
 import torch
 import yaml
 
-from tests.conftest import FAST_TRAIN, make_workspace, run_cmd, tree_digest, workspace_env
+from tests.conftest import (
+    FAST_TRAIN,
+    make_workspace,
+    run_cmd,
+    train_killing_a_worker,
+    tree_digest,
+    workspace_env,
+)
 
 TINYOPS = str(Path(sys.executable).parent / "tinyops")
 
@@ -41,14 +47,6 @@ def test_a_truncated_checkpoint_is_skipped_for_the_one_before(tmp_path: Path) ->
     assert latest_checkpoint(tmp_path, "k1", said.append) is None, "a finished run starts afresh"
 
 
-def _workers(pid: int) -> list[psutil.Process]:
-    return [
-        c
-        for c in psutil.Process(pid).children(recursive=True)
-        if "pipeline.training.worker" in " ".join(c.cmdline())
-    ]
-
-
 @pytest.mark.slow
 def test_a_killed_worker_restarts_and_training_resumes_to_the_same_model(
     first_run: Path, tmp_path: Path
@@ -57,31 +55,8 @@ def test_a_killed_worker_restarts_and_training_resumes_to_the_same_model(
     last checkpoint and, being deterministic, ends with the uninterrupted run's exact bytes."""
     ws = make_workspace(tmp_path / "ws", FAST_TRAIN)
     shutil.copytree(first_run / "data/processed", ws / "data/processed")
-    proc = subprocess.Popen(
-        [TINYOPS, "stage", "train"],
-        cwd=ws,
-        env=workspace_env(ws),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    watchdog = threading.Timer(480, os.killpg, (proc.pid, signal.SIGKILL))  # never hang CI
-    watchdog.start()
-    assert proc.stdout is not None
-    lines: list[str] = []
-    killed = False
-    try:
-        for line in proc.stdout:
-            lines.append(line)
-            if not killed and "epoch   3/12" in line:  # epoch 4 starts now
-                victim = next(w for w in _workers(proc.pid) if w.environ().get("RANK") == "1")
-                victim.kill()
-                killed = True
-    finally:
-        watchdog.cancel()
-    out = "".join(lines)
-    assert proc.wait(timeout=600) == 0, out[-4000:]
+    code, out, killed = train_killing_a_worker(ws, "epoch   3/12")  # epoch 4 starts now
+    assert code == 0, out[-4000:]
     assert killed, out[-2000:]
     resumed = re.search(r"resuming from checkpoint epoch (\d+) \(restart \d+\)", out)
     assert resumed and int(resumed.group(1)) >= 2, out[-4000:]
@@ -114,7 +89,6 @@ def _mlflow_run(ws: Path, stage: str):  # type: ignore[no-untyped-def]
 
 def _cpu_seconds(pid: int) -> float:
     """CPU time of a process and all its descendants so far."""
-    import psutil
 
     total = 0.0
     with contextlib.suppress(psutil.Error):
