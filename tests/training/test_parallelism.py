@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -39,16 +40,40 @@ def digits(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def train(
     digits: Path, ws: Path, train: dict, model: dict | None = None, check: bool = True
 ) -> tuple[Path, str]:
-    """`tinyops stage train` in a fresh workspace over the prepared digits: (workspace, output).
-    The runs share one MLflow store (a new one costs seconds to create)."""
+    """Train in a fresh workspace over the prepared digits with the exact torchrun command
+    `tinyops stage train` launches (without its MLflow run, which costs seconds per test):
+    (workspace, output)."""
+    from pipeline.core.config import load_params
+    from pipeline.training.launcher import torchrun_command, worker_env
+
     ws.mkdir(parents=True)
     shutil.copytree(digits, ws / "data/processed")
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["train"].update({"epochs": 1, **train})
+    params["train"].update({"epochs": 1, "backend": "gloo", **train})
     params["model"].update(model or {})
     (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    parsed = load_params(ws / "params.yaml")
+    (ws / ".tinyops").mkdir()
+    env = worker_env(parsed) | {"PYTHONPATH": str(REPO)}
+    proc = subprocess.run(
+        torchrun_command(parsed, Path("params.yaml"), "gloo"), cwd=ws, env=env,
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    out = f"exit {proc.returncode}\n{proc.stdout}{proc.stderr}"
+    assert proc.returncode == 0 or not check, out[-4000:]
+    return ws, out
+
+
+def stage_train(digits: Path, ws: Path, train: dict, model: dict) -> tuple[Path, str]:
+    """`tinyops stage train` itself (the launcher's checks, then torchrun)."""
+    ws.mkdir(parents=True)
+    shutil.copytree(digits, ws / "data/processed")
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["train"].update({"epochs": 1, "backend": "gloo", **train})
+    params["model"].update(model)
+    (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     store = {"MLFLOW_TRACKING_URI": f"sqlite:///{digits.parent}/mlflow.db"}
-    proc = run_cmd(["tinyops", "stage", "train"], ws, check=check, env=store)
+    proc = run_cmd(["tinyops", "stage", "train"], ws, check=False, env=store)
     return ws, f"exit {proc.returncode}\n{proc.stdout}{proc.stderr}"
 
 
@@ -141,13 +166,14 @@ def test_a_memory_budget_refuses_data_parallelism_and_pipeline_trains(
     A 2 MiB budget separates them."""
     model = {"channels": [32, 64, 128, 64]}
     budget = {"max_worker_memory_mb": 2.0, "nproc_per_node": 2}
-    ws, out = train(digits, tmp_path / "data", budget, model, check=False)
+    ws, out = stage_train(digits, tmp_path / "data", budget, model)
     assert out.startswith("exit 2\n"), out  # a configuration error
     assert "train.parallelism data needs 2.55 MiB of model state on one worker" in out, out
     assert "fsdp (1.85 MiB) or pipeline (1.42 MiB) would fit" in out
     assert "torchrun" not in out, "refused before any worker starts"
     assert not (ws / "models/model.pt").exists()
-    ws, out = train(digits, tmp_path / "pipe", {**budget, "parallelism": "pipeline"}, model)
+    ws, out = stage_train(digits, tmp_path / "pipe", {**budget, "parallelism": "pipeline"}, model)
+    assert out.startswith("exit 0\n"), out[-4000:]
     held = json.loads((ws / "metrics/train.json").read_text())["model_state_bytes_max_rank"]
     assert held <= 2.0 * 2**20, held  # measured in the workers, not estimated
     assert (ws / "models/model.pt").is_file()
