@@ -13,7 +13,13 @@ from torch import nn
 
 from pipeline.models.architecture import build_model
 from pipeline.training import shm_allreduce
-from pipeline.training.strategy import Replicated, Setting, make_optimizer, parameter_bytes
+from pipeline.training.strategy import (
+    Replicated,
+    Setting,
+    make_optimizer,
+    parameter_bytes,
+    quiet_grad_stride_warning,
+)
 
 
 def use_shared_memory(allreduce: str) -> bool:
@@ -79,9 +85,7 @@ class DataParallel(Replicated):
     def __init__(self, setting: Setting) -> None:
         super().__init__(setting)
         self.model = build_model(setting.arch).to(setting.device)
-        # A 1-channel first conv's weight grad comes back with strides (9,1,3,1) against the
-        # parameter's (9,9,3,1): the same memory, since that dim has size 1. DDP warns anyway.
-        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+        quiet_grad_stride_warning()
         self.ddp, self.shared_memory = make_ddp(
             self.model, setting.device, use_shared_memory(setting.allreduce)
         )

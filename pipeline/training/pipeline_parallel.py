@@ -31,6 +31,7 @@ from pipeline.training.strategy import (
     classify,
     make_optimizer,
     parameter_bytes,
+    quiet_grad_stride_warning,
 )
 
 SCHEDULES = {
@@ -228,6 +229,7 @@ def _mesh(device: torch.device, pp: int, dp: int) -> Any:
 def _ddp(module: nn.Module, device: torch.device, group: Any) -> nn.Module:
     """A stage replicated over the dp dimension; the schedule holds its all-reduce back until
     the last microbatch's backward."""
+    quiet_grad_stride_warning()
     return nn.parallel.DistributedDataParallel(
         module,
         device_ids=[device.index] if device.type == "cuda" else None,

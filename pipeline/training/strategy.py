@@ -164,6 +164,14 @@ class Replicated(Strategy):
         average_buffers(self.model)  # each replica ran BatchNorm on its own data
 
 
+def quiet_grad_stride_warning() -> None:
+    """A 1-channel first conv's weight grad comes back with strides (9,1,3,1) against the
+    parameter's (9,9,3,1): the same memory, since that dim has size 1. DDP warns anyway."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+
+
 def parameter_bytes(model: nn.Module) -> int:
     """Bytes of the whole parameters (DTensor shards counted at their full size)."""
     return sum(p.numel() * p.element_size() for p in model.parameters())
