@@ -276,7 +276,7 @@ def bench(
     """Measure speed, size, memory and overhead side by side; write bench/results.json.
 
     Uses the workspace's last pipeline run (run `tinyops run` first); about 30 minutes on 2 cores
-    (`--only paradigms`: the parallelism comparison alone, about 12 minutes at 3 rounds).
+    (`--only paradigms`: the parallelism comparison alone, about 13 minutes at 3 rounds).
     """
     from pipeline.bench.runner import bench as run_bench
     from pipeline.bench.runner import bench_paradigms

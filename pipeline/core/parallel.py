@@ -12,8 +12,8 @@ pipeline stages. Pure arithmetic, so params validation, the launcher's memory ch
 from __future__ import annotations
 
 import itertools
-from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Literal
 
 Parallelism = Literal["data", "pipeline", "hybrid", "fsdp"]
 Schedule = Literal["gpipe", "1f1b", "interleaved_1f1b"]
@@ -38,11 +38,6 @@ class ParallelPlan:
     def pipelined(self) -> bool:
         return self.parallelism in PIPELINED
 
-    @property
-    def sharded(self) -> bool:
-        """Each rank holds only part of the model state (checkpoints are sharded too)."""
-        return self.parallelism != "data"
-
     def describe(self) -> str:
         """One phrase for logs, run names and the report, e.g. 'pipeline pp2 1f1b m4'."""
         if self.parallelism == "data":
@@ -61,9 +56,6 @@ class ParallelPlan:
         if self.parallelism == "fsdp":
             return f"fsdp{self.dp}"
         return f"pp{self.pp}" if self.dp == 1 else f"dp{self.dp}pp{self.pp}"
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def make_plan(

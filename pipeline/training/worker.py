@@ -35,18 +35,10 @@ from pipeline.core.parallel import ParallelPlan
 from pipeline.data.prepare import load_processed
 from pipeline.models.architecture import Architecture, architecture_for, block_parameters
 from pipeline.models.store import save_model
-from pipeline.training.checkpoint import (
-    RUN_FILE,
-    latest_checkpoint,
-    prune,
-    remove_all,
-    run_key,
-)
+from pipeline.training.checkpoint import RUN_FILE, prune, remove_all, run_key
 from pipeline.training.launcher import WRITER_ENV
 from pipeline.training.strategies import make_strategy
 from pipeline.training.strategy import Setting, Strategy
-
-__all__ = ["RUN_FILE", "latest_checkpoint", "main"]
 
 
 def _seed_everything(seed: int) -> None:

@@ -169,6 +169,14 @@ def too_big_batch(ws: Path) -> list[str]:
     return ["stage", "train"]
 
 
+def _train(**train: object) -> Callable[[Path], list[str]]:
+    def case(ws: Path) -> list[str]:
+        _params(ws, train=train)
+        return ["stage", "train"]
+
+    return case
+
+
 def _device(**profile: object) -> Callable[[Path], list[str]]:
     def case(ws: Path) -> list[str]:
         _params(ws, devices={"esp32_s3": profile})
@@ -220,6 +228,17 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], int, list[str]]] = {
     "zero_epochs": (_edit(train={"epochs": 0}), 2, ["train.epochs", "greater than 0"]),
     "negative_epochs": (_edit(train={"epochs": -3}), 2, ["train.epochs", "greater than 0"]),
     "batch_over_dataset": (too_big_batch, 2, ["train.batch_size = 4096", "training split"]),
+    "more_stages_than_blocks": (
+        _train(parallelism="pipeline", pipeline_stages=4, nproc_per_node=4, oversubscribe=True),
+        2,
+        ["params.yaml", "train.pipeline_stages = 4", "the model's 3 blocks"],
+    ),
+    "over_worker_memory_budget": (
+        _train(max_worker_memory_mb=1.2),
+        2,
+        ["train.parallelism data needs 1.44 MiB", "max_worker_memory_mb = 1.2",
+         "pipeline (1.15 MiB) would fit"],
+    ),
     "device_zero_ram": (_device(ram_bytes=0), 2, ["devices.esp32_s3.ram_bytes", "greater than 0"]),
     "device_negative_clock": (_device(clock_mhz=-240), 2, ["devices.esp32_s3.clock_mhz"]),
     "unknown_device": (unknown_device, 2, ["esp32_s4", "Did you mean 'esp32_s3'"]),

@@ -32,7 +32,7 @@ TINYOPS = str(Path(sys.executable).parent / "tinyops")
 
 
 def test_a_truncated_checkpoint_is_skipped_for_the_one_before(tmp_path: Path) -> None:
-    from pipeline.training.worker import RUN_FILE, latest_checkpoint
+    from pipeline.training.checkpoint import RUN_FILE, latest_checkpoint
 
     (tmp_path / RUN_FILE).write_text(json.dumps({"key": "k1", "complete": False}))
     for epoch in (4, 5):
