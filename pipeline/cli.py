@@ -294,7 +294,7 @@ def _print_summary(result: dict) -> None:
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key in (
-        "torch_fp32_accuracy",
+        "framework_fp32_accuracy",
         "tflite_fp32_accuracy",
         "tflite_int8_accuracy",
         "tflm_int8_accuracy",

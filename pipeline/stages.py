@@ -141,44 +141,63 @@ def run_export(params_path: Path) -> dict[str, Any]:
 
 
 def _log_model(run: tracking.Run, example: Any, tflite: dict[str, Path]) -> None:
-    """The trained network as an MLflow LoggedModel (signature, input example), with its
-    .tflite variants inside. Its source is the pipeline's parent run, so the runs table shows it
-    on the row a person sees; deploy links each device's bundle to it."""
+    """The trained network as an MLflow LoggedModel, with its .tflite variants inside. Its
+    source is the pipeline's parent run, so the runs table shows it on the row a person sees;
+    deploy links each device's bundle to it."""
     import tempfile
 
-    import mlflow.pytorch
-    import torch
-    from mlflow.models import infer_signature
-
-    from pipeline.core.provenance import sha256_file
-    from pipeline.models.store import load_model
-
-    model, _, _ = load_model(catalog.MODEL_FILE)
-    with torch.no_grad():
-        logits = model(torch.from_numpy(example)).numpy()
+    framework = catalog.trained_framework()
     client = run.client
     parent = client.get_run(run.run_id).data.tags.get("mlflow.parentRunId", run.run_id)
     logged = client.create_logged_model(
-        tracking.experiment_id(client), name="model", source_run_id=parent, model_type="tinyops"
-    )
+        tracking.experiment_id(client), name="model", source_run_id=parent, model_type="tinyops",
+        tags={"framework": framework},
+    )  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
-        mlflow.pytorch.save_model(
-            model,
-            f"{tmp}/model",
-            signature=infer_signature(example, logits),
-            input_example=example,
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
-            extra_files=[str(p) for p in tflite.values()],
-        )
+        MODEL_FILES[framework](Path(tmp, "model"), example, [str(p) for p in tflite.values()])
         client.log_model_artifacts(logged.model_id, f"{tmp}/model")
     client.finalize_logged_model(logged.model_id, "READY")
     from mlflow.entities import LoggedModelOutput
 
     client.log_outputs(run.run_id, [LoggedModelOutput(logged.model_id, 0)])
-    ref = catalog.LoggedModelRef(
-        model_id=logged.model_id, model_sha256=sha256_file(catalog.MODEL_FILE)
-    )
+    ref = catalog.LoggedModelRef(model_id=logged.model_id, model_sha256=catalog.trained_sha256())
     catalog.write(catalog.LOGGED_MODEL, ref)
+
+
+def _torch_model_files(folder: Path, example: Any, extra: list[str]) -> None:
+    """mlflow.pytorch's format: pt2-serialised, with signature and input example."""
+    import mlflow.pytorch
+    import torch
+    from mlflow.models import infer_signature
+
+    from pipeline.models.store import load_model
+
+    model, _, _ = load_model(catalog.MODEL_FILE)
+    with torch.no_grad():
+        logits = model(torch.from_numpy(example)).numpy()
+    mlflow.pytorch.save_model(
+        model,
+        str(folder),
+        signature=infer_signature(example, logits),
+        input_example=example,
+        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+        extra_files=extra,
+    )
+
+
+def _keras_model_files(folder: Path, example: Any, extra: list[str]) -> None:
+    """The trained folder as it is (model.json + weights; `keras_store.load_model` rebuilds it),
+    the .tflite files under extra_files/ as for torch."""
+    import shutil
+
+    shutil.copytree(catalog.TRAINED_DIR, folder)
+    (folder / "extra_files").mkdir()
+    for path in extra:
+        shutil.copy2(path, folder / "extra_files")
+
+
+# The framework that trained models/trained/ → how its LoggedModel's files are written.
+MODEL_FILES = {"torch": _torch_model_files, "keras": _keras_model_files}
 
 
 def run_evaluate(params_path: Path) -> dict[str, Any]:

@@ -41,7 +41,7 @@ def main() -> None:
             },
             path,
         )
-        result = export(ExportParams(calibration_samples=64), calibration, 0, path, Path(tmp))
+        result = export(ExportParams(calibration_samples=64), calibration, 0, Path(tmp), Path(tmp))
         fp32 = result.paths["fp32"].read_bytes()
         int8 = result.paths["int8"].read_bytes()
     arena = {

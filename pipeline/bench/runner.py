@@ -324,14 +324,14 @@ def quantization() -> dict[str, Any]:
         "accuracy": {
             k: m[k]
             for k in (
-                "torch_fp32_accuracy",
+                "framework_fp32_accuracy",
                 "tflite_fp32_accuracy",
                 "tflite_int8_accuracy",
                 "tflm_int8_accuracy",
             )
         },
         "int8_fp32_agreement": agreement,
-        "max_logit_diff": m["torch_tflite_fp32_max_logit_diff"],
+        "max_logit_diff": m["framework_tflite_fp32_max_logit_diff"],
         "bytes": {v: d.bytes for v, d in variants.items()},
         "arena_bytes": {"int8": m["tflm_arena_bytes"], "fp32": m["tflm_fp32_arena_bytes"]},
         "bundled_arena_over_need": bundles,
@@ -390,8 +390,8 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
     q = r["quantization"]
     acc = q["accuracy"]
     drop = max(
-        acc["torch_fp32_accuracy"] - acc["tflite_int8_accuracy"],
-        acc["torch_fp32_accuracy"] - acc["tflm_int8_accuracy"],
+        acc["framework_fp32_accuracy"] - acc["tflite_int8_accuracy"],
+        acc["framework_fp32_accuracy"] - acc["tflm_int8_accuracy"],
         acc["tflite_fp32_accuracy"] - acc["tflite_int8_accuracy"],
     )
     check("int8 within 1.0 point of fp32 at every level (points)", 100 * drop, drop <= 0.01)

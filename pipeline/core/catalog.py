@@ -22,7 +22,11 @@ PROCESSED_DIR = Path("data/processed")
 META_FILE = PROCESSED_DIR / "meta.json"
 # train
 MODEL_DIR = Path("models")
-MODEL_FILE = MODEL_DIR / "model.pt"
+TRAINED_DIR = MODEL_DIR / "trained"  # the trained model, in its framework's own files:
+MODEL_FILE = TRAINED_DIR / "model.pt"  # torch: weights and architecture in one file
+KERAS_CARD = TRAINED_DIR / "model.json"  # keras: architecture, classes, normalisation
+KERAS_WEIGHTS = TRAINED_DIR / "model.weights.npz"  # keras: the weights by variable path
+FRAMEWORK_FILES = {"torch": MODEL_FILE.name, "keras": KERAS_CARD.name}
 CHECKPOINT_DIR = MODEL_DIR / "checkpoints"
 METRICS_DIR = Path("metrics")
 TRAIN_METRICS = METRICS_DIR / "train.json"
@@ -54,6 +58,28 @@ LOGGED_MODEL = STATE_DIR / "logged_model.json"  # the MLflow LoggedModel of the 
 def variant_file(variant: str, export_dir: Path = EXPORT_DIR) -> Path:
     """exports/model_<variant>.tflite."""
     return export_dir / f"model_{variant}.tflite"
+
+
+def trained_framework(trained_dir: Path = TRAINED_DIR) -> str:
+    """Which framework trained the model in `trained_dir`, from the files it holds: export and
+    evaluate read this, never params (the model decides, whatever params say now)."""
+    found = [fw for fw, name in FRAMEWORK_FILES.items() if (trained_dir / name).is_file()]
+    if len(found) != 1:
+        what = "no trained model" if not found else f"files of {' and '.join(found)}"
+        raise ArtifactError(f"{trained_dir}: {what}. Rerun `tinyops stage train`.")
+    return found[0]
+
+
+def trained_sha256(trained_dir: Path = TRAINED_DIR) -> str:
+    """One hash of every file of the trained model (names and bytes)."""
+    import hashlib
+
+    from pipeline.core.provenance import sha256_file
+
+    h = hashlib.sha256()
+    for path in sorted(p for p in trained_dir.rglob("*") if p.is_file()):
+        h.update(f"{path.relative_to(trained_dir)}\0{sha256_file(path)}\0".encode())
+    return h.hexdigest()
 
 
 def deploy_status_file(device: str, status_dir: Path = DEPLOY_STATUS_DIR) -> Path:
@@ -146,7 +172,8 @@ class Variants(Artifact):
 class EvaluateMetrics(Artifact):
     """metrics/evaluate.json: accuracy at every level, sizes and the TFLite Micro arena."""
 
-    torch_fp32_accuracy: float
+    framework: str = "torch"  # what trained the model: the first level is its fp32 accuracy
+    framework_fp32_accuracy: float
     tflite_fp32_accuracy: float
     tflite_int8_accuracy: float
     tflm_int8_accuracy: float
@@ -190,18 +217,16 @@ class LoggedModelRef(Artifact):
     workspace state, not a DVC output)."""
 
     model_id: str
-    model_sha256: str  # of models/model.pt, so a stale reference is never followed
+    model_sha256: str  # of models/trained/, so a stale reference is never followed
 
 
 def logged_model_id() -> str | None:
-    """The MLflow LoggedModel of the current models/model.pt, if the export stage logged one.
-    A missing, unreadable or stale reference (another model.pt) is none: it is workspace state,
+    """The MLflow LoggedModel of the current models/trained/, if the export stage logged one.
+    A missing, unreadable or stale reference (another model) is none: it is workspace state,
     never a reason to fail a stage."""
-    from pipeline.core.provenance import sha256_file
-
     try:
         ref = read(LOGGED_MODEL, LoggedModelRef, "export")
-        return ref.model_id if ref.model_sha256 == sha256_file(MODEL_FILE) else None
+        return ref.model_id if ref.model_sha256 == trained_sha256() else None
     except (ArtifactError, OSError):
         return None
 

@@ -59,8 +59,13 @@ class PrepareParams(_Section):
 
 
 class ModelParams(_Section):
-    """Architecture of the CNN: one conv block per entry of `channels`."""
+    """Architecture of the CNN: one conv block per entry of `channels`, and the framework
+    that trains it."""
 
+    framework: Literal["torch", "keras"] = "torch"
+    """torch: PyTorch under torchrun, exported with litert-torch; keras: Keras 3 on TensorFlow
+    with tf.distribute.MultiWorkerMirroredStrategy, exported with tf.lite.TFLiteConverter. The
+    same architecture params build both; everything after export is the same."""
     channels: tuple[PositiveInt, ...] = Field(default=(32, 64, 128), strict=False, min_length=1)
     """Width of each conv block; its length is the depth."""
     kernel_size: Literal[3, 5] = 3
@@ -115,6 +120,10 @@ class TrainParams(_Section):
     oversubscribe: bool = False
     """Allow more worker threads than cores (e.g. a 4-worker hybrid mesh on 2 cores): correct
     but slower; the run is labelled oversubscribed."""
+    worker_hosts: tuple[str, ...] = Field(default=(), strict=False)
+    """model.framework keras with nnodes > 1: host:port of each node, in node order (node i's
+    workers listen on port + local rank; a node's index comes from TINYOPS_NODE_RANK). On one
+    node, free 127.0.0.1 ports are picked."""
     max_worker_memory_mb: Annotated[float, Field(gt=0.0)] | None = None
     """Per-worker budget for model state (parameters, gradients, AdamW's two moments), checked
     before launch; null: no check. data holds it all on each worker, fsdp 1/world, pipeline the
@@ -237,6 +246,7 @@ class Params(_Section):
     def _check_parallelism(self) -> Params:
         """Strategy, world size and model depth validated together (pipeline/core/parallel.py)."""
         _plan(self.train, self.model, batch_size=None)
+        _check_framework(self.train, self.model)
         return self
 
     @field_validator("devices", mode="before")
@@ -246,6 +256,23 @@ class Params(_Section):
             for name in value:
                 check_device_name(name)
         return value
+
+
+def _check_framework(tp: TrainParams, model: ModelParams) -> None:
+    """What the Keras trainer supports: data parallelism (MultiWorkerMirroredStrategy) only, and
+    a worker list across several nodes."""
+    if model.framework != "keras":
+        return
+    if tp.parallelism != "data":
+        raise ValueError(
+            f"model.framework keras trains with tf.distribute.MultiWorkerMirroredStrategy (data "
+            f"parallelism); train.parallelism {tp.parallelism} needs model.framework torch"
+        )
+    if tp.nnodes > 1 and len(tp.worker_hosts) != tp.nnodes:
+        raise ValueError(
+            f"model.framework keras with train.nnodes {tp.nnodes} needs train.worker_hosts: "
+            f"host:port of each of the {tp.nnodes} nodes (got {len(tp.worker_hosts)})"
+        )
 
 
 def parallel_plan(params: Params, batch_size: bool = True) -> ParallelPlan:
@@ -329,7 +356,16 @@ def _describe(error: dict[str, Any], source: str) -> str:
     hint = ""
     if isinstance(given, str) and _looks_numeric(given):
         hint = " YAML read this number as text: write it with a dot, e.g. 1.0e-4."
+    elif error["type"] == "literal_error" and isinstance(given, str):
+        close = difflib.get_close_matches(given, _choices(error), n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
     return f"{source}: '{key}': {msg}{shown}.{hint}"
+
+
+def _choices(error: dict[str, Any]) -> list[str]:
+    """The allowed values of a Literal, from pydantic's error context."""
+    expected = str((error.get("ctx") or {}).get("expected", ""))
+    return [c.strip(" '") for c in expected.replace(" or ", ",").split(",") if c.strip(" '")]
 
 
 def _looks_numeric(text: str) -> bool:

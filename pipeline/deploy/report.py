@@ -109,7 +109,7 @@ def markdown(
 ) -> str:
     evaluate = evaluated.model_dump()
     levels = (
-        "torch_fp32",
+        "framework_fp32",
         "tflite_fp32",
         "tflite_float16",
         "tflite_dynamic_int8",
@@ -123,7 +123,7 @@ def markdown(
         "",
         "Test-split accuracy per level: "
         + ", ".join(
-            f"{lvl} {evaluate[f'{lvl}_accuracy']:.4f}"
+            f"{lvl.replace('framework', evaluated.framework)} {evaluate[f'{lvl}_accuracy']:.4f}"
             for lvl in levels
             if f"{lvl}_accuracy" in evaluate
         ),

@@ -1,6 +1,7 @@
 """Stage `evaluate`: test-split accuracy at every level, the int8 check, the TFLite Micro arena.
 
-Levels: torch fp32 → LiteRT fp32 → LiteRT int8 (ai_edge_litert) → TFLite Micro int8 (tflite-micro).
+Levels: the training framework's fp32 (torch or Keras, `REFERENCE`) → LiteRT fp32 → LiteRT int8
+(ai_edge_litert) → TFLite Micro int8 (tflite-micro).
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from pipeline.core.catalog import EvaluateMetrics, VariantInfo, Variants
 from pipeline.core.config import VARIANTS, EvaluateParams
 from pipeline.core.errors import ArtifactError
 from pipeline.data.prepare import Splits
-from pipeline.models.store import load_model
 from pipeline.tflite import litert, tflm
 from pipeline.tflite.flatbuffer import ModelInfo, check_full_int8, count_macs, read_model
 
@@ -32,9 +32,10 @@ class EvaluateResult:
 
 @dataclass(frozen=True)
 class Outputs:
-    """Test-split outputs at every level: torch, LiteRT per variant, TFLite Micro int8."""
+    """Test-split outputs at every level: the framework's fp32, LiteRT per variant, TFLite Micro."""
 
-    torch_logits: np.ndarray
+    framework: str
+    reference_logits: np.ndarray
     litert: dict[str, np.ndarray]
     micro: np.ndarray
     int8_input: dict[str, Any]
@@ -66,21 +67,34 @@ def arenas(params: EvaluateParams, blobs: dict[str, bytes]) -> tuple[int, int]:
     return int8, fp32
 
 
-def run_levels(
-    x: np.ndarray, model_path: Path, blobs: dict[str, bytes], arena: int, n_micro: int
-) -> Outputs:
-    import torch
+def _torch_fp32(trained_dir: Path, x: np.ndarray) -> np.ndarray:
+    from pipeline.models.store import predict
 
-    model, _, _ = load_model(model_path)
-    torch.set_num_threads(1)
-    with torch.no_grad():
-        torch_logits = model(torch.from_numpy(x)).numpy()
+    return predict(trained_dir / catalog.MODEL_FILE.name, x)
+
+
+def _keras_fp32(trained_dir: Path, x: np.ndarray) -> np.ndarray:
+    from pipeline.models.keras_store import predict
+
+    return predict(trained_dir, x)
+
+
+# The framework that trained models/trained/ → its fp32 logits (the first level). Only that
+# framework is imported: torch and TensorFlow never share this process.
+REFERENCE = {"torch": _torch_fp32, "keras": _keras_fp32}
+
+
+def run_levels(
+    x: np.ndarray, trained_dir: Path, blobs: dict[str, bytes], arena: int, n_micro: int
+) -> Outputs:
+    framework = catalog.trained_framework(trained_dir)
+    reference = REFERENCE[framework](trained_dir, x)
     lite, inputs = {}, {}
     for variant in ("fp32", "int8", "float16", "dynamic_int8"):
         lite[variant], inputs[variant] = litert.run_batch(blobs[variant], x)
     scale, zp = inputs["int8"]["quantization"]
     micro = tflm.predict(blobs["int8"], litert.quantize_input(x[:n_micro], scale, zp), arena)
-    return Outputs(torch_logits, lite, micro, inputs["int8"])
+    return Outputs(framework, reference, lite, micro, inputs["int8"])
 
 
 def _acc(outputs: np.ndarray, labels: np.ndarray) -> float:
@@ -96,9 +110,10 @@ def level_metrics(
 ) -> EvaluateMetrics:
     n_micro = len(out.micro)
     lite = out.litert
-    diff = np.abs(out.torch_logits - lite["fp32"]).max()
+    diff = np.abs(out.reference_logits - lite["fp32"]).max()
     return EvaluateMetrics(
-        torch_fp32_accuracy=_acc(out.torch_logits, y),
+        framework=out.framework,
+        framework_fp32_accuracy=_acc(out.reference_logits, y),
         tflite_fp32_accuracy=_acc(lite["fp32"], y),
         tflite_int8_accuracy=_acc(lite["int8"], y),
         tflm_int8_accuracy=_acc(out.micro, y[:n_micro]),
@@ -108,7 +123,7 @@ def level_metrics(
         tflm_fp32_arena_bytes=arenas[1],
         int8_fp32_agreement=_agreement(lite["int8"], lite["fp32"]),
         tflm_litert_int8_agreement=_agreement(out.micro, lite["int8"][:n_micro]),
-        torch_tflite_fp32_max_logit_diff=float(f"{diff:.3e}"),
+        framework_tflite_fp32_max_logit_diff=float(f"{diff:.3e}"),
         test_samples=len(y),
         tflm_samples=n_micro,
         **{
@@ -151,7 +166,7 @@ def variant_table(
 def evaluate(
     params: EvaluateParams,
     data: Splits,
-    model_path: Path = catalog.MODEL_FILE,
+    trained_dir: Path = catalog.TRAINED_DIR,
     export_dir: Path = catalog.EXPORT_DIR,
 ) -> EvaluateResult:
     """Accuracy at every level on the test split, arenas, and the per-variant table."""
@@ -162,7 +177,7 @@ def evaluate(
     blobs, infos = load_variants(export_dir)
     arena = arenas(params, blobs)
     n_micro = len(x) if params.tflm_samples == 0 else min(params.tflm_samples, len(x))
-    out = run_levels(x, model_path, blobs, arena[0], n_micro)
+    out = run_levels(x, trained_dir, blobs, arena[0], n_micro)
     k = data.meta.num_classes
     confusion = np.zeros((k, k), dtype=np.int64)
     np.add.at(confusion, (y[:n_micro], out.micro.argmax(1)), 1)

@@ -1,11 +1,14 @@
-"""Stage `export`: models/model.pt → four .tflite variants.
+"""Stage `export`: models/trained/ → four .tflite variants, by the framework that trained it
+(`CONVERTERS`); every variant is checked, the int8 one for full-integer ops, before any is written.
 
+A torch model (here):
 - fp32 and int8 with litert-torch. int8 is post-training static quantization through torchao's
   pt2e flow and litert-torch's PT2EQuantizer: per-channel symmetric int8 weights, int8
   activations calibrated on training samples, int8 input and output; it is checked in the
   flatbuffer before it is written. This is the one TFLite Micro runs.
 - float16 (weights stored as fp16) and dynamic_int8 (int8 weights, float activations quantized on
   the fly) from the fp32 model with ai-edge-quantizer; LiteRT runs them, TFLite Micro does not.
+A Keras model: tf.lite.TFLiteConverter (pipeline/export/keras_convert.py).
 """
 
 from __future__ import annotations
@@ -112,14 +115,9 @@ def calibration_set(x_train: np.ndarray, n: int, seed: int) -> np.ndarray:
     return x_train[np.sort(rng.choice(len(x_train), size=take, replace=False))]
 
 
-def export(
-    params: ExportParams,
-    x_train: np.ndarray,
-    seed: int,
-    model_path: Path = catalog.MODEL_FILE,
-    out_dir: Path = catalog.EXPORT_DIR,
-) -> ExportResult:
-    """Convert every variant, check each (int8: full-integer), then write them atomically."""
+def convert_torch(trained_dir: Path, calibration: np.ndarray, seed: int) -> dict[str, bytes]:
+    """The four variants of a torch model: litert-torch for fp32 and int8, ai-edge-quantizer
+    for float16 and dynamic-range from the fp32 one."""
     import torch
 
     _quiet_litert()
@@ -130,31 +128,52 @@ def export(
         "ai_edge_litert.interpreter",
     )
     torch.manual_seed(seed)
+    model_path = trained_dir / catalog.MODEL_FILE.name
     model, arch, _ = load_model(model_path)
     sample = torch.zeros((1, *arch.input_shape), dtype=torch.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch/litert API deprecations
+        fp32 = convert_fp32(model, sample)
+        int8 = convert_int8(model, sample, calibration)
+    return {
+        "fp32": fp32,
+        "float16": convert_float16(fp32),
+        "dynamic_int8": convert_dynamic_int8(fp32),
+        "int8": int8,
+    }
+
+
+def convert_keras(trained_dir: Path, calibration: np.ndarray, seed: int) -> dict[str, bytes]:
+    from pipeline.export import keras_convert
+
+    return keras_convert.convert_all(trained_dir, calibration)
+
+
+# The framework that trained models/trained/ → its converter (every variant's bytes).
+CONVERTERS = {"torch": convert_torch, "keras": convert_keras}
+CONVERTER_NAMES = {"torch": "litert-torch", "keras": "tf.lite.TFLiteConverter"}
+
+
+def export(
+    params: ExportParams,
+    x_train: np.ndarray,
+    seed: int,
+    trained_dir: Path = catalog.TRAINED_DIR,
+    out_dir: Path = catalog.EXPORT_DIR,
+) -> ExportResult:
+    """Convert every variant, check each (int8: full-integer), then write them atomically."""
+    framework = catalog.trained_framework(trained_dir)
+    calibration = calibration_set(x_train, params.calibration_samples, seed)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # torch/litert API deprecations
-            fp32 = convert_fp32(model, sample)
-            int8 = convert_int8(
-                model, sample, calibration_set(x_train, params.calibration_samples, seed)
-            )
+        models = CONVERTERS[framework](trained_dir, calibration, seed)
     except Exception as exc:
         raise ExportError(
-            f"litert-torch conversion of {model_path} failed: {type(exc).__name__}: {exc}"
+            f"{CONVERTER_NAMES[framework]} conversion of {trained_dir} failed: "
+            f"{type(exc).__name__}: {exc}"
         ) from exc
-    try:
-        models = {
-            "fp32": fp32,
-            "float16": convert_float16(fp32),
-            "dynamic_int8": convert_dynamic_int8(fp32),
-            "int8": int8,
-        }
-    except Exception as exc:
-        raise ExportError(f"quantizing {model_path} failed: {type(exc).__name__}: {exc}") from exc
     for variant, data in models.items():
         read_model(data, f"{variant} export")
-    info = check_full_int8(int8, f"int8 export of {model_path}")
+    info = check_full_int8(models["int8"], f"int8 export of {trained_dir}")
     paths = {v: catalog.variant_file(v, out_dir) for v in models}
     with interrupt.deferred():  # all checked before the first is written; all or none replaced
         for variant, data in models.items():

@@ -1,5 +1,5 @@
-"""What a trained network is, independent of its weights: the architecture stored in
-models/model.pt, and the one builder every stage uses to instantiate it."""
+"""What a trained network is, independent of its weights and framework: the architecture stored
+in models/trained/, and the builders every stage uses to instantiate it (torch, Keras)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Architecture:
-    """Everything needed to rebuild the network; stored in models/model.pt beside the weights."""
+    """Everything needed to rebuild the network; stored in models/trained/ beside the weights."""
 
     input_shape: tuple[int, int, int]  # H, W, C
     num_classes: int
@@ -57,6 +57,13 @@ def build_model(arch: Architecture) -> torch.nn.Module:
     from pipeline.models import cnn2d
 
     return cnn2d.build(arch)
+
+
+def build_keras_model(arch: Architecture) -> Any:
+    """The same network in Keras 3 (TensorFlow backend), layer for layer."""
+    from pipeline.models import keras_cnn2d
+
+    return keras_cnn2d.build(arch)
 
 
 def block_parameters(arch: Architecture) -> list[int]:

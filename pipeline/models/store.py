@@ -1,8 +1,9 @@
-"""models/model.pt: the one place that writes and reads a trained model.
+"""models/trained/model.pt: the one place that writes and reads a torch-trained model.
 
-The file holds the full state dict and the architecture, whatever framework or parallelism
-trained it, so export, evaluate and deploy need to know nothing about training. It loads with
-`torch.load(weights_only=True)`: no pickled code is ever executed.
+The file holds the full state dict and the architecture, whatever parallelism trained it, so
+export, evaluate and deploy need to know nothing about training. It loads with
+`torch.load(weights_only=True)`: no pickled code is ever executed. (A Keras-trained model is
+pipeline/models/keras_store.py's.)
 """
 
 from __future__ import annotations
@@ -31,24 +32,26 @@ def save_torch(obj: Any, path: Path) -> None:
 
 
 def save_model(
-    path: Path,
+    trained_dir: Path,
     arch: Architecture,
     state_dict: dict[str, torch.Tensor],
     meta: dict[str, Any],
     best_epoch: int,
 ) -> None:
-    """The trained model with what firmware and export need beside the weights."""
-    save_torch(
-        {
-            "format": MODEL_FORMAT,
-            "architecture": arch.to_dict(),
-            "state_dict": state_dict,
-            "classes": meta["classes"],
-            "normalization": meta["normalization"],
-            "best_epoch": best_epoch,
-        },
-        path,
-    )
+    """The trained model with what firmware and export need beside the weights. The folder is
+    replaced whole, so no file of a model another framework trained stays beside it."""
+    with atomic.atomic_dir(trained_dir) as tmp:
+        save_torch(
+            {
+                "format": MODEL_FORMAT,
+                "architecture": arch.to_dict(),
+                "state_dict": state_dict,
+                "classes": meta["classes"],
+                "normalization": meta["normalization"],
+                "best_epoch": best_epoch,
+            },
+            tmp / "model.pt",
+        )
 
 
 def load_model(path: Path) -> tuple[torch.nn.Module, Architecture, dict[str, Any]]:
@@ -68,3 +71,13 @@ def load_model(path: Path) -> tuple[torch.nn.Module, Architecture, dict[str, Any
             "Rerun `tinyops stage train`."
         ) from None
     return model.eval(), arch, blob
+
+
+def predict(path: Path, x: Any) -> Any:
+    """fp32 logits of the trained model on NHWC float32 `x` (evaluate's first level)."""
+    import torch
+
+    model, _, _ = load_model(path)
+    torch.set_num_threads(1)
+    with torch.no_grad():
+        return model(torch.from_numpy(x)).numpy()

@@ -11,8 +11,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import torch
-
 
 def canonical(obj: Any) -> Any:
     """The same checkpoint pickles to the same bytes whether its history was built here or loaded
@@ -49,12 +47,9 @@ def run_key(params_dump: dict[str, Any], data_sha256: str, world: int) -> str:
 def latest_checkpoint(ckpt_dir: Path, key: str, say) -> dict[str, Any] | None:  # type: ignore[no-untyped-def]
     """The newest readable checkpoint of an unfinished run with this key; a truncated or
     unreadable one is reported and skipped for the one before it."""
-    import json
+    import torch
 
-    try:
-        run = json.loads((ckpt_dir / RUN_FILE).read_text())
-    except (OSError, ValueError):
-        return None
+    run = run_file(ckpt_dir)
     if run.get("key") != key or run.get("complete"):
         return None
     for path in sorted(ckpt_dir.glob("epoch-*.pt"), reverse=True):
@@ -104,6 +99,8 @@ class FileCheckpoints:
         return latest_checkpoint(ckpt_dir, key, say)
 
     def restore(self, strategy: Any, ckpt: dict[str, Any]) -> tuple[dict[str, Any], dict]:
+        import torch
+
         strategy.load_state(ckpt["model"])
         strategy.optimizer.load_state_dict(ckpt["optimizer"])
         torch.set_rng_state(ckpt["rng_torch"])  # every rank drew the same dropout stream
@@ -112,6 +109,8 @@ class FileCheckpoints:
     def save(
         self, strategy: Any, path: Path, fields: dict[str, Any], best_state: dict, writer: bool
     ) -> None:
+        import torch
+
         from pipeline.models.store import save_torch
 
         if not writer:
@@ -144,7 +143,7 @@ class ShardedCheckpoints:
     def find(self, ckpt_dir: Path, key: str, say: Any) -> tuple[Path, dict[str, Any]] | None:
         from pipeline.training import sharded_checkpoint
 
-        run = _run_file(ckpt_dir)
+        run = run_file(ckpt_dir)
         if run.get("key") != key or run.get("complete"):
             return None
         return sharded_checkpoint.latest(ckpt_dir, key, say)
@@ -163,7 +162,7 @@ class ShardedCheckpoints:
         sharded_checkpoint.save(strategy, path, canonical(fields), best_state, writer)
 
 
-def _run_file(ckpt_dir: Path) -> dict[str, Any]:
+def run_file(ckpt_dir: Path) -> dict[str, Any]:
     import json
 
     try:

@@ -1,7 +1,9 @@
-"""Stage `train`: check the job fits the machine, then launch DDP workers with torchrun.
+"""Stage `train`: check the job fits the machine, then launch the workers of model.framework:
+torch's under torchrun (pipeline/training/worker.py), Keras's as a MultiWorkerMirroredStrategy
+group (pipeline/training/keras_launch.py, keras_worker.py).
 
-The workers (pipeline/train_worker.py) run in their own processes, so this process never
-imports torch's CUDA state; it only asks torch whether CUDA exists when the backend is `auto`.
+The workers run in their own processes, so this process imports neither torch nor TensorFlow;
+it only asks torch, in a child process, whether CUDA exists when the torch backend is `auto`.
 """
 
 from __future__ import annotations
@@ -51,7 +53,11 @@ def _cuda_devices() -> int:
 
 
 def resolve_backend(params: Params) -> str:
+    """The collective backend: torch's gloo or nccl; `tf` for Keras (tensorflow-cpu, MWMS's own
+    ring all-reduce over gRPC)."""
     tp = params.train
+    if params.model.framework == "keras":
+        return "tf"
     gpus = _cuda_devices() if tp.backend in ("auto", "nccl") else 0
     backend = tp.backend if tp.backend != "auto" else ("nccl" if gpus else "gloo")
     if backend == "nccl":
@@ -70,7 +76,7 @@ def resolve_backend(params: Params) -> str:
 def check_world_fits(params: Params, n_train: int, backend: str) -> None:
     """Fail in the first second, not after an epoch: threads, batch split, dataset size."""
     tp = params.train
-    if backend == "gloo":
+    if backend != "nccl":
         check_threads(params)
     check_disk()
     parallel_plan(params)  # the batch splits evenly over replicas × microbatches
@@ -204,14 +210,30 @@ class MetricsForwarder:
             self.seconds += time.perf_counter() - start
 
 
-def _stop(proc: subprocess.Popen[Any]) -> None:
-    """torchrun passes SIGTERM on to its workers; SIGKILL only if they do not go."""
+def _stop(proc: Any) -> None:
+    """torchrun (and the Keras group) pass SIGTERM on to the workers; SIGKILL only if they
+    do not go."""
     proc.terminate()
     try:
         proc.wait(timeout=30)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+def _start_torchrun(params: Params, params_path: Path, backend: str) -> Any:
+    return subprocess.Popen(torchrun_command(params, params_path, backend), env=worker_env(params))
+
+
+def _start_keras(params: Params, params_path: Path, backend: str) -> Any:
+    from pipeline.training.keras_launch import WorkerGroup, worker_command
+
+    command = worker_command(params_path, TIMING_FILE, METRICS_LOG)
+    return WorkerGroup(params, command, say=lambda text: print(text, file=sys.stderr, flush=True))
+
+
+# model.framework → how its workers start: a Popen-like object (wait, terminate, kill).
+LAUNCHERS = {"torch": _start_torchrun, "keras": _start_keras}
 
 
 def train(
@@ -221,18 +243,16 @@ def train(
     run: Run | None = None,
     block_params: list[int] | None = None,
 ) -> TrainResult:
-    """Run torchrun to completion, forwarding epoch metrics to `run` as they come; rank 0's
-    output goes straight to this process's stdout/stderr."""
+    """Run the workers to completion, forwarding epoch metrics to `run` as they come; the
+    writer's output goes straight to this process's stdout/stderr."""
     backend = resolve_backend(params)
     check_world_fits(params, n_train, backend)
     if block_params is not None:
         check_memory(params, block_params)
     TIMING_FILE.parent.mkdir(parents=True, exist_ok=True)
-    cmd = torchrun_command(params, params_path, backend)
-    env = worker_env(params)
     METRICS_LOG.unlink(missing_ok=True)
     forwarder = MetricsForwarder(METRICS_LOG, run)
-    proc = subprocess.Popen(cmd, env=env)
+    proc = LAUNCHERS[params.model.framework](params, params_path, backend)
     try:
         while True:
             try:
@@ -248,12 +268,13 @@ def train(
     forwarder.flush()
     if code != 0:
         raise TrainingError(
-            f"torchrun exited with status {code}; the worker's error is printed above "
-            f"(and in {env['TORCHELASTIC_ERROR_FILE']} when torchrun recorded one)."
+            f"training ({params.model.framework} workers) exited with status {code}; the "
+            "worker's error is printed above (torchrun also records it in "
+            ".tinyops/torchrun_error.json)."
         )
     summary = json.loads(catalog.TRAIN_METRICS.read_text())
     timing = json.loads(TIMING_FILE.read_text()) if TIMING_FILE.is_file() else {}
     if timing:
         timing["mlflow_log_seconds"] = forwarder.seconds
         atomic.write_json(TIMING_FILE, timing)
-    return TrainResult(model_path=catalog.MODEL_FILE, summary=summary, timing=timing)
+    return TrainResult(model_path=catalog.TRAINED_DIR, summary=summary, timing=timing)

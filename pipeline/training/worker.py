@@ -14,8 +14,6 @@ process alone prints, logs to MLflow and writes files: rank 0 on one node, local
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import os
 import random
 import sys
@@ -37,6 +35,12 @@ from pipeline.models.architecture import Architecture, architecture_for, block_p
 from pipeline.models.store import save_model
 from pipeline.training.checkpoint import RUN_FILE, prune, remove_all, run_key
 from pipeline.training.launcher import WRITER_ENV
+from pipeline.training.reporting import (
+    Reporter,
+    record_seconds,
+    seconds_before,
+    write_history,
+)
 from pipeline.training.strategies import make_strategy
 from pipeline.training.strategy import Setting, Strategy
 
@@ -52,57 +56,6 @@ def _share(obj: Any, writer_rank: int) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=writer_rank)
     return box[0]
-
-
-class _Reporter:
-    """Rank-0 output: a progress bar on a terminal, one line per epoch, and one JSON line of
-    metrics per epoch that the launcher forwards to MLflow in batches (pipeline/train.py), so a
-    worker never imports mlflow nor waits on the tracking store."""
-
-    def __init__(self, metrics_log: Path, epochs: int, steps: int) -> None:
-        self.metrics_log = metrics_log
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-        )
-
-        self.console = Console(stderr=True, soft_wrap=True)  # whole lines in logs
-        self.progress = Progress(
-            TextColumn("[bold]train[/] epoch {task.fields[epoch]}/" + str(epochs)),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-            console=self.console,
-            transient=True,
-            disable=not self.console.is_terminal,
-        )
-        self.task = self.progress.add_task("train", total=steps, epoch=1)
-
-    def metrics(self, epoch: int, values: dict[str, float]) -> None:
-        import json
-
-        line = json.dumps({"step": epoch, "time_ms": int(time.time() * 1000), "metrics": values})
-        with self.metrics_log.open("a", encoding="utf-8") as f:
-            f.write(line + "\n")
-
-
-def _progress_file(timing_file: Path) -> Path:
-    return timing_file.with_name("train_progress.json")
-
-
-def _seconds_before(timing_file: Path, epoch: int) -> float:
-    """Training time spent up to the checkpoint being resumed (0 if not recorded)."""
-    import json
-
-    try:
-        progress = json.loads(_progress_file(timing_file).read_text())
-    except (OSError, ValueError):
-        return 0.0
-    return float(progress["train_seconds"]) if progress.get("epoch") == epoch else 0.0
 
 
 def _is_writer(rank: int, nnodes: int) -> bool:
@@ -137,7 +90,7 @@ class Job:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     steps: int
     key: str
-    reporter: _Reporter | None
+    reporter: Reporter | None
     writer_rank: int = 0
 
     @property
@@ -202,7 +155,7 @@ def setup(args: argparse.Namespace) -> Job:
         torch.optim.lr_scheduler.CosineAnnealingLR(strategy.optimizer, T_max=tp.epochs),
         steps,
         run_key(params.model_dump(mode="json"), data.meta.data_sha256, world),
-        _Reporter(Path(args.metrics_log), tp.epochs, steps) if writer else None,
+        Reporter(Path(args.metrics_log), tp.epochs, steps) if writer else None,
     )  # fmt: skip
     job.say(
         f"train: {world} worker(s) × {tp.threads_per_proc} thread(s)"
@@ -243,7 +196,7 @@ def resume(job: Job) -> Progress:
         best=fields["best"],
         best_state=best_state,
         stale=fields["stale"],
-        train_seconds=_seconds_before(job.timing_file, fields["epoch"]),
+        train_seconds=seconds_before(job.timing_file, fields["epoch"]),
         # A crash after the epoch that ended training: nothing left to train.
         start=tp.epochs + 1 if fields["stale"] >= tp.patience else fields["epoch"] + 1,
     )
@@ -322,23 +275,8 @@ def checkpoint(job: Job, progress: Progress, epoch: int) -> None:
     )
     if not job.reporter:
         return
-    # Wall time is kept beside, not in, the checkpoint: checkpoints are DVC outputs and
-    # must come out byte for byte the same on every run.
-    atomic.write_json(
-        _progress_file(job.timing_file),
-        {"epoch": epoch, "train_seconds": progress.train_seconds},
-    )
+    record_seconds(job.timing_file, epoch, progress.train_seconds)
     prune(job.ckpt_dir, job.params.train.keep_checkpoints)
-
-
-def _report_epoch(job: Job, row: dict[str, float], improved: bool) -> None:
-    assert job.reporter is not None
-    job.say(
-        f"epoch {row['epoch']:3d}/{job.params.train.epochs}  train_loss {row['train_loss']:.4f}  "
-        f"val_loss {row['val_loss']:.4f}  val_acc {row['val_accuracy']:.4f}"
-        + ("  *best" if improved else "")
-    )
-    job.reporter.metrics(int(row["epoch"]), {k: v for k, v in row.items() if k != "epoch"})
 
 
 def _per_rank(job: Job) -> list[dict[str, Any]]:
@@ -356,7 +294,7 @@ def _per_rank(job: Job) -> list[dict[str, Any]]:
 
 
 def finish(job: Job, progress: Progress) -> None:
-    """Collective: the best epoch's whole model on the writer, which saves models/model.pt,
+    """Collective: the best epoch's whole model on the writer, which saves models/trained/,
     train.json, the history CSV and the timing."""
     per_rank = _per_rank(job)
     full = job.strategy.full_state(progress.best_state, job.writer_rank)
@@ -365,15 +303,10 @@ def finish(job: Job, progress: Progress) -> None:
     job.reporter.progress.stop()
     out_dir, metrics_dir = Path(job.args.out_dir), Path(job.args.metrics_dir)
     best = progress.best
-    save_model(out_dir / "model.pt", job.arch, full, job.meta.model_dump(), best["epoch"])
+    save_model(out_dir / "trained", job.arch, full, job.meta.model_dump(), best["epoch"])
     atomic.write_json(metrics_dir / "train.json", _summary(job, progress, per_rank))
     atomic.write_json(job.ckpt_dir / RUN_FILE, {"key": job.key, "complete": True})
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(progress.history[0]), lineterminator="\n")
-    writer.writeheader()
-    for row in progress.history:
-        writer.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in row.items()})
-    atomic.write_text(metrics_dir / "train_history.csv", buf.getvalue())
+    write_history(metrics_dir / "train_history.csv", progress.history)
     # Timing lives outside the DVC outputs: it differs run to run by nature.
     seconds = progress.train_seconds
     samples = len(job.x_train) * len(progress.history)
@@ -424,7 +357,7 @@ def train(args: argparse.Namespace) -> None:
         progress.train_seconds += time.perf_counter() - started
         improved = record_epoch(job, progress, row)
         if job.reporter:
-            _report_epoch(job, row, improved)
+            job.reporter.epoch_line(row, tp.epochs, improved)
         checkpoint(job, progress, epoch)
         if progress.stale >= tp.patience and epoch < tp.epochs:
             job.say(

@@ -31,7 +31,7 @@ def _results(ddp: float, share: float, flow: float = 30.0) -> dict:
         },
         "quantization": {
             "accuracy": {
-                "torch_fp32_accuracy": 0.99,
+                "framework_fp32_accuracy": 0.99,
                 "tflite_fp32_accuracy": 0.99,
                 "tflite_int8_accuracy": 0.985,
                 "tflm_int8_accuracy": 0.97,

@@ -55,12 +55,12 @@ def _mlflow(ws: Path):  # type: ignore[no-untyped-def]
 
 def test_default_run_meets_accuracy_and_size_targets(pipeline_ws: Path) -> None:
     m = _metrics(pipeline_ws)
-    assert m["torch_fp32_accuracy"] >= 0.95
+    assert m["framework_fp32_accuracy"] >= 0.95
     for level in ("tflite_fp32_accuracy", "tflite_int8_accuracy", "tflm_int8_accuracy"):
-        assert abs(m[level] - m["torch_fp32_accuracy"]) <= 0.01, level
+        assert abs(m[level] - m["framework_fp32_accuracy"]) <= 0.01, level
     assert m["tflite_int8_bytes"] <= 0.30 * m["tflite_fp32_bytes"]
     assert 0 < m["tflm_arena_bytes"] < m["tflm_fp32_arena_bytes"]
-    assert m["torch_tflite_fp32_max_logit_diff"] <= 1e-4
+    assert m["framework_tflite_fp32_max_logit_diff"] <= 1e-4
     assert m["tflm_samples"] == m["test_samples"] > 0
 
 
