@@ -15,6 +15,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -45,7 +46,9 @@ def tree_digest(root: Path) -> dict[str, str]:
     }
 
 
-def make_workspace(dest: Path, train_overrides: dict | None = None) -> Path:
+def make_workspace(
+    dest: Path, train_overrides: dict | None = None, model_overrides: dict | None = None
+) -> Path:
     """A copy of the project (code, params, dvc.yaml) in its own git repo, as a user's clone."""
     dest.mkdir(parents=True, exist_ok=True)
     for name in ("pipeline", "flows", "data/raw", ".dvc"):
@@ -56,6 +59,7 @@ def make_workspace(dest: Path, train_overrides: dict | None = None) -> Path:
         shutil.copy2(REPO / name, dest / name)
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["train"].update(train_overrides or {})
+    params["model"].update(model_overrides or {})
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
     return dest
@@ -115,14 +119,23 @@ def train_killing_a_worker(ws: Path, trigger: str, rank: str = "1") -> tuple[int
             if not killed and trigger in line:
                 victim = next(
                     w for w in psutil.Process(proc.pid).children(recursive=True)
-                    if "pipeline.training.worker" in " ".join(w.cmdline())
-                    and w.environ().get("RANK") == rank
+                    if _worker_rank(w) == rank
                 )  # fmt: skip
                 victim.kill()
                 killed = True
     finally:
         watchdog.cancel()
     return proc.wait(timeout=600), "".join(lines), killed
+
+
+def _worker_rank(proc: Any) -> str | None:
+    """A training worker's rank: torchrun's RANK, or the index in a Keras worker's TF_CONFIG."""
+    cmd = " ".join(proc.cmdline())
+    if "pipeline.training.worker" in cmd:
+        return proc.environ().get("RANK")
+    if "pipeline.training.keras_worker" in cmd:
+        return str(json.loads(proc.environ()["TF_CONFIG"])["task"]["index"])
+    return None
 
 
 IMPORT_LOG = "import_log"  # beside the session workspace: what each process of its run loaded

@@ -264,9 +264,14 @@ def record_epoch(job: KerasJob, progress: Progress, row: dict[str, float]) -> bo
 
 
 def tf_checkpoint(job: KerasJob) -> Any:
+    """Every variable by list: `model.variables`, not `model.weights`, which leaves out dropout's
+    seed-generator state (a resumed run then drew other masks and drifted); the optimizer's
+    step, learning rate and moments; the best epoch's weights."""
     import tensorflow as tf
 
-    return tf.train.Checkpoint(model=job.model, optimizer=job.optimizer, best=job.best)
+    return tf.train.Checkpoint(
+        variables=list(job.model.variables), optimizer=list(job.optimizer.variables), best=job.best
+    )
 
 
 def checkpoint(job: KerasJob, progress: Progress, epoch: int) -> None:

@@ -139,7 +139,7 @@ def test_help_imports_no_heavy_framework() -> None:
         "sys.argv = ['tinyops', '--help']\n"
         "from pipeline.cli import main\n"
         "try:\n    main()\nexcept SystemExit:\n    pass\n"
-        "heavy = ('torch', 'tensorflow', 'litert_torch', 'mlflow', 'sklearn')\n"
+        "heavy = ('torch', 'tensorflow', 'keras', 'litert_torch', 'mlflow', 'sklearn')\n"
         "heavy = [m for m in heavy if m in sys.modules]\n"
         "print('HEAVY', heavy)\n"
     )
