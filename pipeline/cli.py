@@ -269,21 +269,22 @@ def check(params: ParamsOpt = Path("params.yaml")) -> None:
 def bench(
     rounds: Annotated[int, typer.Option(min=1, help="Measured rounds after the warm-up.")] = 5,
     only: Annotated[
-        Literal["paradigms"] | None,
+        Literal["paradigms", "frameworks"] | None,
         typer.Option(help="Run one section only (merged into bench/results.json)."),
     ] = None,
 ) -> None:
     """Measure speed, size, memory and overhead side by side; write bench/results.json.
 
     Uses the workspace's last pipeline run (run `tinyops run` first); about 30 minutes on 2 cores
-    (`--only paradigms`: the parallelism comparison alone, about 13 minutes at 3 rounds).
+    (`--only paradigms`: the parallelism comparison alone, about 13 minutes at 3 rounds;
+    `--only frameworks`: torch against Keras, about 8 minutes at 3 rounds).
     """
     from pipeline.bench.runner import bench as run_bench
-    from pipeline.bench.runner import bench_paradigms
+    from pipeline.bench.runner import bench_only
     from pipeline.bench.table import print_results
 
     progress = lambda s: typer.echo(s, err=True)  # noqa: E731
-    results = bench_paradigms(rounds, progress) if only else run_bench(rounds, progress)
+    results = bench_only(only, rounds, progress) if only else run_bench(rounds, progress)
     print_results(results, _console())
 
 

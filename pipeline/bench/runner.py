@@ -24,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from pipeline.bench.frameworks import framework_targets, frameworks
 from pipeline.core import atomic
 from pipeline.core.catalog import TRAIN_TIMING
 from pipeline.core.preflight import cores
@@ -294,7 +295,8 @@ def bench(rounds: int = 5, on_progress: Callable[[str], None] = print) -> dict[s
     results["memory"] = memory()
     results["overhead"] = overhead(rounds, on_progress)
     results["paradigms"] = {m: paradigms(m, rounds, on_progress) for m in ("default", "deep")}
-    results["targets"] = targets(results) + paradigm_targets(results)
+    results["frameworks"] = frameworks(rounds, on_progress)
+    results["targets"] = targets(results) + paradigm_targets(results) + framework_targets(results)
     atomic.write_json(RESULTS, results)
     return results
 
@@ -517,16 +519,24 @@ def paradigm_targets(r: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def bench_paradigms(rounds: int, on_progress: Callable[[str], None] = print) -> dict[str, Any]:
-    """Only the paradigm comparison (`tinyops bench --only paradigms`), merged into
-    bench/results.json beside an earlier full run's results."""
+def bench_only(
+    section: str, rounds: int, on_progress: Callable[[str], None] = print
+) -> dict[str, Any]:
+    """One section (`tinyops bench --only paradigms|frameworks`), merged into bench/results.json
+    beside an earlier full run's results; that section's targets are replaced."""
     try:
         results = json.loads(RESULTS.read_text())
     except (OSError, ValueError):
         results = {"machine": _machine(), "rounds": rounds, "targets": []}
-    results["paradigms"] = {m: paradigms(m, rounds, on_progress) for m in ("default", "deep")}
-    results["paradigm_rounds"] = rounds
-    kept = [t for t in results.get("targets", []) if "fsdp 2×1" not in t["target"]]
-    results["targets"] = kept + paradigm_targets(results)
+    old: list[dict[str, Any]] = results.get("targets", [])
+    if section == "paradigms":
+        results["paradigms"] = {m: paradigms(m, rounds, on_progress) for m in ("default", "deep")}
+        new = paradigm_targets(results)
+    else:
+        results["frameworks"] = frameworks(rounds, on_progress)
+        new = framework_targets(results)
+    results[f"{section}_rounds"] = rounds
+    names = {t["target"] for t in new}
+    results["targets"] = [t for t in old if t["target"] not in names] + new
     atomic.write_json(RESULTS, results)
     return results

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from pipeline.bench.frameworks import framework_rows
+
 Row = tuple[str, str, str, str]
 
 
@@ -129,6 +131,7 @@ def rows(r: dict[str, Any]) -> list[Row]:
     return [
         *_throughput_rows(r),
         *paradigm_rows(r),
+        *framework_rows(r),
         *_latency_rows(r),
         *_quantization_rows(r),
         *_cost_rows(r),
@@ -142,7 +145,7 @@ def print_results(r: dict[str, Any], console: Any) -> None:
     table = Table(title=f"tinyops bench: {machine['cores']} cores, torch {machine['torch']}")
     for col in ("measure", "median", "min–max", "ratio"):
         table.add_column(col)
-    for row in rows(r) if "throughput" in r else paradigm_rows(r):
+    for row in rows(r) if "throughput" in r else [*paradigm_rows(r), *framework_rows(r)]:
         table.add_row(*row)
     console.print(table)
     for t in r["targets"]:
