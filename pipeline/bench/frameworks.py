@@ -17,6 +17,7 @@ import os
 import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -51,7 +52,11 @@ def _stage(ws: Path, stage: str) -> float:
     env["MLFLOW_TRACKING_URI"] = f"sqlite:///{ws}/mlflow.db"
     start = time.perf_counter()
     proc = subprocess.run(
-        ["tinyops", "stage", stage], cwd=ws, env=env, capture_output=True, text=True
+        [str(Path(sys.executable).with_name("tinyops")), "stage", stage],
+        cwd=ws,
+        env=env,
+        capture_output=True,
+        text=True,
     )
     if proc.returncode != 0:
         raise RuntimeError(f"bench: `tinyops stage {stage}` in {ws} failed:\n{proc.stderr[-3000:]}")
