@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -145,3 +146,26 @@ def test_help_imports_no_heavy_framework() -> None:
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "HEAVY []" in proc.stdout
+
+
+def test_framework_is_validated_with_a_hint_and_against_the_strategy() -> None:
+    with pytest.raises(ConfigError, match="Did you mean 'keras'"):
+        parse_params({"model": {"framework": "kears"}})
+    with pytest.raises(ConfigError, match=r"train\.parallelism fsdp needs model\.framework torch"):
+        parse_params({"model": {"framework": "keras"}, "train": {"parallelism": "fsdp"}})
+    with pytest.raises(ConfigError, match=r"needs train\.worker_hosts"):
+        parse_params(
+            {"model": {"framework": "keras"}, "train": {"nnodes": 2, "rdzv_endpoint": "h:1"}}
+        )
+
+
+def test_keras_workers_get_a_cluster_from_the_worker_hosts() -> None:
+    from pipeline.training.keras_launch import cluster, tf_config
+
+    params = parse_params(
+        {"model": {"framework": "keras"},
+         "train": {"nnodes": 2, "rdzv_endpoint": "a:1", "worker_hosts": ["a:9000", "b:9100"]}}
+    )  # fmt: skip
+    workers = cluster(params)
+    assert workers == ["a:9000", "a:9001", "b:9100", "b:9101"]
+    assert json.loads(tf_config(workers, 3))["task"] == {"type": "worker", "index": 3}
