@@ -293,10 +293,10 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> TinyRun:
     arch = Architecture(tuple(meta.input_shape), meta.num_classes, (4, 8), 3, 0.0)  # type: ignore[arg-type]
     torch.manual_seed(0)
     model = build_model(arch)
-    save_model(ws / catalog.MODEL_FILE, arch, model.state_dict(), meta.model_dump(), 1)
+    save_model(ws / catalog.TRAINED_DIR, arch, model.state_dict(), meta.model_dump(), 1)
     data = load_processed(ws / catalog.PROCESSED_DIR)
     export(params.export, data.x["train"], 0, ws / catalog.TRAINED_DIR, ws / catalog.EXPORT_DIR)
-    result = evaluate(params.evaluate, data, ws / catalog.MODEL_FILE, ws / catalog.EXPORT_DIR)
+    result = evaluate(params.evaluate, data, ws / catalog.TRAINED_DIR, ws / catalog.EXPORT_DIR)
     write_outputs(
         result,
         ws / catalog.EVALUATE_METRICS,

@@ -138,7 +138,7 @@ def test_another_input_shape_through_the_registry(ws: Path, tiny_run: TinyRun) -
     meta = prepare(params.prepare.model_copy(update={"path": str(ws / "five.npz")})).meta
     arch = Architecture((5, 5, 1), 3, (4, 8), 3, 0.0)
     torch.manual_seed(0)
-    save_model(catalog.MODEL_FILE, arch, build_model(arch).state_dict(), meta.model_dump(), 1)
+    save_model(catalog.TRAINED_DIR, arch, build_model(arch).state_dict(), meta.model_dump(), 1)
     data = load_processed()
     export(params.export, data.x["train"], 0)
     write_outputs(evaluate(params.evaluate, data))

@@ -27,7 +27,7 @@ TRAINING = ("prepare", "train", "export", "evaluate")
 ALL_STAGES = {*TRAINING, "report"} | {f"deploy@{d}" for d in CATALOGUE}
 OUTPUTS = (
     "data/processed",
-    "models/model.pt",
+    "models/trained/model.pt",
     "exports/model_fp32.tflite",
     "exports/model_int8.tflite",
 )
@@ -70,7 +70,7 @@ def test_training_ran_ddp_on_two_workers_and_rank0_wrote(pipeline_ws: Path) -> N
     log = (pipeline_ws / "run.log").read_text()
     assert "train: 2 worker(s) × 1 thread(s), backend gloo" in log
     assert log.count("epoch   1/12") == 1, "only rank 0 prints"
-    blob = torch.load(pipeline_ws / "models/model.pt", weights_only=True)
+    blob = torch.load(pipeline_ws / "models/trained/model.pt", weights_only=True)
     assert blob["format"] == "tinyops.model/1" and blob["architecture"]["channels"] == [32, 64, 128]
     ckpts = sorted((pipeline_ws / "models/checkpoints").glob("epoch-*.pt"))
     assert len(ckpts) == 2 and ckpts[-1].name == f"epoch-{summary['epochs_run']:04d}.pt"

@@ -52,7 +52,7 @@ def test_every_catalog_output_is_declared_in_dvc_yaml() -> None:
     text = DVC_YAML.read_text()
     for path in (
         catalog.PROCESSED_DIR,
-        catalog.MODEL_FILE,
+        catalog.TRAINED_DIR,
         catalog.CHECKPOINT_DIR,
         catalog.TRAIN_METRICS,
         catalog.TRAIN_HISTORY,

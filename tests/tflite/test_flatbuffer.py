@@ -46,7 +46,7 @@ def test_dynamic_range_model_is_rejected(first_run: Path, tmp_path: Path) -> Non
     from litert_torch.quantize.quant_config import QuantConfig
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    model, arch, _ = load_model(first_run / "models/model.pt")
+    model, arch, _ = load_model(first_run / "models/trained/model.pt")
     sample = torch.zeros((1, *arch.input_shape))
     quantizer = PT2EQuantizer().set_global(
         get_symmetric_quantization_config(is_per_channel=True, is_dynamic=True)

@@ -92,7 +92,7 @@ def reference(digits: Path, microbatches: int, model: dict | None) -> Path:
 
 
 def _weights(ws: Path) -> dict[str, torch.Tensor]:
-    blob = torch.load(ws / "models/model.pt", weights_only=True)
+    blob = torch.load(ws / "models/trained/model.pt", weights_only=True)
     return blob["state_dict"]
 
 
@@ -119,7 +119,7 @@ def test_pipeline_is_single_process_training_bit_for_bit(
         model,
     )  # fmt: skip
     assert f"pipeline pp2 {schedule} m4 ({stages} stages)" in out
-    assert (pp / "models/model.pt").read_bytes() == (ref / "models/model.pt").read_bytes()
+    assert (pp / "models/trained/model.pt").read_bytes() == (ref / "models/trained/model.pt").read_bytes()
     assert _curve(pp) == _curve(ref)
     summary = json.loads((pp / "metrics/train.json").read_text())
     assert summary["mesh_pp"] == 2 and summary["schedule"] == schedule
@@ -171,9 +171,9 @@ def test_a_memory_budget_refuses_data_parallelism_and_pipeline_trains(
     assert "train.parallelism data needs 2.55 MiB of model state on one worker" in out, out
     assert "fsdp (1.85 MiB) or pipeline (1.42 MiB) would fit" in out
     assert "torchrun" not in out, "refused before any worker starts"
-    assert not (ws / "models/model.pt").exists()
+    assert not (ws / "models/trained/model.pt").exists()
     ws, out = stage_train(digits, tmp_path / "pipe", {**budget, "parallelism": "pipeline"}, model)
     assert out.startswith("exit 0\n"), out[-4000:]
     held = json.loads((ws / "metrics/train.json").read_text())["model_state_bytes_max_rank"]
     assert held <= 2.0 * 2**20, held  # measured in the workers, not estimated
-    assert (ws / "models/model.pt").is_file()
+    assert (ws / "models/trained/model.pt").is_file()
