@@ -82,7 +82,8 @@ def test_a_killed_pipeline_worker_resumes_to_the_same_bytes(
     resumed = re.search(r"resuming from checkpoint epoch (\d+) \(restart \d+\)", out)
     assert resumed and int(resumed.group(1)) >= 1, out[-4000:]
     assert out.count("epoch   1/4") == 1, "epochs before the checkpoint are not trained again"
-    assert (ws / "models/trained/model.pt").read_bytes() == (pipeline_run / "models/trained/model.pt").read_bytes()
+    model = "models/trained/model.pt"
+    assert (ws / model).read_bytes() == (pipeline_run / model).read_bytes()
     kept = sorted((pipeline_run / "models/checkpoints").glob("epoch-*"))
     assert kept and all(k.is_dir() for k in kept)
     for folder in kept:  # DVC outputs: the shards and metadata come out byte for byte the same

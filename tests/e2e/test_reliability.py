@@ -61,7 +61,8 @@ def test_a_killed_worker_restarts_and_training_resumes_to_the_same_model(
     resumed = re.search(r"resuming from checkpoint epoch (\d+) \(restart \d+\)", out)
     assert resumed and int(resumed.group(1)) >= 2, out[-4000:]
     assert out.count("epoch   1/12") == 1, "epochs before the checkpoint are not trained again"
-    assert (ws / "models/trained/model.pt").read_bytes() == (first_run / "models/trained/model.pt").read_bytes()
+    model = "models/trained/model.pt"
+    assert (ws / model).read_bytes() == (first_run / model).read_bytes()
     kept = sorted((first_run / "models/checkpoints").glob("epoch-*.pt"))
     assert kept, "the uninterrupted run kept its last checkpoints"
     for ckpt in kept:  # DVC outputs too: no wall time or other run-to-run state inside
