@@ -137,6 +137,15 @@ class TrainParams(_Section):
             raise ValueError("must be a positive integer or auto")
         return value
 
+    @field_validator("worker_hosts")
+    @classmethod
+    def _host_ports(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for entry in value:
+            host, _, port = entry.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"{entry!r} is not host:port (e.g. 10.0.0.2:23456)")
+        return value
+
     @model_validator(mode="after")
     def _check(self) -> TrainParams:
         if self.nnodes > 1 and not self.rdzv_endpoint:

@@ -88,6 +88,7 @@ class WorkerGroup:
     def __init__(self, params: Params, command: list[str], say: Any = print) -> None:
         self.params, self.command, self.say = params, command, say
         self.restarts = 0
+        self.stopped = False  # terminate() or kill() was called: no more restarts
         self.procs: list[subprocess.Popen[Any]] = []
         self._start()
 
@@ -119,8 +120,11 @@ class WorkerGroup:
             _wait_any(self.procs, POLL_SECONDS)
 
     def _failed(self, index: int, code: int) -> int | None:
-        """Stop the others; restart the group if restarts are left, else the failing status."""
-        self.terminate()
+        """Stop the others; restart the group if restarts are left, else the failing status.
+        Workers that exit because the group was stopped are never restarted."""
+        if self.stopped:
+            return code
+        self._stop_workers()
         if self.restarts >= self.params.train.max_restarts:
             self.say(f"keras worker {index} exited with status {code}; no restarts left")
             return code
@@ -133,6 +137,11 @@ class WorkerGroup:
         return None
 
     def terminate(self) -> None:
+        """Stop the group for good (Ctrl-C, SIGTERM of the stage): no restart follows."""
+        self.stopped = True
+        self._stop_workers()
+
+    def _stop_workers(self) -> None:
         """SIGTERM each worker; SIGKILL what has not gone within 10 s."""
         for p in self.procs:
             if p.poll() is None:
@@ -145,6 +154,7 @@ class WorkerGroup:
                 p.wait()
 
     def kill(self) -> None:
+        self.stopped = True
         for p in self.procs:
             if p.poll() is None:
                 p.kill()

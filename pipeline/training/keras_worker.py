@@ -31,7 +31,7 @@ import numpy as np
 from pipeline.core import atomic
 from pipeline.core.config import Params, load_params
 from pipeline.data.prepare import Splits, load_processed
-from pipeline.models.architecture import Architecture, architecture_for, block_parameters
+from pipeline.models.architecture import Architecture, architecture_for
 from pipeline.training.checkpoint import RUN_FILE, prune, remove_all, run_file, run_key
 from pipeline.training.reporting import Reporter, record_seconds, seconds_before, write_history
 
@@ -88,6 +88,7 @@ class KerasJob:
     best: list[Any]  # the best epoch's weights, as variables the checkpoint carries
     key: str
     reporter: Reporter | None
+    collectives: tuple[Any, Any] = (None, None)  # (BatchNorm sync, sum over workers)
 
     @property
     def ckpt_dir(self) -> Path:
@@ -139,9 +140,15 @@ def setup(args: argparse.Namespace) -> KerasJob:
         f"train: keras {keras.__version__} on TensorFlow {tf.__version__}, "
         f"MultiWorkerMirroredStrategy over {world} worker(s) × {tp.threads_per_proc} thread(s), "
         f"{job.replica_batch} of each {tp.batch_size}-sample batch per worker, "
-        f"{sum(block_parameters(arch)):,} parameters, {len(data.x['train'])} training samples"
+        f"{trainable_parameters(model):,} parameters, {len(data.x['train'])} training samples"
     )
     return job
+
+
+def trainable_parameters(model: Any) -> int:
+    """Counted on the Keras model itself (metrics/train.json's `parameters`): the torch model
+    of the same params has exactly as many (tests/e2e/test_keras.py)."""
+    return sum(int(np.prod(v.shape)) for v in model.trainable_variables)
 
 
 def batches(job: KerasJob, epoch: int) -> list[np.ndarray]:
@@ -340,7 +347,7 @@ def resume(job: KerasJob, sum_all: Any) -> Progress:
 
 def summary(job: KerasJob, progress: Progress, samples: list[float]) -> dict[str, Any]:
     """metrics/train.json, in the torch worker's terms (deterministic figures only)."""
-    params = sum(block_parameters(job.arch))
+    params = trainable_parameters(job.model)
     state = params * STATE_BYTES_PER_PARAM
     tp = job.params.train
     out = {

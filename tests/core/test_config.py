@@ -169,3 +169,8 @@ def test_keras_workers_get_a_cluster_from_the_worker_hosts() -> None:
     workers = cluster(params)
     assert workers == ["a:9000", "a:9001", "b:9100", "b:9101"]
     assert json.loads(tf_config(workers, 3))["task"] == {"type": "worker", "index": 3}
+
+
+def test_a_worker_host_without_a_port_is_named() -> None:
+    with pytest.raises(ConfigError, match=r"train\.worker_hosts.*'node-b' is not host:port"):
+        parse_params({"train": {"worker_hosts": ["node-a:23456", "node-b"]}})
