@@ -24,7 +24,7 @@ import numpy as np
 
 from pipeline.core import atomic, catalog, interrupt
 from pipeline.core.config import ExportParams
-from pipeline.core.errors import ExportError
+from pipeline.core.errors import ExportError, TinyopsError
 from pipeline.models.store import load_model
 from pipeline.tflite.flatbuffer import check_full_int8, read_model
 
@@ -166,6 +166,8 @@ def export(
     calibration = calibration_set(x_train, params.calibration_samples, seed)
     try:
         models = CONVERTERS[framework](trained_dir, calibration, seed)
+    except TinyopsError:  # e.g. an unreadable model: its own message and exit code
+        raise
     except Exception as exc:
         raise ExportError(
             f"{CONVERTER_NAMES[framework]} conversion of {trained_dir} failed: "

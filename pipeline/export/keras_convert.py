@@ -42,11 +42,11 @@ def _converter(saved_model: Path, variant: str, calibration: np.ndarray) -> Any:
 def convert_all(trained_dir: Path, calibration: np.ndarray) -> dict[str, bytes]:
     """Every variant's flatbuffer, from a SavedModel with a batch-1 signature."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tensorflow as tf
-
     from pipeline.models.keras_store import load_model
 
-    model, arch, _ = load_model(trained_dir)
+    model, arch, _ = load_model(trained_dir)  # a bad folder fails before TensorFlow loads
+    import tensorflow as tf
+
     signature = [tf.TensorSpec([1, *arch.input_shape], tf.float32, name="input")]
     with tempfile.TemporaryDirectory(prefix="tinyops-savedmodel-") as tmp:
         saved = Path(tmp) / "saved_model"
