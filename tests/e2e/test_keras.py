@@ -1,7 +1,8 @@
 """The second framework end to end: `tinyops run` with model.framework keras trains with
 MultiWorkerMirroredStrategy on 2 worker processes, exports with TFLiteConverter and goes through
 the same evaluate, deploy and report stages; a Keras worker killed after epoch 2 makes the group
-restart and resume from the last checkpoint, to the uninterrupted run's exact bytes."""
+restart and resume from the last checkpoint, to the uninterrupted run's exact bytes; exporting
+the same model again gives the same .tflite bytes."""
 
 from __future__ import annotations
 
@@ -79,3 +80,9 @@ def test_a_killed_keras_worker_resumes_from_the_last_epoch_to_the_same_bytes(
     assert "continuing at epoch 3" in out
     after = {name: tree_digest(keras_run / "models" / name) for name in ("trained", "checkpoints")}
     assert after == before
+
+
+def test_the_converter_gives_the_same_tflite_bytes_for_the_same_model(keras_run: Path) -> None:
+    exports = tree_digest(keras_run / "exports")
+    run_cmd(["tinyops", "stage", "export"], keras_run)
+    assert tree_digest(keras_run / "exports") == exports
