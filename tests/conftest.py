@@ -46,10 +46,19 @@ def tree_digest(root: Path) -> dict[str, str]:
     }
 
 
+# One MCU (TFLite Micro) and one LiteRT device: enough to show another training path ends in
+# bundles; every device of the catalogue is covered by the default pipeline's run.
+TWO_DEVICES = ("stm32f746", "raspberry_pi_4")
+
+
 def make_workspace(
-    dest: Path, train_overrides: dict | None = None, model_overrides: dict | None = None
+    dest: Path,
+    train_overrides: dict | None = None,
+    model_overrides: dict | None = None,
+    devices: tuple[str, ...] | None = None,
 ) -> Path:
-    """A copy of the project (code, params, dvc.yaml) in its own git repo, as a user's clone."""
+    """A copy of the project (code, params, dvc.yaml) in its own git repo, as a user's clone;
+    `devices` keeps only those profiles."""
     dest.mkdir(parents=True, exist_ok=True)
     for name in ("pipeline", "flows", "data/raw", ".dvc"):
         shutil.copytree(
@@ -60,6 +69,8 @@ def make_workspace(
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["train"].update(train_overrides or {})
     params["model"].update(model_overrides or {})
+    if devices is not None:
+        params["devices"] = {name: params["devices"][name] for name in devices}
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
     return dest

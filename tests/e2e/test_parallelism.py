@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from tests.conftest import (
+    TWO_DEVICES,
     make_workspace,
     run_cmd,
     train_killing_a_worker,
@@ -26,7 +27,7 @@ PIPELINE = {"parallelism": "pipeline", "schedule": "1f1b", "microbatches": 4, "e
 
 @pytest.fixture(scope="module")
 def pipeline_run(tmp_path_factory: pytest.TempPathFactory, prefect_api: str) -> Path:
-    ws = make_workspace(tmp_path_factory.mktemp("pp"), PIPELINE)
+    ws = make_workspace(tmp_path_factory.mktemp("pp"), PIPELINE, devices=TWO_DEVICES)
     proc = run_cmd(["tinyops", "run"], ws)
     (ws / "run.log").write_text(proc.stdout + proc.stderr)
     return ws
