@@ -183,7 +183,43 @@ class OrchestrateParams(_Section):
     """First retry delay; each later one doubles (exponential back-off, with jitter)."""
 
 
+class TflmParams(_Section):
+    """The TensorFlow Lite Micro library the firmware check compiles (pipeline/firmware/)."""
+
+    source: str | None = "../shared/third_party/tflm-offline-src.tar.gz"
+    """A create_tflm_tree.py tree (folder or .tar.gz) with its third-party code, relative to the
+    project root; null: $TINYOPS_TFLM_SOURCE. Missing: the firmware check is skipped, saying so."""
+    build_type: Literal["release", "default"] = "release"
+    """release strips error strings and debug checks (TFLite Micro's BUILD_TYPE)."""
+    cache_dir: str | None = None
+    """Where compiled libraries live; null: $TINYOPS_CACHE, else ~/.cache/tinyops."""
+
+
+class FirmwareParams(_Section):
+    """Each Cortex-M bundle built with the real TFLite Micro and run under QEMU."""
+
+    enabled: bool = True
+    """false: microcontrollers keep the datasheet estimates (labelled as such)."""
+    samples: PositiveInt = 200
+    """Test samples run on the emulated core and compared byte for byte with Python's TFLite Micro."""
+    stack_bytes: PositiveInt = 4096
+    """Stack reserved in the test firmware; the RAM figure counts the deepest use measured."""
+    timeout_seconds: Annotated[float, Field(gt=0.0)] = 300.0
+    """Per QEMU run."""
+
+
 VARIANTS = ("fp32", "float16", "dynamic_int8", "int8")
+Cpu = Literal[
+    "cortex-m0",
+    "cortex-m0plus",
+    "cortex-m3",
+    "cortex-m4",
+    "cortex-m4+fp",
+    "cortex-m7",
+    "cortex-m7+fp",
+    "xtensa-lx7",
+    "riscv32",
+]
 Variant = Literal["fp32", "float16", "dynamic_int8", "int8"]
 DEVICE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
@@ -207,11 +243,19 @@ class DeviceProfile(_Section):
     min_accuracy: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
     """The chosen variant's accuracy, measured in this device's runtime, must reach this."""
     max_latency_ms: Annotated[float, Field(gt=0.0)] = 1000.0
+    cpu: Cpu | None = None
+    """TFLite Micro targets: the core, '+fp' with an FPU; the firmware check builds for it."""
+    kernels: Literal["reference", "cmsis_nn"] = "reference"
+    """TFLite Micro kernels: reference, or Arm's CMSIS-NN (Cortex-M only)."""
+    cycles_per_instruction: Annotated[float, Field(gt=0.0)] = 1.0
+    """Average cycles per instruction, for the latency estimate from QEMU's instruction count."""
 
     @model_validator(mode="after")
     def _check(self) -> DeviceProfile:
         if self.runtime == "tflm" and set(self.variants) != {"int8"}:
             raise ValueError("TFLite Micro targets take full-int8 models only: variants: [int8]")
+        if self.kernels == "cmsis_nn" and not (self.cpu or "").startswith("cortex-m"):
+            raise ValueError(f"kernels: cmsis_nn needs a Cortex-M cpu, not {self.cpu}")
         return self
 
 
@@ -248,6 +292,8 @@ class Params(_Section):
     evaluate: EvaluateParams = EvaluateParams()
     deploy: DeployParams = DeployParams()
     orchestrate: OrchestrateParams = OrchestrateParams()
+    tflm: TflmParams = TflmParams()
+    firmware: FirmwareParams = FirmwareParams()
     devices: dict[str, DeviceProfile] = Field(default_factory=dict, strict=False)
     """The device catalogue, keyed by device name (a folder name: lowercase letters, digits, _ and -)."""
 

@@ -23,7 +23,7 @@ from pipeline.core.errors import ArtifactError, TinyopsError
 from pipeline.core.provenance import git_commit, sha256_bytes
 from pipeline.core.tracking import Run
 from pipeline.data.prepare import load_meta, load_processed
-from pipeline.deploy import champion, registry
+from pipeline.deploy import champion, mcu, registry
 from pipeline.deploy.bundle import (
     MANIFEST_FILE,
     MODEL_FILE,
@@ -34,9 +34,10 @@ from pipeline.deploy.bundle import (
     verify_bundle,
 )
 from pipeline.deploy.champion import Champion
-from pipeline.deploy.fit import Candidate, assess, choose
+from pipeline.deploy.fit import Candidate, Firmware, assess, choose
 from pipeline.tflite import tflm
 from pipeline.tflite.flatbuffer import read_model
+from pipeline.tflite.litert import quantize_input
 
 
 class DeviceBudgetError(TinyopsError):
@@ -63,20 +64,61 @@ def _io_quantization(model: bytes) -> dict[str, Any]:
     }
 
 
+def cpp_info(
+    model: bytes, variant: str, arena: int, meta: DatasetMeta, ops: list[str]
+) -> dict[str, Any]:
+    """What the bundle's C++ header and source say of the model (arena: measured, unreserved)."""
+    return {
+        "ops": ops,
+        "input_shape": meta.input_shape,
+        "labels": meta.classes,
+        "arena_measured": arena,
+        "arena_bytes": reserved_arena(arena),
+        "int8_kernels": variant == "int8",
+        "model_sha256": sha256_bytes(model),
+        **_io_quantization(model),
+    }
+
+
+def firmware_check(
+    params: Params, device: str, variant: str, model: bytes, figures: VariantInfo, meta: DatasetMeta
+) -> Firmware:
+    """Build and run the bundle on the device's core; compare with Python's TFLite Micro."""
+    reason = mcu.skip_reason(params, device)
+    if reason is not None:
+        return Firmware(skipped=reason)
+    x = load_processed().x["test"][: params.firmware.samples]
+    xq = quantize_input(x, figures.input_scale or 1.0, figures.input_zero_point or 0)
+    arena = figures.tflm_arena_bytes or 0
+    expected = tflm.predict(model, xq, reserved_arena(arena))
+    info = cpp_info(model, variant, arena, meta, list(figures.ops or []))
+    return mcu.prove(params, device, model, info, xq, expected)
+
+
 def assess_device(
     params: Params, device: str, variants: Variants, export_dir: Path
-) -> list[Candidate]:
-    """Every check of every variant the device accepts."""
+) -> tuple[list[Candidate], dict[str, Firmware]]:
+    """Every check of every variant the device accepts, and each TFLite Micro variant's firmware
+    check (its sources are what the bundle ships)."""
     profile = params.devices[device]
-    candidates = []
+    candidates, proofs = [], {}
     for variant in profile.variants:
         model = catalog.variant_file(variant, export_dir).read_bytes()
         figures: VariantInfo = getattr(variants, variant)
-        runs = None
+        runs = firmware = None
         if profile.runtime == "tflm":
             runs = tflm.runs_with_arena(model, reserved_arena(figures.tflm_arena_bytes or 0))
-        candidates.append(assess(variant, model, figures, profile, params.deploy, runs))
-    return candidates
+            if runs:
+                firmware = proofs[variant] = firmware_check(
+                    params, device, variant, model, figures, load_meta()
+                )
+        candidates.append(assess(variant, model, figures, profile, params.deploy, runs, firmware))
+    return candidates, proofs
+
+
+def _mac_estimate(chosen: Candidate) -> float:
+    """The MAC-based latency estimate, kept beside the instruction-based one when measured."""
+    return float((chosen.firmware or {}).get("estimated", {}).get("latency_ms", chosen.latency_ms))
 
 
 def manifest_for(
@@ -100,7 +142,7 @@ def manifest_for(
         "accuracy": chosen.accuracy,
         "latency_ms": chosen.latency_ms,
         "latency_kind": chosen.latency_kind,
-        "estimated_latency_ms": chosen.latency_ms if profile.runtime == "tflm" else None,
+        "estimated_latency_ms": _mac_estimate(chosen) if profile.runtime == "tflm" else None,
         "checks": chosen.to_dict()["checks"],
         "labels": meta.classes,
         "input_shape": meta.input_shape,
@@ -114,6 +156,9 @@ def manifest_for(
             "arena_bytes": reserved_arena(int(chosen.arena_measured or 0)),
             "arena_measured_bytes": chosen.arena_measured,
             "ops": variants.int8.ops,
+            "cpu": profile.cpu,
+            "kernels": profile.kernels,
+            "firmware": chosen.firmware,
             **_io_quantization(model),
         }
     return manifest
@@ -188,15 +233,19 @@ def build_and_verify(
     run: Run,
     staged: Path,
     export_dir: Path,
+    firmware: Firmware | None = None,
 ) -> tuple[bytes, dict[str, Any]]:
-    """The bundle in `staged`, verified, then logged to the stage's MLflow run."""
+    """The bundle in `staged`, verified, then logged to the stage's MLflow run. A TFLite Micro
+    bundle ships the very sources its firmware check built and ran."""
     model = catalog.variant_file(chosen.variant, export_dir).read_bytes()
     meta = load_meta()
     manifest = manifest_for(params, device, chosen, model, meta, variants, run.run_id)
-    cpp = None
-    if params.devices[device].runtime == "tflm":
-        extra = {"arena_measured": chosen.arena_measured}
-        cpp = cpp_sources(model, manifest | extra, device, manifest["model_sha256"])
+    cpp = firmware.sources if firmware else None
+    if cpp is None and params.devices[device].runtime == "tflm":
+        info = cpp_info(
+            model, chosen.variant, int(chosen.arena_measured or 0), meta, manifest["ops"]
+        )
+        cpp = cpp_sources(model, info, device, manifest["model_sha256"])
     manifest = build_bundle(staged, model, manifest, cpp)
     verify_bundle(staged)  # what gets registered and promoted is exactly what was built
     run.client.log_artifacts(run.run_id, str(staged), "bundle")
@@ -259,7 +308,7 @@ def deploy_device(
         "ai_edge_litert.interpreter", "tflite_micro.python.tflite_micro.runtime"
     )
     variants = catalog.read(catalog.VARIANTS_FILE, catalog.Variants, "evaluate")
-    candidates = assess_device(params, device, variants, export_dir)
+    candidates, proofs = assess_device(params, device, variants, export_dir)
     chosen = choose(candidates)
     target = deploy_root / device
     if chosen is None:
@@ -267,7 +316,14 @@ def deploy_device(
     else:
         with tempfile.TemporaryDirectory() as tmp:
             model, manifest = build_and_verify(
-                params, device, chosen, variants, run, Path(tmp), export_dir
+                params,
+                device,
+                chosen,
+                variants,
+                run,
+                Path(tmp),
+                export_dir,
+                proofs.get(chosen.variant),
             )
             version, decision, facts = register_and_promote(
                 params, device, chosen, run, Path(tmp), target

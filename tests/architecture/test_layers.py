@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[2]
 # on one layer are siblings and never import each other.
 LAYERS: list[set[str]] = [
     {"core"},
-    {"data", "models", "tflite"},
+    {"data", "models", "tflite", "firmware"},
     {"training", "export", "evaluation", "deploy"},
     {"stages", "orchestration"},
     {"bench", "flows"},

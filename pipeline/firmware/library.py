@@ -1,0 +1,204 @@
+"""TensorFlow Lite Micro cross-compiled into a static library, cached outside any bundle and keyed
+by (core, kernels, TFLite Micro commit, build type, compiler). Objects are compiled the first
+time a model needs them (the framework, then each op's kernel) and kept: a rerun compiles
+nothing, and a model with a new op compiles only that kernel. Flags follow TFLite Micro's own
+Makefile for TARGET=cortex_m_generic."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.core import atomic
+from pipeline.firmware.cores import CORES
+from pipeline.firmware.source import TflmSource
+from pipeline.firmware.toolchain import compiler_version
+
+LIBRARY_FILE = "libtensorflow-microlite.a"
+_KERNELS = "tensorflow/lite/micro/kernels"
+_NOT_LIBRARY = re.compile(r"test_helper|mock_micro|fake_micro|recording_|micro/kernels/|_test\.cc$")
+_ALWAYS = ("kernel_util.cc", "micro_tensor_utils.cc")
+# Ops whose Register_ function is not defined in a file named after the op.
+_REGISTER = re.compile(r"TFLMRegistration\s+Register_([A-Z0-9_]+)\(\)\s*\{")
+
+
+@dataclass(frozen=True)
+class Library:
+    path: Path
+    tree: Path
+    flags: tuple[str, ...]
+    """Compiler flags every object of a program linking the library must share."""
+    compiled: int
+    """Objects compiled by this call (0: all came from the cache)."""
+
+
+def cpu_flags(core: str) -> list[str]:
+    return [*CORES[core].flags, "-mthumb"]
+
+
+def common_flags(core: str, kernels: str, build_type: str) -> list[str]:
+    flags = [
+        *cpu_flags(core),
+        "-mlittle-endian",
+        "-funsigned-char",
+        "-fomit-frame-pointer",
+        "-fno-unwind-tables",
+        "-fno-asynchronous-unwind-tables",
+        "-ffunction-sections",
+        "-fdata-sections",
+        "-fmessage-length=0",
+        "-DTF_LITE_STATIC_MEMORY",
+        "-DTF_LITE_DISABLE_X86_NEON",
+        "-DTF_LITE_MCU_DEBUG_LOG",
+        "-DKERNELS_OPTIMIZED_FOR_SPEED",
+        "-DPROJECT_GENERATION",
+        "-DARM_NN_ENABLE_F16=0",
+        "-DARM_NN_ENABLE_F32=0",
+    ]
+    if kernels == "cmsis_nn":
+        flags.append("-DCMSIS_NN")
+    if build_type == "release":
+        flags += ["-DNDEBUG", "-DTF_LITE_STRIP_ERROR_STRINGS"]
+    return flags
+
+
+def include_flags(tree: Path) -> list[str]:
+    third = tree / "third_party"
+    dirs = [
+        tree,
+        third / "flatbuffers/include",
+        third / "gemmlowp",
+        third / "ruy",
+        third / "cmsis",
+        third / "cmsis/CMSIS/Core/Include",
+        third / "cmsis_nn",
+        third / "cmsis_nn/Include",
+    ]
+    return [f"-I{d}" for d in dirs]
+
+
+CXX_FLAGS = ("-std=c++17", "-fno-rtti", "-fno-exceptions", "-fno-threadsafe-statics")
+
+
+def compile_command(src: Path, obj: Path, flags: list[str], optimize: str) -> list[str]:
+    if src.suffix == ".c":
+        return ["arm-none-eabi-gcc", *flags, "-std=c17", optimize, "-c", str(src), "-o", str(obj)]
+    return ["arm-none-eabi-g++", *flags, *CXX_FLAGS, optimize, "-c", str(src), "-o", str(obj)]
+
+
+def _framework_sources(tree: Path, kernels: str) -> list[str]:
+    found = [str(p.relative_to(tree)) for p in (tree / "tensorflow").rglob("*.cc")]
+    sources = sorted(s for s in found if not _NOT_LIBRARY.search(s))
+    sources += [f"{_KERNELS}/{name}" for name in _ALWAYS]
+    if kernels == "cmsis_nn":
+        nn = (tree / "third_party/cmsis_nn/Source").rglob("*.c")
+        sources += sorted(
+            str(p.relative_to(tree))
+            for p in nn
+            if not re.search(r"_f16\.c$|_f32\.c$|_flt\.c$", p.name)
+        )
+    return sources
+
+
+def _registrations(tree: Path, kernels: str) -> dict[str, str]:
+    """Op name → the kernel source defining Register_<op>() (CMSIS-NN's file where it has one)."""
+    where: dict[str, str] = {}
+    dirs = [tree / _KERNELS] + ([tree / _KERNELS / "cmsis_nn"] if kernels == "cmsis_nn" else [])
+    for folder in dirs:  # CMSIS-NN last: its files replace the reference ones
+        for path in sorted(folder.glob("*.cc")):
+            for op in _REGISTER.findall(path.read_text(errors="replace")):
+                where[op.removesuffix("_INT8").removesuffix("_INT16")] = str(path.relative_to(tree))
+    return where
+
+
+def kernel_sources(tree: Path, kernels: str, ops: Iterable[str]) -> list[str]:
+    """Each op's kernel file and its `<stem>_common.cc` helpers."""
+    where = _registrations(tree, kernels)
+    unknown = sorted(op for op in ops if op not in where)
+    if unknown:
+        raise ValueError(f"TFLite Micro at {tree} has no kernel for {', '.join(unknown)}")
+    sources = set()
+    for op in ops:
+        src = where[op]
+        sources.add(src)
+        stem = Path(src).stem
+        sources |= {str(p.relative_to(tree)) for p in (tree / _KERNELS).glob(f"{stem}*_common.cc")}
+    return sorted(sources)
+
+
+def shadowed(tree: Path, kernels: str) -> set[str]:
+    """Reference kernels replaced by a CMSIS-NN file of the same name (never both in one library)."""
+    if kernels != "cmsis_nn":
+        return set()
+    return {f"{_KERNELS}/{p.name}" for p in (tree / _KERNELS / "cmsis_nn").glob("*.cc")}
+
+
+def library_dir(cache: Path, source: TflmSource, core: str, kernels: str, build_type: str) -> Path:
+    flags = " ".join(common_flags(core, kernels, build_type))
+    digest = hashlib.sha256(f"{compiler_version()}\n{flags}".encode()).hexdigest()[:10]
+    return cache / "tflm-lib" / f"{core}-{kernels}-{build_type}-{source.commit[:12]}-{digest}"
+
+
+@contextlib.contextmanager
+def locked(folder: Path) -> Iterator[None]:
+    """One builder per library at a time (two deploys may share the cache)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def _compile_one(tree: Path, rel: str, obj: Path, flags: list[str]) -> None:
+    optimize = "-O2" if rel.startswith((_KERNELS, "third_party")) else "-Os"
+    obj.parent.mkdir(parents=True, exist_ok=True)
+    with atomic.atomic_path(obj) as tmp:
+        cmd = compile_command(tree / rel, tmp, flags, optimize)
+        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"compiling {rel} failed:\n{done.stderr[-2000:]}")
+
+
+def jobs() -> int:
+    return max(1, len(os.sched_getaffinity(0)))
+
+
+def build(
+    source: TflmSource, cache: Path, core: str, kernels: str, build_type: str, ops: Iterable[str]
+) -> Library:
+    """The library with the framework and the kernels of `ops`, compiling only what is missing."""
+    folder = library_dir(cache, source, core, kernels, build_type)
+    tree = source.tree
+    flags = common_flags(core, kernels, build_type) + include_flags(tree)
+    wanted = sorted(set(_framework_sources(tree, kernels) + kernel_sources(tree, kernels, ops)))
+    wanted = [s for s in wanted if s not in shadowed(tree, kernels)]
+    with locked(folder):
+        todo = [s for s in wanted if not (folder / "obj" / f"{s}.o").is_file()]
+        if todo:
+            print(
+                f"firmware: compiling {len(todo)} TensorFlow Lite Micro files for {core} "
+                f"({kernels}, {build_type}) into {folder}",
+                file=sys.stderr,
+                flush=True,
+            )
+            with ThreadPoolExecutor(jobs()) as pool:
+                list(
+                    pool.map(
+                        lambda s: _compile_one(tree, s, folder / "obj" / f"{s}.o", flags), todo
+                    )
+                )
+        library = folder / LIBRARY_FILE
+        if todo or not library.is_file():
+            objects = sorted(str(p) for p in (folder / "obj").rglob("*.o"))
+            with atomic.atomic_path(library) as tmp:
+                tmp.unlink()
+                subprocess.run(["arm-none-eabi-ar", "rcs", str(tmp), *objects], check=True)
+    return Library(library, tree, tuple(flags), len(todo))

@@ -1,0 +1,136 @@
+"""The test firmware: the bundle's own tinyops_model.cc/.h, unchanged, linked with the harness
+(main.cc), a minimal startup and semihosting, and the cached TFLite Micro library, into an ELF
+laid out for the core's QEMU machine. Compiled objects are cached by content, so an unchanged
+bundle is not recompiled (its 100 KB model array is most of the compile time)."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from pipeline.core import atomic
+from pipeline.firmware.cores import CORES
+from pipeline.firmware.library import Library, compile_command, cpu_flags
+
+HARNESS_FILES = ("main.cc", "startup.c", "semihost.c", "tinyops_platform.h")
+HEAP_BYTES = 0  # TFLite Micro allocates only from the arena
+
+
+class BuildError(Exception):
+    """The firmware did not compile or link (or overflowed the QEMU machine's memory)."""
+
+
+@dataclass(frozen=True)
+class Program:
+    elf: Path
+    sections: dict[str, int]
+    """Allocated section sizes from arm-none-eabi-size -A."""
+
+    @property
+    def flash_bytes(self) -> int:
+        """What the chip stores: code, constants (the model), exception index, .data's image."""
+        return sum(self.sections.get(s, 0) for s in (".text", ".ARM.exidx", ".data"))
+
+    @property
+    def static_ram_bytes(self) -> int:
+        """.data + .bss: globals, the interpreter's statics and the tensor arena."""
+        return self.sections.get(".data", 0) + self.sections.get(".bss", 0)
+
+
+def harness_text(name: str) -> str:
+    return resources.files("pipeline.firmware").joinpath("c", name).read_text()
+
+
+def linker_script(core: str, stack_bytes: int) -> str:
+    c = CORES[core]
+    values = {
+        "MACHINE": c.machine,
+        "FLASH_ORIGIN": hex(c.flash[0]),
+        "FLASH_BYTES": str(c.flash[1]),
+        "RAM_ORIGIN": hex(c.ram[0]),
+        "RAM_BYTES": str(c.ram[1]),
+        "HEAP_BYTES": str(HEAP_BYTES),
+        "STACK_BYTES": str(stack_bytes),
+    }
+    text = harness_text("link.ld.in")
+    for key, value in values.items():
+        text = text.replace(f"@{key}@", value)
+    return text
+
+
+def _compile_cached(src: Path, flags: list[str], headers: list[Path], cache: Path) -> Path:
+    """Compile `src` unless an object of the same source, local headers and flags exists."""
+    digest = hashlib.sha256("\0".join(flags).encode())
+    for path in (src, *headers):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    obj = cache / "objects" / f"{src.name}-{digest.hexdigest()[:20]}.o"
+    if not obj.is_file():
+        obj.parent.mkdir(parents=True, exist_ok=True)
+        with atomic.atomic_path(obj) as tmp:
+            cmd = compile_command(src, tmp, flags, "-Os")
+            done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            if done.returncode != 0:
+                raise BuildError(f"compiling {src.name} failed:\n{done.stderr[-3000:]}")
+    return obj
+
+
+def _sections(elf: Path) -> dict[str, int]:
+    out = subprocess.run(
+        ["arm-none-eabi-size", "-A", str(elf)], capture_output=True, text=True, check=True
+    )
+    sizes = {}
+    for line in out.stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[0].startswith(".") and parts[1].isdigit():
+            sizes[parts[0]] = int(parts[1])
+    return {k: v for k, v in sizes.items() if not k.startswith((".debug", ".comment", ".ARM.attr"))}
+
+
+def build(
+    bundle: Path,
+    library: Library,
+    core: str,
+    workdir: Path,
+    cache: Path,
+    stack_bytes: int,
+    defines: tuple[str, ...] = (),
+) -> Program:
+    """Compile the bundle and the harness for `core`, and link them with `library`."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    for name in HARNESS_FILES:
+        (workdir / name).write_text(harness_text(name))
+    (workdir / "link.ld").write_text(linker_script(core, stack_bytes))
+    flags = [*library.flags, f"-I{bundle}", f"-I{workdir}", *defines]
+    headers = [*sorted(bundle.glob("*.h")), workdir / "tinyops_platform.h"]
+    sources = [
+        bundle / "tinyops_model.cc",
+        workdir / "main.cc",
+        workdir / "startup.c",
+        workdir / "semihost.c",
+    ]
+    objects = [_compile_cached(src, flags, headers, cache) for src in sources]
+    elf = workdir / "firmware.elf"
+    link = [
+        "arm-none-eabi-g++",
+        *cpu_flags(core),
+        "-nostartfiles",
+        "--specs=nano.specs",
+        "--specs=nosys.specs",
+        "-Wl,--gc-sections",
+        f"-Wl,-Map={workdir / 'firmware.map'}",
+        "-T",
+        str(workdir / "link.ld"),
+        *map(str, objects),
+        str(library.path),
+        "-lm",
+        "-o",
+        str(elf),
+    ]
+    done = subprocess.run(link, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        errors = [ln for ln in done.stderr.splitlines() if "will always fail" not in ln]
+        raise BuildError("linking the firmware failed:\n" + "\n".join(errors[-30:]))
+    return Program(elf, _sections(elf))
