@@ -252,6 +252,29 @@ def devices(params: ParamsOpt = Path("params.yaml")) -> None:
 
 
 @app.command()
+def firmware(
+    params: ParamsOpt = Path("params.yaml"),
+    op: Annotated[
+        list[str] | None, typer.Option(help="TFLite op to compile a kernel for (repeatable).")
+    ] = None,
+) -> None:
+    """Cross-compile TensorFlow Lite Micro for every microcontroller in params.yaml, once per core,
+    kernels and commit (cached; see tflm.cache_dir), so that deploy only links and runs.
+
+    Default ops: those of small int8 CNNs. A deploy compiles any other kernel its model needs.
+    """
+    from pipeline.core.config import load_params
+    from pipeline.deploy import mcu
+
+    try:
+        parsed = load_params(params)
+    except TinyopsError as exc:
+        _fail(exc)
+    for line in mcu.warm(parsed, tuple(op) if op else mcu.WARM_OPS):
+        typer.echo(line)
+
+
+@app.command()
 def check(params: ParamsOpt = Path("params.yaml")) -> None:
     """Validate params.yaml and print the resolved configuration, doing no work."""
     import yaml

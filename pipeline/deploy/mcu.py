@@ -124,3 +124,39 @@ def _prove(
         f"{figures.instructions_per_inference:,} instructions/inference",
     )
     return Firmware(figures=figures, sources=sources | example)
+
+
+WARM_OPS = (
+    "ADD",
+    "AVERAGE_POOL_2D",
+    "CONV_2D",
+    "DEPTHWISE_CONV_2D",
+    "DEQUANTIZE",
+    "FULLY_CONNECTED",
+    "MAX_POOL_2D",
+    "MEAN",
+    "QUANTIZE",
+    "RESHAPE",
+    "SOFTMAX",
+)
+"""What `tinyops firmware` compiles by default: the ops of small int8 CNNs."""
+
+
+def warm(params: Params, ops: tuple[str, ...] = WARM_OPS) -> list[str]:
+    """Compile TensorFlow Lite Micro for every firmware-checked device's (core, kernels), so that
+    deploy only links and runs; a line per device says what happened."""
+    lines = []
+    cache = source.cache_root(params.tflm.cache_dir)
+    for device, profile in sorted(params.devices.items()):
+        if profile.runtime != "tflm":
+            continue
+        reason = skip_reason(params, device)
+        if reason or profile.cpu is None:
+            lines.append(f"{device}: skipped: {reason}")
+            continue
+        src = source.resolve(params.tflm.source, cache)
+        lib = library.build(src, cache, profile.cpu, profile.kernels, params.tflm.build_type, ops)
+        lines.append(
+            f"{device}: {profile.cpu} ({profile.kernels}): {lib.compiled} files compiled, {lib.path}"
+        )
+    return lines

@@ -66,7 +66,7 @@ def test_bad_device_profiles_name_the_device_and_key(devices: dict, phrases: lis
         ({"train": {"epoch": 3}}, ["unknown key 'train.epoch'", "Did you mean 'epochs'?"]),
         (
             {"trian": {}},
-            ["unknown key 'trian'", "Did you mean 'train'?", "evaluate, export, model"],
+            ["unknown key 'trian'", "Did you mean 'train'?", "evaluate, export, firmware, model"],
         ),
         ({"train": {"epochs": 0}}, ["'train.epochs'", "greater than 0", "(got 0)"]),
         ({"train": {"epochs": -5}}, ["'train.epochs'", "greater than 0"]),
