@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.tinyops-installed
 
-.PHONY: install run test lint bench lock clean
+.PHONY: install run test lint bench lock clean firmware-tools
 
 # Install exactly the versions in requirements.lock (no resolver run, so it is fast and the same
 # every time), then the project itself in editable mode.
@@ -17,10 +17,22 @@ $(STAMP): requirements.lock pyproject.toml
 
 install: $(STAMP)
 
-run: $(STAMP)
+# Debian packages of the firmware check: the Arm cross-compiler with newlib, and qemu-system-arm.
+# Installed when missing and root; otherwise the command is printed, and deploy falls back to
+# the estimates for microcontrollers, saying why.
+FIRMWARE_PACKAGES := gcc-arm-none-eabi libnewlib-arm-none-eabi libstdc++-arm-none-eabi-newlib qemu-system-arm
+firmware-tools:
+	@if [ "$$(dpkg-query -W -f='$${Status}\n' $(FIRMWARE_PACKAGES) 2>/dev/null | grep -c ' installed$$')" != "$(words $(FIRMWARE_PACKAGES))" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "tinyops: installing $(FIRMWARE_PACKAGES)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(FIRMWARE_PACKAGES) >/dev/null; \
+	  else echo "tinyops: for the firmware check, run: sudo apt-get install $(FIRMWARE_PACKAGES)"; fi; \
+	fi
+
+run: $(STAMP) firmware-tools
 	$(BIN)/tinyops run
 
-test: $(STAMP)
+test: $(STAMP) firmware-tools
 	$(BIN)/python -m pytest
 
 # Training throughput and overheads, interleaved runs, medians and ratios (bench/results.json).

@@ -69,6 +69,8 @@ def make_workspace(
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["train"].update(train_overrides or {})
     params["model"].update(model_overrides or {})
+    if params["tflm"]["source"]:  # relative to the project root: this clone lives elsewhere
+        params["tflm"]["source"] = str((REPO / params["tflm"]["source"]).resolve())
     if devices is not None:
         params["devices"] = {name: params["devices"][name] for name in devices}
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

@@ -90,6 +90,11 @@ def _renormalised(x: np.ndarray, meta: DatasetMeta, manifest: dict[str, Any]) ->
     return ((raw - mean_then) / std_then).astype(np.float32)
 
 
+def _host_arena(manifest: dict[str, Any]) -> int:
+    """The arena for Python's TFLite Micro: a bundle reserves what the MCU build needs, less."""
+    return int(max(manifest["arena_bytes"], manifest.get("arena_host_bytes") or 0))
+
+
 def score(
     model: bytes, manifest: dict[str, Any], x: np.ndarray, y: np.ndarray, meta: DatasetMeta
 ) -> float:
@@ -97,7 +102,7 @@ def score(
     x = _renormalised(x, meta, manifest)
     if manifest["runtime"] == "tflm":
         scale, zp = manifest["input_scale"], manifest["input_zero_point"]
-        outputs = tflm.predict(model, litert.quantize_input(x, scale, zp), manifest["arena_bytes"])
+        outputs = tflm.predict(model, litert.quantize_input(x, scale, zp), _host_arena(manifest))
     else:
         outputs, _ = litert.run_batch(model, x)
     return round(float((outputs.argmax(1) == y).mean()), 6)

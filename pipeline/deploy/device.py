@@ -155,6 +155,8 @@ def manifest_for(
         manifest |= {
             "arena_bytes": reserved_arena(int(chosen.arena_measured or 0)),
             "arena_measured_bytes": chosen.arena_measured,
+            # Python's TFLite Micro (64-bit pointers) needs more than the MCU: host runs use this
+            "arena_host_bytes": reserved_arena(int(variants.int8.tflm_arena_bytes or 0)),
             "ops": variants.int8.ops,
             "cpu": profile.cpu,
             "kernels": profile.kernels,

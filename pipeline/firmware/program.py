@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import hashlib
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 from pipeline.core import atomic
 from pipeline.firmware.cores import CORES
-from pipeline.firmware.library import Library, compile_command, cpu_flags
+from pipeline.firmware.library import Library, compile_command, cpu_flags, jobs
 
 HARNESS_FILES = ("main.cc", "startup.c", "semihost.c", "tinyops_platform.h")
 HEAP_BYTES = 0  # TFLite Micro allocates only from the arena
@@ -61,8 +62,11 @@ def linker_script(core: str, stack_bytes: int) -> str:
     return text
 
 
-def _compile_cached(src: Path, flags: list[str], headers: list[Path], cache: Path) -> Path:
-    """Compile `src` unless an object of the same source, local headers and flags exists."""
+def _compile_cached(
+    src: Path, flags: list[str], local: list[str], headers: list[Path], cache: Path
+) -> Path:
+    """Compile `src` unless an object of the same source, local headers and flags exists (the
+    key leaves out the `local` include folders, which are temporary, but hashes their headers)."""
     digest = hashlib.sha256("\0".join(flags).encode())
     for path in (src, *headers):
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
@@ -70,7 +74,7 @@ def _compile_cached(src: Path, flags: list[str], headers: list[Path], cache: Pat
     if not obj.is_file():
         obj.parent.mkdir(parents=True, exist_ok=True)
         with atomic.atomic_path(obj) as tmp:
-            cmd = compile_command(src, tmp, flags, "-Os")
+            cmd = compile_command(src, tmp, [*flags, *local], "-Os")
             done = subprocess.run(cmd, capture_output=True, text=True, check=False)
             if done.returncode != 0:
                 raise BuildError(f"compiling {src.name} failed:\n{done.stderr[-3000:]}")
@@ -103,7 +107,7 @@ def build(
     for name in HARNESS_FILES:
         (workdir / name).write_text(harness_text(name))
     (workdir / "link.ld").write_text(linker_script(core, stack_bytes))
-    flags = [*library.flags, f"-I{bundle}", f"-I{workdir}", *defines]
+    flags, local = [*library.flags, *defines], [f"-I{bundle}", f"-I{workdir}"]
     headers = [*sorted(bundle.glob("*.h")), workdir / "tinyops_platform.h"]
     sources = [
         bundle / "tinyops_model.cc",
@@ -111,7 +115,10 @@ def build(
         workdir / "startup.c",
         workdir / "semihost.c",
     ]
-    objects = [_compile_cached(src, flags, headers, cache) for src in sources]
+    with ThreadPoolExecutor(jobs()) as pool:  # the model's array is most of the time
+        objects = list(
+            pool.map(lambda s: _compile_cached(s, flags, local, headers, cache), sources)
+        )
     elf = workdir / "firmware.elf"
     link = [
         "arm-none-eabi-g++",

@@ -16,6 +16,8 @@ int main(int argc, char** argv) {
   std::printf("labels %d\n", tinyops::kNumClasses);
   tinyops::OpResolver resolver;
   if (tinyops::RegisterOps(resolver) != kTfLiteOk) return 4;
-  for (const auto& op : resolver.registered) std::printf("op %s\n", op.c_str());
+  for (size_t i = 0; i < resolver.registered.size(); ++i)
+    std::printf("op %s%s%s\n", resolver.registered[i].c_str(), resolver.kernels[i].empty() ? "" : " ",
+                resolver.kernels[i].c_str());
   return 0;
 }

@@ -11,14 +11,38 @@ typedef enum TfLiteStatus { kTfLiteOk = 0, kTfLiteError = 1 } TfLiteStatus;
 
 namespace tflite {
 
+// The kernel a registration names: CMSIS-NN's int8-only variants come from Register_<OP>_INT8().
+struct TFLMRegistration {
+  const char* kernel = "";
+};
+#define TINYOPS_INT8(op) \
+  inline TFLMRegistration Register_##op##_INT8() { return {"int8"}; }
+TINYOPS_INT8(ADD)
+TINYOPS_INT8(AVERAGE_POOL_2D)
+TINYOPS_INT8(BATCH_MATMUL)
+TINYOPS_INT8(CONV_2D)
+TINYOPS_INT8(DEPTHWISE_CONV_2D)
+TINYOPS_INT8(FULLY_CONNECTED)
+TINYOPS_INT8(MAX_POOL_2D)
+TINYOPS_INT8(MAXIMUM)
+TINYOPS_INT8(MINIMUM)
+TINYOPS_INT8(MUL)
+TINYOPS_INT8(PAD)
+TINYOPS_INT8(SOFTMAX)
+TINYOPS_INT8(SVDF)
+TINYOPS_INT8(TRANSPOSE)
+TINYOPS_INT8(TRANSPOSE_CONV)
+#undef TINYOPS_INT8
+
 template <unsigned int tOpCount>
 class MicroMutableOpResolver {
  public:
   std::vector<std::string> registered;
+  std::vector<std::string> kernels;  // "int8" where an int8-only kernel was registered
   static constexpr unsigned int kCapacity = tOpCount;
 
 #define TINYOPS_OP(method, name) \
-  TfLiteStatus method() { return Add(name); }
+  TfLiteStatus method(TFLMRegistration registration = {}) { return Add(name, registration); }
   TINYOPS_OP(AddAbs, "ABS")
   TINYOPS_OP(AddAdd, "ADD")
   TINYOPS_OP(AddAddN, "ADD_N")
@@ -60,9 +84,10 @@ class MicroMutableOpResolver {
 #undef TINYOPS_OP
 
  private:
-  TfLiteStatus Add(const char* name) {
+  TfLiteStatus Add(const char* name, TFLMRegistration registration) {
     if (registered.size() >= tOpCount) return kTfLiteError;  // as TFLM: resolver too small
     registered.emplace_back(name);
+    kernels.emplace_back(registration.kernel);
     return kTfLiteOk;
   }
 };
