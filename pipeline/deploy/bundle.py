@@ -193,6 +193,7 @@ def readme(manifest: dict[str, Any]) -> str:
             "  // invoke, then argmax over interpreter.output(0)->data.int8 → kLabels[i]",
             "}",
             "```",
+            *_firmware_readme(m.get("firmware") or {}),
         ]
     else:
         lines += [
@@ -212,6 +213,35 @@ def readme(manifest: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _firmware_readme(firmware: dict[str, Any]) -> list[str]:
+    """What the firmware check measured, or why the figures above are estimates."""
+    m = firmware.get("measured")
+    if not m:
+        why = firmware.get("error") or firmware.get("skipped")
+        return ["", f"Flash and RAM above are estimates: no firmware check ({why})."] if why else []
+    return [
+        "",
+        "## Measured on the emulated core",
+        "",
+        f"`main.cc` is the test harness this bundle was built and run with: TFLite Micro "
+        f"{m['tflm_commit'][:12]} ({m['kernels']} kernels, {m['build_type']} build), "
+        f"{m['compiler']}, for {m['core']} on QEMU's {m['machine']}. It reads samples and writes "
+        "outputs through `tinyops_platform.h` (semihosting under QEMU; your UART or sensor on a board).",
+        "",
+        f"- {m['samples']} test samples: int8 outputs "
+        + (
+            "byte-identical to Python's TFLite Micro"
+            if m["identical"]
+            else f"differ: {m['mismatch']}"
+        ),
+        f"- flash {m['flash_bytes']:,} B (ELF .text + .data, model included)",
+        f"- RAM {m['ram_bytes']:,} B (.data + .bss {m['static_ram_bytes']:,} B with the arena, "
+        f"stack peak {m['stack_peak_bytes']:,} B)",
+        f"- smallest arena in this build {m['arena_min_bytes']:,} B",
+        f"- {m['instructions_per_inference']:,} instructions per inference",
+    ]
 
 
 def build_bundle(

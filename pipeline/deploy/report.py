@@ -65,6 +65,44 @@ def _row(device: str, runtime: str, status: DeployStatus) -> str:
     return "| " + " | ".join(str(c) for c in cells) + " |"
 
 
+def _firmware_cells(device: str, fw: dict) -> str:
+    est = fw.get("estimated", {})
+    m = fw.get("measured")
+    if not m:
+        why = fw.get("error") or fw.get("skipped") or "not run"
+        flash, ram = est.get("flash_bytes", 0), est.get("ram_bytes", 0)
+        return f"| {device} | - | - / {flash:,} | - / {ram:,} | - | - | estimates only: {why} |"
+    same = (
+        f"{m['samples']} samples byte-identical" if m["identical"] else f"DIFFER: {m['mismatch']}"
+    )
+    return (
+        f"| {device} | {m['core']} ({m['kernels']}), QEMU {m['machine']} | {m['flash_bytes']:,} / "
+        f"{est['flash_bytes']:,} | {m['ram_bytes']:,} / {est['ram_bytes']:,} | {m['arena_min_bytes']:,} "
+        f"| {m['instructions_per_inference']:,} | {same} |"
+    )
+
+
+def _firmware_lines(statuses: dict[str, DeployStatus]) -> list[str]:
+    """Measured (firmware built with TFLite Micro, run under QEMU) next to estimated figures."""
+    rows = []
+    for device, s in statuses.items():
+        chosen = [c for c in s.candidates if c.get("variant") == s.variant and c.get("firmware")]
+        if chosen:
+            rows.append(_firmware_cells(device, chosen[0]["firmware"]))
+    if not rows:
+        return []
+    return [
+        "",
+        "Microcontroller firmware (release build with TensorFlow Lite Micro; flash = ELF .text+.data, "
+        "RAM = .data+.bss with the arena + measured stack peak; estimates from params):",
+        "",
+        "| device | core (kernels) | flash measured / estimated (B) | RAM measured / estimated (B) "
+        "| C++ arena (B) | instructions per inference | outputs vs Python TFLite Micro |",
+        "|---|---|---:|---:|---:|---:|---|",
+        *rows,
+    ]
+
+
 def _champion_lines(statuses: dict[str, DeployStatus]) -> list[str]:
     """Challenger and production, scored on the same test split in the device's runtime."""
     rows = [
@@ -135,6 +173,7 @@ def markdown(
     for device, s in statuses.items():
         lines.append(_row(device, params.devices[device].runtime, s))
     lines += _champion_lines(statuses)
+    lines += _firmware_lines(statuses)
     lines += ["", "Every variant checked, per device:", ""]
     lines += ["| device | variant | fits | failed checks |", "|---|---|---|---|"]
     for device, s in statuses.items():
