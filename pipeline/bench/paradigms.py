@@ -114,7 +114,11 @@ def main(argv: list[str] | None = None) -> None:
     rows: list[Any] = [None] * world
     dist.all_gather_object(rows, mine)
     if dist.get_rank() == 0:
-        line = {"samples_per_s": steps * args.batch / seconds, "plan": plan.describe(), "ranks": rows}
+        line = {
+            "samples_per_s": steps * args.batch / seconds,
+            "plan": plan.describe(),
+            "ranks": rows,
+        }
         print(json.dumps(line), flush=True)
     dist.destroy_process_group()
 

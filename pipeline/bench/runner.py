@@ -24,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from pipeline.bench.firmware import firmware, firmware_targets
 from pipeline.bench.frameworks import framework_targets, frameworks
 from pipeline.core import atomic
 from pipeline.core.catalog import TRAIN_TIMING
@@ -296,7 +297,13 @@ def bench(rounds: int = 5, on_progress: Callable[[str], None] = print) -> dict[s
     results["overhead"] = overhead(rounds, on_progress)
     results["paradigms"] = {m: paradigms(m, rounds, on_progress) for m in ("default", "deep")}
     results["frameworks"] = frameworks(rounds, on_progress)
-    results["targets"] = targets(results) + paradigm_targets(results) + framework_targets(results)
+    results["firmware"] = firmware(on_progress)
+    results["targets"] = (
+        targets(results)
+        + paradigm_targets(results)
+        + framework_targets(results)
+        + firmware_targets(results)
+    )
     atomic.write_json(RESULTS, results)
     return results
 
@@ -522,7 +529,7 @@ def paradigm_targets(r: dict[str, Any]) -> list[dict[str, Any]]:
 def bench_only(
     section: str, rounds: int, on_progress: Callable[[str], None] = print
 ) -> dict[str, Any]:
-    """One section (`tinyops bench --only paradigms|frameworks`), merged into bench/results.json
+    """One section (`tinyops bench --only paradigms|frameworks|firmware`), merged into bench/results.json
     beside an earlier full run's results; that section's targets are replaced."""
     try:
         results = json.loads(RESULTS.read_text())
@@ -532,6 +539,9 @@ def bench_only(
     if section == "paradigms":
         results["paradigms"] = {m: paradigms(m, rounds, on_progress) for m in ("default", "deep")}
         new = paradigm_targets(results)
+    elif section == "firmware":
+        results["firmware"] = firmware(on_progress)
+        new = firmware_targets(results)
     else:
         results["frameworks"] = frameworks(rounds, on_progress)
         new = framework_targets(results)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from pipeline.bench.firmware import firmware_rows
 from pipeline.bench.frameworks import framework_rows
 
 Row = tuple[str, str, str, str]
@@ -132,6 +133,7 @@ def rows(r: dict[str, Any]) -> list[Row]:
         *_throughput_rows(r),
         *paradigm_rows(r),
         *framework_rows(r),
+        *firmware_rows(r),
         *_latency_rows(r),
         *_quantization_rows(r),
         *_cost_rows(r),
@@ -145,7 +147,9 @@ def print_results(r: dict[str, Any], console: Any) -> None:
     table = Table(title=f"tinyops bench: {machine['cores']} cores, torch {machine['torch']}")
     for col in ("measure", "median", "min–max", "ratio"):
         table.add_column(col)
-    for row in rows(r) if "throughput" in r else [*paradigm_rows(r), *framework_rows(r)]:
+    for row in (
+        rows(r) if "throughput" in r else [*paradigm_rows(r), *framework_rows(r), *firmware_rows(r)]
+    ):
         table.add_row(*row)
     console.print(table)
     for t in r["targets"]:

@@ -79,13 +79,13 @@ def prove(
         params.firmware.timeout_seconds,
     )
     try:
-        return _prove(build, src, cache, device, model, info, x, expected)
+        return measure(build, src, cache, device, model, info, x, expected)
     except (program.BuildError, qemu.RunError, RuntimeError, ValueError) as exc:
         _say(device, f"FAILED: {exc}")
         return Firmware(error=str(exc))
 
 
-def _prove(
+def measure(
     build: check.Build,
     src: source.TflmSource,
     cache: Path,
