@@ -397,5 +397,19 @@ def _log_decision(run: Run, device: str, record: DeployStatus, manifest: dict[st
             "model_bytes": record.model_bytes or 0,
             "latency_ms": record.latency_ms or 0.0,
             **({"arena_bytes": manifest["arena_bytes"]} if "arena_bytes" in manifest else {}),
+            **_firmware_metrics(manifest),
         }
     )
+
+
+def _firmware_metrics(manifest: dict[str, Any]) -> dict[str, float]:
+    """The measured firmware figures, as the deploy run's metrics (none when estimated)."""
+    measured = (manifest.get("firmware") or {}).get("measured") or {}
+    keys = (
+        "flash_bytes",
+        "ram_bytes",
+        "arena_min_bytes",
+        "stack_peak_bytes",
+        "instructions_per_inference",
+    )
+    return {f"firmware_{k}": float(measured[k]) for k in keys if k in measured}

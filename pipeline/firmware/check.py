@@ -12,7 +12,6 @@ from typing import Any
 import numpy as np
 
 from pipeline.firmware import program, qemu
-from pipeline.firmware.cores import CORES
 from pipeline.firmware.library import Library
 from pipeline.firmware.toolchain import compiler_version, qemu_version
 
@@ -58,13 +57,15 @@ class Figures:
 
 
 def _arena_runs(
-    elf: Path, build: Build, sample: np.ndarray, out_bytes: int, arena: int, cache: Path
+    prog: program.Program, build: Build, sample: np.ndarray, out_bytes: int, arena: int, cache: Path
 ) -> qemu.Run:
-    return qemu.run(elf, build.core, sample, out_bytes, cache, arena, timeout=build.timeout_seconds)
+    return qemu.run(
+        prog.elf, prog.machine, sample, out_bytes, cache, arena, timeout=build.timeout_seconds
+    )
 
 
 def min_arena(
-    elf: Path,
+    prog: program.Program,
     build: Build,
     sample: np.ndarray,
     out_bytes: int,
@@ -75,7 +76,7 @@ def min_arena(
     """Binary search, as in Python: a larger arena never fails where a smaller one runs. Far too
     small an arena can fault the CPU (TFLite Micro keeps its own allocator in the arena), which
     reads as "does not fit"; one step below the minimum must fail cleanly in AllocateTensors."""
-    first = _arena_runs(elf, build, sample, out_bytes, capacity, cache)
+    first = _arena_runs(prog, build, sample, out_bytes, capacity, cache)
     if first.exit_code != 0:
         raise qemu.RunError(
             f"with the whole {capacity:,}-byte arena the C++ build stops: {first.reason}. {first.console}"
@@ -85,11 +86,11 @@ def min_arena(
         mid = (lo + hi) // 2 // granularity * granularity
         if mid <= lo:
             break
-        if _arena_runs(elf, build, sample, out_bytes, mid, cache).exit_code == 0:
+        if _arena_runs(prog, build, sample, out_bytes, mid, cache).exit_code == 0:
             hi = mid
         else:
             lo = mid
-    below = _arena_runs(elf, build, sample, out_bytes, hi - granularity, cache)
+    below = _arena_runs(prog, build, sample, out_bytes, hi - granularity, cache)
     if below.exit_code != qemu.ARENA_TOO_SMALL:
         raise qemu.RunError(
             f"one step below the smallest arena ({hi - granularity:,} B) the firmware did not fail "
@@ -111,7 +112,7 @@ def search_arena(
     """The C++ build's smallest arena, on a build of `bundle` with a `capacity`-byte arena."""
     defines = (f"-DTINYOPS_ARENA_CAPACITY={capacity}",)
     prog = program.build(bundle, library, build.core, workdir, cache, build.stack_bytes, defines)
-    return min_arena(prog.elf, build, sample, out_bytes, capacity, cache)
+    return min_arena(prog, build, sample, out_bytes, capacity, cache)
 
 
 def first_mismatch(got: np.ndarray, expected: np.ndarray) -> str | None:
@@ -139,7 +140,7 @@ def verify(
     prog = program.build(bundle, library, build.core, workdir, cache, build.stack_bytes)
     out_bytes = int(np.prod(expected.shape[1:]))
     result = qemu.run(
-        prog.elf, build.core, x, out_bytes, cache, count=True, timeout=build.timeout_seconds
+        prog.elf, prog.machine, x, out_bytes, cache, count=True, timeout=build.timeout_seconds
     )
     if result.exit_code != 0 or result.outputs is None:
         raise qemu.RunError(f"the firmware stopped: {result.reason}. {result.console}")
@@ -148,7 +149,7 @@ def verify(
     return Figures(
         core=build.core,
         kernels=build.kernels,
-        machine=CORES[build.core].machine,
+        machine=prog.machine,
         build_type=build.build_type,
         compiler=compiler_version(),
         qemu=qemu_version(),

@@ -10,29 +10,46 @@ MIB = 1024 * KIB
 
 
 @dataclass(frozen=True)
-class Core:
+class Machine:
     name: str
-    flags: tuple[str, ...]
-    """arm-none-eabi-gcc's CPU and floating-point ABI options."""
-    machine: str
     """qemu-system-arm -M: a board with this core (or one that runs its instruction set)."""
     flash: tuple[int, int]
     """(origin, bytes) of the machine's code memory."""
     ram: tuple[int, int]
 
 
+@dataclass(frozen=True)
+class Core:
+    name: str
+    flags: tuple[str, ...]
+    """arm-none-eabi-gcc's CPU and floating-point ABI options."""
+    machines: tuple[Machine, ...]
+    """Where the test firmware runs: the first whose memory holds it."""
+
+    @property
+    def machine(self) -> str:
+        return self.machines[0].name
+
+
 _SOFT = "-mfloat-abi=soft"
 
 
+def _mps2_machine(name: str) -> Machine:
+    """Arm MPS2 FPGA images: 4 MiB of code SSRAM at 0, 4 MiB of data SSRAM at 0x20000000."""
+    return Machine(name, (0x0, 4 * MIB), (0x20000000, 4 * MIB))
+
+
+# BBC micro:bit (nRF51, Cortex-M0): 256 KiB flash, 16 KiB RAM. A program it cannot hold runs on
+# the Cortex-M3 image instead: ARMv7-M executes ARMv6-M code as it is, instruction for instruction.
+_V6M = (Machine("microbit", (0x0, 256 * KIB), (0x20000000, 16 * KIB)), _mps2_machine("mps2-an385"))
+
+
 def _microbit(name: str, *flags: str) -> Core:
-    """BBC micro:bit (nRF51, Cortex-M0): 256 KiB flash, 16 KiB RAM. It runs ARMv6-M code, the
-    M0+'s instruction set too."""
-    return Core(name, flags, "microbit", (0x0, 256 * KIB), (0x20000000, 16 * KIB))
+    return Core(name, flags, _V6M)
 
 
 def _mps2(name: str, machine: str, *flags: str) -> Core:
-    """Arm MPS2 FPGA images: 4 MiB of code SSRAM at 0, 4 MiB of data SSRAM at 0x20000000."""
-    return Core(name, flags, machine, (0x0, 4 * MIB), (0x20000000, 4 * MIB))
+    return Core(name, flags, (_mps2_machine(machine),))
 
 
 CORES: dict[str, Core] = {

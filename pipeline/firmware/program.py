@@ -13,7 +13,7 @@ from importlib import resources
 from pathlib import Path
 
 from pipeline.core import atomic
-from pipeline.firmware.cores import CORES
+from pipeline.firmware.cores import CORES, Machine
 from pipeline.firmware.library import Library, compile_command, cpu_flags, jobs
 
 HARNESS_FILES = ("main.cc", "startup.c", "semihost.c", "tinyops_platform.h")
@@ -27,6 +27,8 @@ class BuildError(Exception):
 @dataclass(frozen=True)
 class Program:
     elf: Path
+    machine: str
+    """The QEMU machine it is laid out for (and runs on)."""
     sections: dict[str, int]
     """Allocated section sizes from arm-none-eabi-size -A."""
 
@@ -45,10 +47,10 @@ def harness_text(name: str) -> str:
     return resources.files("pipeline.firmware").joinpath("c", name).read_text()
 
 
-def linker_script(core: str, stack_bytes: int) -> str:
-    c = CORES[core]
+def linker_script(machine: Machine, stack_bytes: int) -> str:
+    c = machine
     values = {
-        "MACHINE": c.machine,
+        "MACHINE": c.name,
         "FLASH_ORIGIN": hex(c.flash[0]),
         "FLASH_BYTES": str(c.flash[1]),
         "RAM_ORIGIN": hex(c.ram[0]),
@@ -93,6 +95,28 @@ def _sections(elf: Path) -> dict[str, int]:
     return {k: v for k, v in sizes.items() if not k.startswith((".debug", ".comment", ".ARM.attr"))}
 
 
+def _link(
+    core: str,
+    machine: Machine,
+    objects: list[Path],
+    library: Library,
+    workdir: Path,
+    stack_bytes: int,
+) -> str | None:
+    """Link for `machine`; the linker's errors, or None."""
+    (workdir / "link.ld").write_text(linker_script(machine, stack_bytes))
+    link = [
+        "arm-none-eabi-g++", *cpu_flags(core), "-nostartfiles", "--specs=nano.specs",
+        "--specs=nosys.specs", "-Wl,--gc-sections", f"-Wl,-Map={workdir / 'firmware.map'}",
+        "-T", str(workdir / "link.ld"), *map(str, objects), str(library.path), "-lm",
+        "-o", str(workdir / "firmware.elf"),
+    ]  # fmt: skip
+    done = subprocess.run(link, capture_output=True, text=True, check=False)
+    if done.returncode == 0:
+        return None
+    return "\n".join(ln for ln in done.stderr.splitlines() if "will always fail" not in ln)
+
+
 def build(
     bundle: Path,
     library: Library,
@@ -102,42 +126,27 @@ def build(
     stack_bytes: int,
     defines: tuple[str, ...] = (),
 ) -> Program:
-    """Compile the bundle and the harness for `core`, and link them with `library`."""
+    """Compile the bundle and the harness for `core`, and link them with `library` for the first
+    of the core's QEMU machines whose memory holds the program."""
     workdir.mkdir(parents=True, exist_ok=True)
     for name in HARNESS_FILES:
         (workdir / name).write_text(harness_text(name))
-    (workdir / "link.ld").write_text(linker_script(core, stack_bytes))
     flags, local = [*library.flags, *defines], [f"-I{bundle}", f"-I{workdir}"]
     headers = [*sorted(bundle.glob("*.h")), workdir / "tinyops_platform.h"]
-    sources = [
-        bundle / "tinyops_model.cc",
-        workdir / "main.cc",
-        workdir / "startup.c",
-        workdir / "semihost.c",
-    ]
+    names = ("main.cc", "startup.c", "semihost.c")
+    sources = [bundle / "tinyops_model.cc", *(workdir / n for n in names)]
     with ThreadPoolExecutor(jobs()) as pool:  # the model's array is most of the time
         objects = list(
             pool.map(lambda s: _compile_cached(s, flags, local, headers, cache), sources)
         )
-    elf = workdir / "firmware.elf"
-    link = [
-        "arm-none-eabi-g++",
-        *cpu_flags(core),
-        "-nostartfiles",
-        "--specs=nano.specs",
-        "--specs=nosys.specs",
-        "-Wl,--gc-sections",
-        f"-Wl,-Map={workdir / 'firmware.map'}",
-        "-T",
-        str(workdir / "link.ld"),
-        *map(str, objects),
-        str(library.path),
-        "-lm",
-        "-o",
-        str(elf),
-    ]
-    done = subprocess.run(link, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        errors = [ln for ln in done.stderr.splitlines() if "will always fail" not in ln]
-        raise BuildError("linking the firmware failed:\n" + "\n".join(errors[-30:]))
-    return Program(elf, _sections(elf))
+    errors = ""
+    for machine in CORES[core].machines:
+        failed = _link(core, machine, objects, library, workdir, stack_bytes)
+        if failed is None:
+            elf = workdir / "firmware.elf"
+            return Program(elf, machine.name, _sections(elf))
+        errors = failed
+        if "overflowed" not in failed and "will not fit" not in failed:
+            break
+    lines = errors.splitlines()[-30:]
+    raise BuildError("linking the firmware failed:\n" + "\n".join(lines))

@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.core import atomic
-from pipeline.firmware.cores import CORES
 from pipeline.firmware.program import harness_text
 from pipeline.firmware.toolchain import qemu_version
 
@@ -90,7 +89,7 @@ def _parse(raw: bytes, samples: int, output_bytes: int) -> tuple[np.ndarray, int
 
 def run(
     elf: Path,
-    core: str,
+    machine: str,
     inputs: np.ndarray,
     output_bytes: int,
     cache: Path,
@@ -108,7 +107,7 @@ def run(
         cmd = [
             "qemu-system-arm",
             "-M",
-            CORES[core].machine,
+            machine,
             "-nographic",
             "-monitor",
             "none",
@@ -127,9 +126,7 @@ def run(
                 cmd, cwd=work, capture_output=True, text=True, timeout=timeout, check=False
             )
         except subprocess.TimeoutExpired:
-            raise RunError(
-                f"QEMU ({CORES[core].machine}) did not finish within {timeout:g} s"
-            ) from None
+            raise RunError(f"QEMU ({machine}) did not finish within {timeout:g} s") from None
         console = (done.stdout + done.stderr).strip()
         if done.returncode != 0:
             return Run(done.returncode, None, None, None, [], console)

@@ -126,7 +126,9 @@ def test_without_a_firmware_check_the_estimates_stand_labelled() -> None:
 def test_a_missing_toolchain_or_source_is_named(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    with pytest.raises(source.SourceUnavailable, match=r"nowhere\.tar\.gz does not exist.*git clone"):
+    with pytest.raises(
+        source.SourceUnavailable, match=r"nowhere\.tar\.gz does not exist.*git clone"
+    ):
         source.resolve(str(tmp_path / "nowhere.tar.gz"), tmp_path)
     monkeypatch.setenv("PATH", str(tmp_path))
     assert "arm-none-eabi-gcc (apt-get install gcc-arm-none-eabi)" in toolchain.missing()
@@ -188,14 +190,18 @@ def test_one_step_below_the_smallest_arena_fails_cleanly(pipeline_ws: Path, tmp_
     _, xq, expected = _test_inputs(pipeline_ws, device, 1)
     lib = library.build(src, cache, "cortex-m0plus", "reference", "release", manifest["ops"])
     defines = (f"-DTINYOPS_ARENA_CAPACITY={manifest['arena_bytes']}",)
-    prog = program.build(
-        pipeline_ws / "deploy" / device, lib, "cortex-m0plus", tmp_path, cache, 4096, defines
-    )
+    bundle = pipeline_ws / "deploy" / device
+    prog = program.build(bundle, lib, "cortex-m0plus", tmp_path, cache, 4096, defines)
     smallest = manifest["arena_measured_bytes"]
-    ok = qemu.run(prog.elf, "cortex-m0plus", xq, 10, cache, arena_bytes=smallest)
+    ok = qemu.run(prog.elf, prog.machine, xq, 10, cache, arena_bytes=smallest)
     assert ok.exit_code == 0 and (ok.outputs == expected).all()
-    below = qemu.run(prog.elf, "cortex-m0plus", xq, 10, cache, arena_bytes=smallest - 16)
+    below = qemu.run(prog.elf, prog.machine, xq, 10, cache, arena_bytes=smallest - 16)
     assert below.exit_code == qemu.ARENA_TOO_SMALL and "AllocateTensors failed" in below.console
+    # Too big for the micro:bit's 16 KiB of RAM: the same ARMv6-M code runs on the M3 image
+    big = program.build(bundle, lib, "cortex-m0plus", tmp_path / "big", cache, 32768, defines)
+    assert (prog.machine, big.machine) == ("microbit", "mps2-an385")
+    same = qemu.run(big.elf, big.machine, xq, 10, cache, count=True)
+    assert (same.outputs == expected).all()
 
 
 def _largest_weights(model: bytes) -> tuple[int, int]:
