@@ -39,6 +39,9 @@ class Library:
     """Compiler flags every object of a program linking the library must share."""
     compiled: int
     """Objects compiled by this call (0: all came from the cache)."""
+    header: Path | None = None
+    """A precompiled header of TFLite Micro's interpreter and resolver, for programs built with
+    `flags`: GCC uses its .gch (about 4 s less per compile) or, if it does not match, the text."""
 
 
 def cpu_flags(core: str) -> list[str]:
@@ -201,4 +204,25 @@ def build(
             with atomic.atomic_path(library) as tmp:
                 tmp.unlink()
                 subprocess.run(["arm-none-eabi-ar", "rcs", str(tmp), *objects], check=True)
-    return Library(library, tree, tuple(flags), len(todo))
+        header = _precompiled_header(folder, flags)
+    return Library(library, tree, tuple(flags), len(todo), header)
+
+
+PCH_INCLUDES = (
+    "tensorflow/lite/micro/micro_mutable_op_resolver.h",
+    "tensorflow/lite/micro/micro_interpreter.h",
+    "tensorflow/lite/schema/schema_generated.h",
+)
+
+
+def _precompiled_header(folder: Path, flags: list[str]) -> Path:
+    """The headers every bundle and harness file includes, precompiled once per library."""
+    header = folder / "pch" / "tinyops_pch.h"
+    gch = header.with_name(header.name + ".gch")
+    if not gch.is_file():
+        header.parent.mkdir(parents=True, exist_ok=True)
+        header.write_text("".join(f'#include "{h}"\n' for h in PCH_INCLUDES))
+        with atomic.atomic_path(gch) as tmp:
+            cmd = ["arm-none-eabi-g++", *flags, *CXX_FLAGS, "-Os", "-x", "c++-header", str(header)]
+            subprocess.run([*cmd, "-o", str(tmp)], check=True, capture_output=True)
+    return header

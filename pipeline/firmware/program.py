@@ -65,7 +65,12 @@ def linker_script(machine: Machine, stack_bytes: int) -> str:
 
 
 def _compile_cached(
-    src: Path, flags: list[str], local: list[str], headers: list[Path], cache: Path
+    src: Path,
+    flags: list[str],
+    local: list[str],
+    headers: list[Path],
+    cache: Path,
+    pch: Path | None = None,
 ) -> Path:
     """Compile `src` unless an object of the same source, local headers and flags exists (the
     key leaves out the `local` include folders, which are temporary, but hashes their headers)."""
@@ -77,6 +82,8 @@ def _compile_cached(
         obj.parent.mkdir(parents=True, exist_ok=True)
         with atomic.atomic_path(obj) as tmp:
             cmd = compile_command(src, tmp, [*flags, *local], "-Os")
+            if pch is not None and src.suffix == ".cc":
+                cmd[1:1] = ["-include", str(pch)]
             done = subprocess.run(cmd, capture_output=True, text=True, check=False)
             if done.returncode != 0:
                 raise BuildError(f"compiling {src.name} failed:\n{done.stderr[-3000:]}")
@@ -137,7 +144,9 @@ def build(
     sources = [bundle / "tinyops_model.cc", *(workdir / n for n in names)]
     with ThreadPoolExecutor(jobs()) as pool:  # the model's array is most of the time
         objects = list(
-            pool.map(lambda s: _compile_cached(s, flags, local, headers, cache), sources)
+            pool.map(
+                lambda s: _compile_cached(s, flags, local, headers, cache, library.header), sources
+            )
         )
     errors = ""
     for machine in CORES[core].machines:
