@@ -53,13 +53,18 @@ def _generic_flash(
 
 
 def firmware(on_progress: Callable[[str], None] = print) -> dict[str, Any]:
-    """Per core and kernels: flash, RAM, arena and instructions; CMSIS-NN's general-kernel flash."""
-    gaps = toolchain.missing()
+    """Per core and kernels: flash, RAM, arena and instructions; CMSIS-NN's general-kernel flash.
+    Without the toolchain or the TFLite Micro source: {"skipped": why} (targets NOT MEASURED)."""
     params = load_params()
     cache = source.cache_root(params.tflm.cache_dir)
-    src = source.resolve(params.tflm.source, cache)  # SourceUnavailable: the caller says so
-    if gaps:
-        raise source.SourceUnavailable(f"missing {', '.join(gaps)}")
+    gaps = toolchain.missing()
+    try:
+        if gaps:
+            raise source.SourceUnavailable(f"missing {', '.join(gaps)}")
+        src = source.resolve(params.tflm.source, cache)
+    except source.SourceUnavailable as exc:
+        on_progress(f"firmware: skipped: {exc}")
+        return {"skipped": str(exc)}
     variants = catalog.read(catalog.VARIANTS_FILE, Variants, "evaluate")
     model, info, xq, expected = _inputs(variants)
     rows: dict[str, Any] = {}
@@ -68,7 +73,8 @@ def firmware(on_progress: Callable[[str], None] = print) -> dict[str, Any]:
             on_progress(f"firmware: {core} with {kernels} kernels")
             build = check.Build(core, kernels, params.tflm.build_type, src.commit, 4096, 300.0)
             result = mcu.measure(build, src, cache, "bench", model, info, xq, expected)
-            assert result.figures is not None
+            if result.figures is None:
+                raise RuntimeError(f"firmware bench: {core} {kernels}: {result.error}")
             rows[f"{core} {kernels}"] = result.figures.to_dict()
     cmsis = check.Build("cortex-m4+fp", "cmsis_nn", params.tflm.build_type, src.commit, 4096, 300.0)
     return {
@@ -87,6 +93,9 @@ def firmware_targets(r: dict[str, Any]) -> list[dict[str, Any]]:
     fw = r.get("firmware")
     if not fw:
         return []
+    if "skipped" in fw:
+        return [{"target": "firmware: every core × kernels byte-identical to Python's TFLite Micro",
+                 "value": None, "status": "NOT MEASURED"}]  # fmt: skip
     builds = fw["builds"].values()
     same = all(b["identical"] for b in builds)
     worst = max(b["arena_min_bytes"] for b in builds) / fw["python_arena_bytes"]
@@ -106,7 +115,7 @@ def firmware_targets(r: dict[str, Any]) -> list[dict[str, Any]]:
 
 def firmware_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     fw = r.get("firmware")
-    if not fw:
+    if not fw or "skipped" in fw:
         return []
     rows = []
     for name, b in fw["builds"].items():

@@ -88,7 +88,13 @@ def resolve(param: str | None, cache: Path) -> TflmSource:
         )
     if not path.exists():
         raise SourceUnavailable(f"TensorFlow Lite Micro source {path} does not exist; {ONLINE}")
-    root = _unpack(path, cache) if path.is_file() else path
+    try:
+        root = _unpack(path, cache) if path.is_file() else path
+    except (tarfile.TarError, OSError) as exc:
+        raise SourceUnavailable(
+            f"TensorFlow Lite Micro source {path} could not be unpacked into {cache} ({exc}); "
+            "tflm.source takes a folder or a .tar.gz"
+        ) from None
     tree = _find_tree(root)
     if tree is None:
         raise SourceUnavailable(f"{path} holds no TFLite Micro tree (no {_MARKER}); {ONLINE}")

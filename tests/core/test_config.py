@@ -51,6 +51,18 @@ NANO = {
             ["unknown key 'devices.nano.ram'", "Did you mean 'ram_bytes'?"],
         ),
         ({"nano": {"runtime": "tflm"}}, ["'devices.nano.flash_bytes'", "Field required"]),
+        (
+            {"nano": NANO | {"cpu": "cortex-m4fp"}},
+            ["'devices.nano.cpu'", "Did you mean 'cortex-m4+fp'?"],
+        ),
+        (
+            {"nano": NANO | {"kernels": "cmsis"}},
+            ["'devices.nano.kernels'", "Did you mean 'cmsis_nn'?"],
+        ),
+        (
+            {"nano": NANO | {"cpu": "xtensa-lx7", "kernels": "cmsis_nn"}},
+            ["'devices.nano'", "cmsis_nn needs a Cortex-M cpu, not xtensa-lx7"],
+        ),
     ],
 )
 def test_bad_device_profiles_name_the_device_and_key(devices: dict, phrases: list[str]) -> None:
@@ -82,6 +94,8 @@ def test_bad_device_profiles_name_the_device_and_key(devices: dict, phrases: lis
         ({"model": {"channels": []}}, ["'model.channels'", "at least 1"]),
         ({"model": {"kernel_size": 4}}, ["'model.kernel_size'", "3 or 5"]),
         ({"evaluate": {"arena_max_bytes": 0}}, ["'evaluate.arena_max_bytes'"]),
+        ({"firmware": {"sample": 3}}, ["unknown key 'firmware.sample'", "Did you mean 'samples'?"]),
+        ({"tflm": {"build_type": "debug"}}, ["'tflm.build_type'", "'release' or 'default'"]),
     ],
 )
 def test_bad_values_name_the_key(data: dict, phrases: list[str]) -> None:

@@ -130,6 +130,13 @@ def test_a_missing_toolchain_or_source_is_named(
         source.SourceUnavailable, match=r"nowhere\.tar\.gz does not exist.*git clone"
     ):
         source.resolve(str(tmp_path / "nowhere.tar.gz"), tmp_path)
+    junk = tmp_path / "junk.tar.gz"
+    junk.write_bytes(b"not an archive")
+    with pytest.raises(source.SourceUnavailable, match=r"junk\.tar\.gz could not be unpacked"):
+        source.resolve(str(junk), tmp_path / "cache")
+    assert not (tmp_path / "cache" / "tflm-src").exists() or not any(
+        (tmp_path / "cache" / "tflm-src").iterdir()
+    )  # nothing half-unpacked is left to be taken for a tree
     monkeypatch.setenv("PATH", str(tmp_path))
     assert "arm-none-eabi-gcc (apt-get install gcc-arm-none-eabi)" in toolchain.missing()
     params = parse_params(yaml.safe_load((REPO / "params.yaml").read_text()))
