@@ -87,7 +87,10 @@ def resolve(param: str | None, cache: Path) -> TflmSource:
             f"no TensorFlow Lite Micro source: set tflm.source or {ENV_SOURCE}; {ONLINE}"
         )
     if not path.exists():
-        raise SourceUnavailable(f"TensorFlow Lite Micro source {path} does not exist; {ONLINE}")
+        where = "" if path.is_absolute() else f" (from {Path.cwd()})"
+        raise SourceUnavailable(
+            f"TensorFlow Lite Micro source {path}{where} does not exist; {ONLINE}"
+        )
     try:
         root = _unpack(path, cache) if path.is_file() else path
     except (tarfile.TarError, OSError) as exc:
