@@ -111,7 +111,10 @@ class DatasetMeta(Artifact):
     num_classes: int
     input_shape: list[int]
     layout: str
+    """NHWC (images) or NTC (time series: steps × channels)."""
     normalization: dict[str, Any]
+    channels: list[str] = []
+    """Time series: the channel names, in input order."""
     splits: dict[str, int]
     class_counts: dict[str, int]
     seed: int

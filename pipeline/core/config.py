@@ -25,14 +25,25 @@ NonNegativeInt = Annotated[int, Field(ge=0)]
 Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]
 
 
+SEQUENCE_SOURCES = ("basicmotions", "japanesevowels", "series_npz", "series_csv")
+PATH_SOURCES = ("npz", "imagefolder", "series_npz", "series_csv")
+Arch = Literal["cnn2d", "cnn1d", "dscnn1d", "tcn", "gru", "lstm", "transformer"]
+SEQUENCE_ARCHS = ("cnn1d", "dscnn1d", "tcn", "gru", "lstm", "transformer")
+
+
 class PrepareParams(_Section):
     """Where the data comes from and how it is split."""
 
-    source: Literal["digits", "npz", "imagefolder"] = "digits"
-    """`digits`: scikit-learn's bundled 8×8 digits; `npz`: arrays `x` and `y`; `imagefolder`:
-    one sub-folder per class."""
+    source: Literal[
+        "digits", "npz", "imagefolder", "basicmotions", "japanesevowels", "series_npz", "series_csv"
+    ] = "digits"
+    """Images: `digits` (scikit-learn's bundled 8×8 digits), `npz` (arrays `x` and `y`),
+    `imagefolder` (one sub-folder per class). Time series (T steps × C channels):
+    `basicmotions` / `japanesevowels` (UEA archive files bundled in the sktime wheel),
+    `series_npz` (x of shape (N, T, C)), `series_csv` (one CSV per sample, one sub-folder per
+    class, a header naming the channels)."""
     path: str | None = None
-    """File (npz) or folder (imagefolder); required for those sources, ignored for digits."""
+    """File (npz, series_npz) or folder (imagefolder, series_csv); ignored for bundled sources."""
     image_size: tuple[PositiveInt, PositiveInt] = Field(default=(32, 32), strict=False)
     """(height, width) that imagefolder images are resized to."""
     resize: bool = True
@@ -46,6 +57,17 @@ class PrepareParams(_Section):
     test_fraction: Fraction = 0.15
     min_samples_per_class: Annotated[int, Field(ge=3)] = 10
     """Every class needs at least this many samples (and at least one per split)."""
+    sequence_length: PositiveInt | None = None
+    """Time series: steps per sample. Longer series keep their first sequence_length steps,
+    shorter ones are padded with zeros after normalisation (the training mean). null: every
+    series must already have the same length."""
+    min_sequence_length: PositiveInt = 4
+    """Time series: a series with fewer steps than this is an error naming it."""
+
+    @property
+    def is_sequence(self) -> bool:
+        """Time-series data (T, C) rather than images (H, W, C)."""
+        return self.source in SEQUENCE_SOURCES
 
     @model_validator(mode="after")
     def _check(self) -> PrepareParams:
@@ -53,14 +75,19 @@ class PrepareParams(_Section):
             raise ValueError(
                 "val_fraction + test_fraction must be below 0.9 so training keeps enough data"
             )
-        if self.source != "digits" and not self.path:
+        if self.source in PATH_SOURCES and not self.path:
             raise ValueError(f"source '{self.source}' needs prepare.path (a file or folder)")
         return self
 
 
 class ModelParams(_Section):
-    """Architecture of the CNN: one conv block per entry of `channels`, and the framework
-    that trains it."""
+    """The model family and its size, and the framework that trains it."""
+
+    arch: Arch = "cnn2d"
+    """Images: cnn2d. Time series: cnn1d (conv blocks), dscnn1d (depthwise-separable, like
+    MLPerf Tiny's keyword-spotting DS-CNN), tcn (dilated causal convolutions with residuals),
+    gru / lstm (cells unrolled over the steps), transformer (encoder blocks with int8
+    attention). Every family quantizes fully to int8 and runs in TensorFlow Lite Micro."""
 
     framework: Literal["torch", "keras"] = "torch"
     """torch: PyTorch under torchrun, exported with litert-torch; keras: Keras 3 on TensorFlow
@@ -70,6 +97,28 @@ class ModelParams(_Section):
     """Width of each conv block; its length is the depth."""
     kernel_size: Literal[3, 5] = 3
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.1
+    hidden_size: PositiveInt = 32
+    """gru / lstm: state size; transformer: model width (a multiple of heads)."""
+    heads: PositiveInt = 2
+    """transformer: attention heads."""
+    stride: PositiveInt = 1
+    """Sequence families: the first layer reads frames of this many steps (stride = kernel),
+    so an RNN unrolls T / stride steps and a transformer attends over as many."""
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelParams:
+        if self.arch == "transformer" and self.hidden_size % self.heads:
+            raise ValueError(
+                f"transformer hidden_size {self.hidden_size} must be a multiple of heads "
+                f"{self.heads}"
+            )
+        if self.framework == "keras" and self.arch != "cnn2d":
+            raise ValueError(
+                f"model.arch {self.arch} is built for model.framework torch only (litert-torch "
+                "int8 with tinyops's quantizer, checked fully int8); the Keras families are "
+                "cnn2d. Set model.framework: torch."
+            )
+        return self
 
 
 class TrainParams(_Section):
@@ -302,6 +351,7 @@ class Params(_Section):
         """Strategy, world size and model depth validated together (pipeline/core/parallel.py)."""
         _plan(self.train, self.model, batch_size=None)
         _check_framework(self.train, self.model)
+        _check_family(self.prepare, self.model, self.train)
         return self
 
     @field_validator("devices", mode="before")
@@ -327,6 +377,23 @@ def _check_framework(tp: TrainParams, model: ModelParams) -> None:
         raise ValueError(
             f"model.framework keras with train.nnodes {tp.nnodes} needs train.worker_hosts: "
             f"host:port of each of the {tp.nnodes} nodes (got {len(tp.worker_hosts)})"
+        )
+
+
+def _check_family(prep: PrepareParams, model: ModelParams, tp: TrainParams) -> None:
+    """Refused before any work: a family that does not fit the data, or a model-parallel
+    strategy on a family that has no block boundaries to cut at."""
+    if prep.is_sequence != (model.arch in SEQUENCE_ARCHS):
+        kind = "time series" if prep.is_sequence else "images"
+        fits = ", ".join(SEQUENCE_ARCHS) if prep.is_sequence else "cnn2d"
+        raise ValueError(
+            f"prepare.source {prep.source} gives {kind}, which model.arch {model.arch} cannot "
+            f"take; for {kind} use one of: {fits}"
+        )
+    if model.arch != "cnn2d" and tp.parallelism in ("pipeline", "hybrid"):
+        raise ValueError(
+            f"train.parallelism {tp.parallelism} cuts cnn2d at its conv blocks; model.arch "
+            f"{model.arch} trains with parallelism data or fsdp"
         )
 
 

@@ -1,4 +1,5 @@
-"""Data sources (digits, npz, imagefolder) and the checks every dataset passes before use."""
+"""Data sources (images: digits, npz, imagefolder; time series: pipeline/data/sequences.py) and
+the checks every dataset passes before use."""
 
 from __future__ import annotations
 
@@ -16,12 +17,19 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 
 @dataclass(frozen=True)
 class Dataset:
-    """Validated samples: x is float32 NHWC, y int64 in [0, len(classes))."""
+    """Validated samples: x is float32 NHWC (images) or NTC (time series, zero after each
+    series' `lengths`), y int64 in [0, len(classes))."""
 
     x: np.ndarray
     y: np.ndarray
     classes: tuple[str, ...]
     origin: str
+    lengths: np.ndarray | None = None
+    channels: tuple[str, ...] = ()
+
+    @property
+    def layout(self) -> str:
+        return "NHWC" if self.lengths is None else "NTC"
 
 
 def _check_size(path: Path, limit: int) -> None:
@@ -192,7 +200,13 @@ def validate_dataset(ds: Dataset, min_per_class: int) -> None:
 
 def load_dataset(params: PrepareParams) -> Dataset:
     """Load the configured source and validate it; nothing is written here."""
-    if params.source == "digits":
+    if params.is_sequence:
+        from pipeline.data import sequences
+
+        data = sequences.load_sequences(params)
+        x, lengths = sequences.fixed_length(data, params.sequence_length)
+        ds = Dataset(x, data.y, data.classes, data.origin, lengths, data.channels)
+    elif params.source == "digits":
         ds = load_digits_dataset()
     elif params.source == "npz":
         ds = load_npz_dataset(Path(params.path or ""), params.max_file_bytes)

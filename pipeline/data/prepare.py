@@ -59,19 +59,33 @@ def split_indices(y: np.ndarray, params: PrepareParams) -> dict[str, np.ndarray]
     return {"train": np.sort(train), "val": np.sort(val), "test": np.sort(test)}
 
 
+def _valid_steps(lengths: np.ndarray, steps: int) -> np.ndarray:
+    """(N, T, 1) mask: 1 for a series' own steps, 0 for padding."""
+    return (np.arange(steps)[None, :] < lengths[:, None]).astype(np.float64)[..., None]
+
+
+def channel_statistics(ds: Dataset, train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and std over the training split (a series' padding left out)."""
+    channels = ds.x.shape[-1]
+    values = ds.x[train].reshape(-1, channels).astype(np.float64)
+    if ds.lengths is not None:
+        values = values[_valid_steps(ds.lengths[train], ds.x.shape[1]).reshape(-1) > 0]
+    mean, std = values.mean(axis=0), values.std(axis=0)
+    return mean, np.where(std < 1e-8, 1.0, std)
+
+
 def prepare(params: PrepareParams, out_dir: Path = PROCESSED_DIR) -> PrepareResult:
     """Validate first, then write every split and meta.json in one atomic folder swap."""
     ds = load_dataset(params)
     parts = split_indices(ds.y, params)
-    train_x = ds.x[parts["train"]]
-    channels = ds.x.shape[-1]
-    mean = train_x.reshape(-1, channels).mean(axis=0, dtype=np.float64)
-    std = train_x.reshape(-1, channels).std(axis=0, dtype=np.float64)
-    std = np.where(std < 1e-8, 1.0, std)
+    mean, std = channel_statistics(ds, parts["train"])
     arrays: dict[str, np.ndarray] = {}
     for name in SPLITS:
         sel = parts[name]
-        arrays[f"x_{name}"] = ((ds.x[sel] - mean) / std).astype(np.float32)
+        x = (ds.x[sel] - mean) / std
+        if ds.lengths is not None:  # padding stays 0 = the training mean
+            x = x * _valid_steps(ds.lengths[sel], ds.x.shape[1])
+        arrays[f"x_{name}"] = x.astype(np.float32)
         arrays[f"y_{name}"] = ds.y[sel].astype(np.int64)
     processed = hashlib.sha256()
     for key in sorted(arrays):
@@ -81,12 +95,14 @@ def prepare(params: PrepareParams, out_dir: Path = PROCESSED_DIR) -> PrepareResu
         classes=list(ds.classes),
         num_classes=len(ds.classes),
         input_shape=list(ds.x.shape[1:]),
-        layout="NHWC",
+        layout=ds.layout,
         normalization={
             "mean": [round(float(m), 8) for m in mean],
             "std": [round(float(s), 8) for s in std],
-            "note": "model input = (raw - mean) / std, per channel; statistics from train only",
+            "note": "model input = (raw - mean) / std, per channel; statistics from train only"
+            + ("; steps after a series' end are 0" if ds.lengths is not None else ""),
         },
+        channels=list(ds.channels),
         splits={name: len(parts[name]) for name in SPLITS},
         class_counts={c: int(n) for c, n in zip(ds.classes, np.bincount(ds.y), strict=True)},
         seed=params.seed,

@@ -51,17 +51,13 @@ def convert_int8(model, sample, calibration: np.ndarray) -> bytes:  # type: igno
     """Static int8: export, insert observers, calibrate sample by sample, convert."""
     import litert_torch
     import torch
-    from litert_torch.quantize.pt2e_quantizer import (
-        PT2EQuantizer,
-        get_symmetric_quantization_config,
-    )
     from litert_torch.quantize.quant_config import QuantConfig
     from torchao.quantization.pt2e import move_exported_model_to_eval
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    quantizer = PT2EQuantizer().set_global(
-        get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False)
-    )
+    from pipeline.export.quantizer import make_quantizer
+
+    quantizer = make_quantizer()
     graph = torch.export.export(model, (sample,)).module()
     prepared = move_exported_model_to_eval(prepare_pt2e(graph, quantizer))
     with torch.no_grad():

@@ -14,11 +14,15 @@ if TYPE_CHECKING:
 class Architecture:
     """Everything needed to rebuild the network; stored in models/trained/ beside the weights."""
 
-    input_shape: tuple[int, int, int]  # H, W, C
+    input_shape: tuple[int, ...]  # (H, W, C) images, (T, C) time series
     num_classes: int
     channels: tuple[int, ...]
     kernel_size: int = 3
     dropout: float = 0.1
+    arch: str = "cnn2d"
+    hidden_size: int = 32
+    heads: int = 2
+    stride: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -34,6 +38,10 @@ class Architecture:
             channels=tuple(int(c) for c in d["channels"]),
             kernel_size=int(d["kernel_size"]),
             dropout=float(d["dropout"]),
+            arch=str(d.get("arch", "cnn2d")),
+            hidden_size=int(d.get("hidden_size", 32)),
+            heads=int(d.get("heads", 2)),
+            stride=int(d.get("stride", 1)),
         )
 
 
@@ -46,17 +54,32 @@ def architecture_for(params: Any, input_shape: Any, num_classes: int) -> Archite
         channels=tuple(m.channels),
         kernel_size=m.kernel_size,
         dropout=m.dropout,
+        arch=m.arch,
+        hidden_size=m.hidden_size,
+        heads=m.heads,
+        stride=m.stride,
     )
+
+
+# model.arch → the module (beside this one) whose build(arch) makes the torch network.
+FAMILIES = {
+    "cnn2d": "cnn2d",
+    "cnn1d": "conv1d",
+    "dscnn1d": "conv1d",
+    "tcn": "conv1d",
+    "gru": "recurrent",
+    "lstm": "recurrent",
+    "transformer": "transformer",
+}
 
 
 def build_model(arch: Architecture) -> torch.nn.Module:
     """Instantiate the network for `arch` (weights initialised from the current torch RNG).
 
-    Model families live one module each beside this one; today the image CNN.
-    """
-    from pipeline.models import cnn2d
+    Model families live one module each beside this one (FAMILIES)."""
+    import importlib
 
-    return cnn2d.build(arch)
+    return importlib.import_module(f"pipeline.models.{FAMILIES[arch.arch]}").build(arch)
 
 
 def build_keras_model(arch: Architecture) -> Any:
@@ -68,10 +91,13 @@ def build_keras_model(arch: Architecture) -> Any:
 
 def block_parameters(arch: Architecture) -> list[int]:
     """Parameters per splittable block, in order: what pipeline stages are balanced by and what
-    the per-worker memory check adds up (no torch needed)."""
+    the per-worker memory check adds up (no torch needed for cnn2d). A sequence family is one
+    block: its count comes from building it."""
     from pipeline.models import cnn2d
 
-    return cnn2d.block_parameters(arch)
+    if arch.arch == "cnn2d":
+        return cnn2d.block_parameters(arch)
+    return [count_parameters(build_model(arch))]
 
 
 def prune_to_blocks(model: torch.nn.Module, blocks: set[int]) -> torch.nn.Module:

@@ -1,0 +1,102 @@
+"""tinyops's int8 quantizer: litert-torch's PT2EQuantizer plus the ops its stock rules leave in
+float (float islands), so that sequence models quantize fully.
+
+The stock quantizer annotates conv, linear, add, mul, pools and a few more. Unrolled RNN cells
+and attention also need sub, tanh, sigmoid, softmax, matmul, rsqrt, mean and the slicing and
+reshaping between them. After the stock rules run, every op left in float is annotated here:
+- compute ops get their own int8 output observer;
+- tanh, sigmoid and softmax get TFLite's fixed output scales (1/128; 1/256 with zero point
+  -128), which its int8 kernels require;
+- shape ops (slice, transpose, reshape, ...) share their input's scale, as TFLite requires;
+- an input already quantized by its producer shares that producer's parameters, so no second
+  observer (and no requantize) is put on the edge.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Any
+
+
+def _op_tables() -> tuple[set[Any], dict[Any, tuple[float, int]], set[Any]]:
+    import torch
+
+    a = torch.ops.aten
+    compute = {
+        a.sub.Tensor, a.mul.Tensor, a.add.Tensor, a.matmul.default, a.bmm.default,
+        a.rsqrt.default, a.mean.dim, a.relu.default,
+    }  # fmt: skip
+    fixed = {
+        a.tanh.default: (1 / 128, 0),
+        a.sigmoid.default: (1 / 256, -128),
+        a.softmax.int: (1 / 256, -128),
+        a._softmax.default: (1 / 256, -128),
+    }
+    shared = {
+        a.slice.Tensor, a.select.int, a.transpose.int, a.permute.default, a.view.default,
+        a.reshape.default, a.unsqueeze.default, a.squeeze.dim, a.contiguous.default,
+        a.clone.default, a.flatten.using_ints, a.pad.default, a.constant_pad_nd.default,
+        a.max_pool1d.default,
+    }  # fmt: skip
+    return compute, fixed, shared
+
+
+def make_quantizer() -> Any:
+    """Static int8: per-channel symmetric weights, int8 activations, every op annotated."""
+    import torch
+    from litert_torch.quantize import pt2e_quantizer_utils as rules
+    from litert_torch.quantize.pt2e_quantizer import (
+        PT2EQuantizer,
+        get_symmetric_quantization_config,
+    )
+    from torch.fx import Node
+    from torchao.quantization.pt2e.quantizer import (
+        FixedQParamsQuantizationSpec,
+        QuantizationAnnotation,
+        SharedQuantizationSpec,
+    )
+
+    compute, fixed, shared = _op_tables()
+
+    def annotated(node: Node) -> bool:
+        note = node.meta.get("quantization_annotation")
+        return note is not None and note._annotated
+
+    def is_float(node: Any) -> bool:
+        value = node.meta.get("val") if isinstance(node, Node) else None
+        return isinstance(value, torch.Tensor) and value.is_floating_point()
+
+    def input_spec(node: Node, own: Any) -> Any:
+        note = node.meta.get("quantization_annotation")
+        return SharedQuantizationSpec(node) if note and note.output_qspec is not None else own
+
+    def fixed_spec(scale: float, zero_point: int) -> Any:
+        return FixedQParamsQuantizationSpec(
+            dtype=torch.int8, scale=scale, zero_point=zero_point, quant_min=-128,
+            quant_max=127, qscheme=torch.per_tensor_affine,
+        )  # fmt: skip
+
+    class TinyopsQuantizer(PT2EQuantizer):
+        def annotate(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
+            model = super().annotate(model)
+            act_in = rules.get_input_act_qspec(self.global_config)
+            act_out = rules.get_output_act_qspec(self.global_config)
+            for node in model.graph.nodes:
+                if node.op != "call_function" or annotated(node) or operator.getitem == node.target:
+                    continue
+                if node.target in compute or node.target in fixed:
+                    inputs = {a: input_spec(a, act_in) for a in node.args if is_float(a)}
+                    out = fixed_spec(*fixed[node.target]) if node.target in fixed else act_out
+                elif node.target in shared and is_float(node.args[0]):
+                    src = node.args[0]
+                    inputs = {src: input_spec(src, act_in)}
+                    out = SharedQuantizationSpec((src, node))
+                else:
+                    continue
+                node.meta["quantization_annotation"] = QuantizationAnnotation(
+                    input_qspec_map=inputs, output_qspec=out, _annotated=True
+                )
+            return model
+
+    config = get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False)
+    return TinyopsQuantizer().set_global(config)
