@@ -275,6 +275,41 @@ def firmware(
 
 
 @app.command()
+def example(
+    path: Annotated[
+        Path, typer.Argument(help="An example overlay, e.g. examples/basicmotions.yaml.")
+    ],
+    arch: Annotated[str | None, typer.Option(help="model.arch to set (e.g. gru).")] = None,
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Overlay an example's sections on params.yaml (the old file is kept as params.yaml.bak)."""
+    import shutil
+
+    import yaml
+
+    from pipeline.core import atomic
+    from pipeline.core.config import with_example
+    from pipeline.core.errors import ConfigError
+
+    try:
+        if not path.is_file():
+            raise ConfigError(f"{path}: no such example; see examples/.")
+        base = yaml.safe_load(params.read_text(encoding="utf-8"))
+        merged = with_example(
+            base, yaml.safe_load(path.read_text(encoding="utf-8")), str(path), arch
+        )
+    except TinyopsError as exc:
+        _fail(exc)
+    shutil.copyfile(params, params.with_name(params.name + ".bak"))
+    atomic.write_bytes(params, yaml.safe_dump(merged, sort_keys=False).encode())
+    m = merged["model"]
+    print(
+        f"{params}: {merged['prepare']['source']} with model.arch {m['arch']} "
+        f"(previous file: {params.name}.bak). Next: tinyops run"
+    )
+
+
+@app.command()
 def check(params: ParamsOpt = Path("params.yaml")) -> None:
     """Validate params.yaml and print the resolved configuration, doing no work."""
     import yaml

@@ -523,3 +523,24 @@ def load_params(path: Path | str = DEFAULT_PARAMS) -> Params:
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     return parse_params(data, source=str(path))
+
+
+def with_example(
+    base: dict[str, Any], example: dict[str, Any], source: str, arch: str | None = None
+) -> dict[str, Any]:
+    """`base` (a params mapping) with each section of an example overlaid key by key, and
+    model.arch set when given; validated, so a bad example or arch names its key."""
+    if not isinstance(example, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections to overlay.")
+    merged = {name: dict(section) for name, section in base.items() if isinstance(section, dict)}
+    merged |= {name: value for name, value in base.items() if not isinstance(value, dict)}
+    for name, section in example.items():
+        if not isinstance(section, dict) or name == "devices":
+            raise ConfigError(
+                f"{source}: '{name}' must be a section of keys (devices are not overlaid)."
+            )
+        merged.setdefault(name, {}).update(section)
+    if arch is not None:
+        merged.setdefault("model", {})["arch"] = arch
+    parse_params(merged, source=f"params.yaml + {source}")
+    return merged

@@ -22,6 +22,11 @@ from pipeline.core.errors import DataValidationError
 # prepare.source → the UEA problem in sktime/datasets/data/ (train and test files are pooled,
 # then split by tinyops's own seeded, stratified split).
 BUNDLED = {"basicmotions": "BasicMotions", "japanesevowels": "JapaneseVowels"}
+# Channel names from the archive's descriptions (the .ts files carry none).
+CHANNELS = {
+    "BasicMotions": ("accel_x", "accel_y", "accel_z", "gyro_x", "gyro_y", "gyro_z"),
+    "JapaneseVowels": tuple(f"lpc{i}" for i in range(1, 13)),
+}
 
 
 @dataclass(frozen=True)
@@ -119,7 +124,7 @@ def load_bundled(source: str, min_length: int) -> RaggedSeries:
     for arr, name in zip(series, names, strict=True):
         _check_values(arr, name, min_length, width)
     y = np.array([classes.index(label) for label in labels], dtype=np.int64)
-    channels = tuple(f"dim{i}" for i in range(width))
+    channels = CHANNELS.get(problem, tuple(f"dim{i}" for i in range(width)))
     return RaggedSeries(series, y, tuple(classes), names, channels, f"{problem} (UEA, sktime)")
 
 

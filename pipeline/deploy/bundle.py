@@ -70,9 +70,44 @@ def cpp_sources(model: bytes, info: dict[str, Any], device: str, sha256: str) ->
     }
 
 
+def _input_dims(shape: list[int]) -> str:
+    """The input's dimensions as constants: images H × W × C, time series T × C (a window of
+    T steps, step-major: all channels of step 0, then of step 1, ...)."""
+    if len(shape) == 2:
+        return (
+            "// A window of kInputSteps steps, step-major (step 0's channels, then step 1's, ...).\n"
+            f"constexpr int kInputSteps = {shape[0]};\nconstexpr int kInputChannels = {shape[1]};"
+        )
+    h, w, c = shape
+    return (
+        f"constexpr int kInputHeight = {h};\nconstexpr int kInputWidth = {w};\n"
+        f"constexpr int kInputChannels = {c};"
+    )
+
+
+def _input_readme(m: dict[str, Any]) -> list[str]:
+    """How to feed the model: an image, or a window of sensor steps."""
+    norm = m["normalization"]
+    scaling = f"normalised per channel with mean {norm['mean']} and std {norm['std']}"
+    if len(m["input_shape"]) == 3:
+        return [f"Input: {m['input_shape']} (H, W, C), {scaling}."]
+    steps, channels = m["input_shape"]
+    names = ", ".join(m.get("channels") or []) or f"{channels} channels"
+    return [
+        f"Input: a window of {steps} steps × {channels} channels (T, C: {names}), step-major, "
+        f"{scaling}. Quantization: int8 input and output (per-tensor scale and zero point in "
+        "the header), int8 weights per channel.",
+        "",
+        f"Feeding a window: keep a ring buffer of the last {steps} sensor readings at the rate "
+        "the model was trained on; every hop (e.g. every half window) copy it oldest-first into "
+        "the input tensor, normalising and quantizing each value, then invoke. A series shorter "
+        f"than {steps} steps is padded with 0 after normalisation (the training mean), as in "
+        "training.",
+    ]
+
+
 def _cpp_header(info: dict[str, Any], device: str, sha256: str) -> str:
     ops = info["ops"]
-    h, w, c = info["input_shape"]
     labels = info["labels"]
     guard = "TINYOPS_MODEL_H_"
     margin = int(ARENA_MARGIN * 100)
@@ -97,9 +132,7 @@ extern const unsigned int kModelDataLen;
 constexpr size_t kTensorArenaSize = {info["arena_bytes"]};
 
 // int8 input: q = round(x / kInputScale) + kInputZeroPoint, where x = (raw - mean) / std per channel.
-constexpr int kInputHeight = {h};
-constexpr int kInputWidth = {w};
-constexpr int kInputChannels = {c};
+{_input_dims(info["input_shape"])}
 constexpr float kInputScale = {info["input_scale"]!r}f;
 constexpr int kInputZeroPoint = {info["input_zero_point"]};
 constexpr float kOutputScale = {info["output_scale"]!r}f;
@@ -203,11 +236,11 @@ def readme(manifest: dict[str, Any]) -> str:
             "Load `model.tflite` with LiteRT (`ai_edge_litert.interpreter.Interpreter` in Python,",
             "or the C++/Java/Kotlin Interpreter API on device).",
         ]
-    norm = m["normalization"]
     lines += [
         "",
-        f"Input: {m['input_shape']} (H, W, C), normalised per channel with mean {norm['mean']} and std "
-        f"{norm['std']}. Labels: {', '.join(m['labels'])}.",
+        *_input_readme(m),
+        "",
+        f"Labels: {', '.join(m['labels'])}.",
         "",
         "`manifest.json` lists every fit check with its figure and budget.",
         "",

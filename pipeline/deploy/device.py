@@ -146,6 +146,8 @@ def manifest_for(
         "checks": chosen.to_dict()["checks"],
         "labels": meta.classes,
         "input_shape": meta.input_shape,
+        "layout": meta.layout[1:],  # HWC or TC, the batch left out
+        "channels": meta.channels,
         "normalization": {k: meta.normalization[k] for k in ("mean", "std")},
         "mlflow_run_id": run_id,
         "git_commit": git_commit(),

@@ -14,22 +14,33 @@ def quantize_input(x: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
     return np.clip(np.round(x / scale) + zero_point, -128, 127).astype(np.int8)
 
 
-def run_batch(model: bytes, x: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
-    """Every sample through LiteRT in one batched invoke; raw outputs and the input's details."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    interp = Interpreter(model_content=model, num_threads=1)
-    inp = interp.get_input_details()[0]
-    interp.resize_tensor_input(inp["index"], [len(x), *inp["shape"][1:]])
-    interp.allocate_tensors()
+def _invoke(interp: Any, x: np.ndarray) -> np.ndarray:
     inp = interp.get_input_details()[0]
     if inp["dtype"] == np.int8:
         scale, zp = inp["quantization"]
         x = quantize_input(x, scale, zp)
     interp.set_tensor(inp["index"], x.astype(inp["dtype"]))
     interp.invoke()
-    out = interp.get_output_details()[0]
-    return interp.get_tensor(out["index"]).copy(), inp
+    return interp.get_tensor(interp.get_output_details()[0]["index"]).copy()
+
+
+def run_batch(model: bytes, x: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+    """Every sample through LiteRT, in one batched invoke where the graph allows a batch (a
+    sequence model's reshapes fix batch 1: then sample by sample); raw outputs and the input's
+    details."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_content=model, num_threads=1)
+    inp = interp.get_input_details()[0]
+    try:
+        interp.resize_tensor_input(inp["index"], [len(x), *inp["shape"][1:]])
+        interp.allocate_tensors()
+    except (RuntimeError, ValueError):
+        interp = Interpreter(model_content=model, num_threads=1)
+        interp.allocate_tensors()
+        rows = [_invoke(interp, x[i : i + 1]) for i in range(len(x))]
+        return np.concatenate(rows), interp.get_input_details()[0]
+    return _invoke(interp, x), interp.get_input_details()[0]
 
 
 def measure_host_latency_ms(model: bytes, runs: int) -> float:
