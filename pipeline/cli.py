@@ -327,7 +327,7 @@ def check(params: ParamsOpt = Path("params.yaml")) -> None:
 def bench(
     rounds: Annotated[int, typer.Option(min=1, help="Measured rounds after the warm-up.")] = 5,
     only: Annotated[
-        Literal["paradigms", "frameworks", "firmware"] | None,
+        Literal["paradigms", "frameworks", "firmware", "families"] | None,
         typer.Option(help="Run one section only (merged into bench/results.json)."),
     ] = None,
 ) -> None:
@@ -336,7 +336,9 @@ def bench(
     Uses the workspace's last pipeline run (run `tinyops run` first); about 30 minutes on 2 cores
     (`--only paradigms`: the parallelism comparison alone, about 13 minutes at 3 rounds;
     `--only frameworks`: torch against Keras, about 8 minutes at 3 rounds; `--only firmware`: the
-    model built for each Cortex-M core with reference and CMSIS-NN kernels, run under QEMU).
+    model built for each Cortex-M core with reference and CMSIS-NN kernels, run under QEMU;
+    `--only families`: every sequence family on both bundled sensor datasets through the real
+    stages, about 25 minutes, also written as bench/families.md).
     """
     from pipeline.bench.runner import bench as run_bench
     from pipeline.bench.runner import bench_only

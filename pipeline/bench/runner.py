@@ -24,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from pipeline.bench.families import families, family_table, family_targets
 from pipeline.bench.firmware import firmware, firmware_targets
 from pipeline.bench.frameworks import framework_targets, frameworks
 from pipeline.core import atomic
@@ -529,8 +530,8 @@ def paradigm_targets(r: dict[str, Any]) -> list[dict[str, Any]]:
 def bench_only(
     section: str, rounds: int, on_progress: Callable[[str], None] = print
 ) -> dict[str, Any]:
-    """One section (`tinyops bench --only paradigms|frameworks|firmware`), merged into bench/results.json
-    beside an earlier full run's results; that section's targets are replaced."""
+    """One section (`tinyops bench --only paradigms|frameworks|firmware|families`), merged into
+    bench/results.json beside an earlier full run's results; that section's targets are replaced."""
     try:
         results = json.loads(RESULTS.read_text())
     except (OSError, ValueError):
@@ -542,6 +543,10 @@ def bench_only(
     elif section == "firmware":
         results["firmware"] = firmware(on_progress)
         new = firmware_targets(results)
+    elif section == "families":
+        results["families"] = families(on_progress)
+        new = family_targets(results)
+        atomic.write_bytes(RESULTS.with_name("families.md"), family_table(results).encode() + b"\n")
     else:
         results["frameworks"] = frameworks(rounds, on_progress)
         new = framework_targets(results)

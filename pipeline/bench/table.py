@@ -152,6 +152,10 @@ def print_results(r: dict[str, Any], console: Any) -> None:
     ):
         table.add_row(*row)
     console.print(table)
+    if r.get("families"):
+        from pipeline.bench.families import family_table
+
+        console.print(family_table(r), markup=False)
     for t in r["targets"]:
         value = "" if t["value"] is None else f" ({t['value']:.3g})"
         console.print(f"{t['status']:>12}  {t['target']}{value}")
