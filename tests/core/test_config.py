@@ -85,7 +85,10 @@ def test_bad_device_profiles_name_the_device_and_key(devices: dict, phrases: lis
         ({"train": {"epochs": "ten"}}, ["'train.epochs'", "valid integer", "'ten'"]),
         ({"train": {"lr": "1e-3"}}, ["'train.lr'", "write it with a dot"]),
         ({"train": {"batch_size": 2.5}}, ["'train.batch_size'", "integer"]),
-        ({"prepare": {"source": "csv"}}, ["'prepare.source'", "'digits', 'npz' or 'imagefolder'"]),
+        ({"prepare": {"source": "csv"}}, ["'prepare.source'", "'digits', 'npz', 'imagefolder'"]),
+        ({"prepare": {"source": "series_csv"}}, ["needs prepare.path"]),
+        ({"prepare": {"sequence_length": 0}}, ["'prepare.sequence_length'", "greater than 0"]),
+        ({"model": {"arch": "grú"}}, ["'model.arch'", "Did you mean 'gru'?"]),
         ({"prepare": {"source": "npz"}}, ["needs prepare.path"]),
         ({"prepare": {"val_fraction": 0.5, "test_fraction": 0.45}}, ["below 0.9"]),
         ({"prepare": {"val_fraction": 1.5}}, ["'prepare.val_fraction'", "less than 1"]),
@@ -171,6 +174,48 @@ def test_framework_is_validated_with_a_hint_and_against_the_strategy() -> None:
         parse_params(
             {"model": {"framework": "keras"}, "train": {"nnodes": 2, "rdzv_endpoint": "h:1"}}
         )
+
+
+SEQ = {"source": "basicmotions"}
+
+
+@pytest.mark.parametrize(
+    ("data", "phrase"),
+    [
+        ({"prepare": SEQ}, "for time series use one of: cnn1d, dscnn1d, tcn, gru"),
+        ({"model": {"arch": "gru"}}, "gives images, which model.arch gru cannot take"),
+        (
+            {"prepare": SEQ, "model": {"arch": "lstm", "framework": "keras"}},
+            "model.arch lstm is built for model.framework torch only",
+        ),
+        (
+            {"prepare": SEQ, "model": {"arch": "gru"}, "train": {"parallelism": "pipeline"}},
+            "model.arch gru trains with parallelism data or fsdp",
+        ),
+        (
+            {"prepare": SEQ, "model": {"arch": "transformer", "hidden_size": 30, "heads": 4}},
+            "hidden_size 30 must be a multiple of heads 4",
+        ),
+    ],
+)
+def test_family_combinations_refused_before_any_work(data: dict, phrase: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_params(data)
+    assert phrase in str(err.value)
+
+
+def test_example_overlay_validates_and_names_the_example(tmp_path: Path) -> None:
+    import yaml
+
+    from pipeline.core.config import with_example
+
+    base = yaml.safe_load(Path("params.yaml").read_text())
+    for example in Path("examples").glob("*.yaml"):
+        for arch in ("dscnn1d", "gru", "lstm", "transformer", "tcn", "cnn1d"):
+            merged = with_example(base, yaml.safe_load(example.read_text()), str(example), arch)
+            assert parse_params(merged).model.arch == arch
+    with pytest.raises(ConfigError, match=r"examples/x.yaml.*'model.arch'.*Did you mean 'gru'"):
+        with_example(base, {"prepare": SEQ}, "examples/x.yaml", "gur")
 
 
 def test_keras_workers_get_a_cluster_from_the_worker_hosts() -> None:
