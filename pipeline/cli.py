@@ -363,10 +363,17 @@ def _print_summary(result: dict) -> None:
         "tflite_fp32_bytes",
         "tflite_int8_bytes",
         "tflm_arena_bytes",
+        "tflm_streaming_int8_accuracy",  # gru/lstm: the step model, frame by frame
+        "tflite_streaming_int8_bytes",
+        "tflm_streaming_arena_bytes",
     ):
         if key in result:
             value = result[key]
             table.add_row(key, f"{value:.4f}" if isinstance(value, float) else f"{value:,}")
+    if (
+        "int8_worst_layer" in result
+    ):  # where int8 departs most from float (metrics/int8_layers.json)
+        table.add_row("int8_worst_layer", result["int8_worst_layer"])
     console = _console()
     console.print(table)
     console.print(

@@ -134,10 +134,25 @@ def run_export(params_path: Path) -> dict[str, Any]:
         result = export(params.export, x_train, seed=params.train.seed)
         run.log_metrics({f"tflite_{v}_bytes": n for v, n in result.sizes.items()})
         run.set_tags({"int8_ops": ",".join(result.int8_ops)})
+        _log_layers(run, result.layers)
         for path in result.paths.values():
             run.log_artifact(path, "tflite")
         _log_model(run, x_train[:1], result.paths)
     return {"sizes": result.sizes, "ops": result.int8_ops}
+
+
+def _log_layers(run: tracking.Run, layers: dict[str, Any]) -> None:
+    """Per-layer SNR and cosine as step series (step = the layer's index), the worst layer as
+    metrics and a tag, and the JSON as an artifact."""
+    for row in layers["layers"]:
+        run.log_metrics({"int8_layer_snr_db": row["snr_db"], "int8_layer_cosine": row["cosine"]},
+                        step=row["index"])  # fmt: skip
+    worst = layers["worst"]
+    if worst:
+        run.log_metrics({"int8_worst_layer_snr_db": worst["snr_db"],
+                         "int8_worst_layer_cosine": worst["cosine"]})  # fmt: skip
+        run.set_tags({"int8_worst_layer": f"{worst['name']} ({worst['op']})"})
+    run.log_artifact(catalog.INT8_LAYERS, "metrics")
 
 
 def _log_model(run: tracking.Run, example: Any, tflite: dict[str, Path]) -> None:
@@ -239,6 +254,7 @@ def run_report(params_path: Path) -> dict[str, Any]:
         md, png = write_report(params)
         run.log_artifact(md, "report")
         run.log_artifact(png, "report")
+        run.log_artifact(catalog.LAYERS_PNG, "report")
     return {"markdown": str(md), "chart": str(png)}
 
 

@@ -33,15 +33,18 @@ TRAIN_METRICS = METRICS_DIR / "train.json"
 TRAIN_HISTORY = METRICS_DIR / "train_history.csv"
 # export
 EXPORT_DIR = Path("exports")
+STREAMING_DIR = EXPORT_DIR / "streaming"  # a recurrent family's int8 step model + streaming.json
 # evaluate
 EVALUATE_METRICS = METRICS_DIR / "evaluate.json"
 VARIANTS_FILE = METRICS_DIR / "variants.json"
+INT8_LAYERS = METRICS_DIR / "int8_layers.json"  # export: each int8 layer against float
 PREDICTIONS_FILE = METRICS_DIR / "predictions.csv"
 # deploy and report
 DEPLOY_ROOT = Path("deploy")
 DEPLOY_STATUS_DIR = METRICS_DIR / "deploy"
 REPORT_MD = Path("report/deploy.md")
 REPORT_PNG = Path("report/accuracy_vs_size.png")
+LAYERS_PNG = Path("report/int8_layers.png")
 
 # Workspace state: not DVC outputs, never committed (.tinyops/ is git-ignored).
 STATE_DIR = Path(".tinyops")

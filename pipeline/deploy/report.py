@@ -1,13 +1,17 @@
-"""Stage `report`: every device's outcome as a markdown table, and accuracy against size for every
-variant with each device's model-size budget drawn in."""
+"""Stage `report`: every device's outcome as a markdown table, accuracy against size for every
+variant with each device's model-size budget drawn in, and int8 against float layer by layer."""
 
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
+from typing import Any
 
 from pipeline.core import atomic, catalog
 from pipeline.core.catalog import (
+    INT8_LAYERS,
+    LAYERS_PNG,
     REPORT_MD,
     REPORT_PNG,
     DeployStatus,
@@ -144,6 +148,7 @@ def markdown(
     evaluated: EvaluateMetrics,
     statuses: dict[str, DeployStatus],
     trained: TrainSummary | None = None,
+    layers: dict[str, Any] | None = None,
 ) -> str:
     evaluate = evaluated.model_dump()
     levels = (
@@ -174,6 +179,7 @@ def markdown(
         lines.append(_row(device, params.devices[device].runtime, s))
     lines += _champion_lines(statuses)
     lines += _firmware_lines(statuses)
+    lines += layer_lines(layers or {})
     lines += ["", "Every variant checked, per device:", ""]
     lines += ["| device | variant | fits | failed checks |", "|---|---|---|---|"]
     for device, s in statuses.items():
@@ -183,6 +189,53 @@ def markdown(
                 f"| {device} | {c['variant']} | {'yes' if c['fits'] else 'no'} | {failed} |"
             )
     return "\n".join(lines) + "\n"
+
+
+def layer_lines(layers: dict[str, Any], shown: int = 5) -> list[str]:
+    """Where int8 departs most from float: the worst layers by SNR (metrics/int8_layers.json)."""
+    rows = layers.get("layers") or []
+    if not rows:
+        note = layers.get("note")
+        return ["", f"Per-layer int8 divergence: {note}."] if note else []
+    worst = layers["worst"]
+    lines = [
+        "",
+        f"## int8 against float, layer by layer ({len(rows)} quantized tensors)",
+        "",
+        f"Worst layer: **{worst['name']}** ({worst['op']}), SNR {worst['snr_db']:.1f} dB, cosine "
+        f"{worst['cosine']:.4f}. Errors compound: each figure includes the layers before it "
+        f"({layers['note']}). ![SNR per layer]({LAYERS_PNG.name})",
+        "",
+        "| layer | op | SNR (dB) | cosine |",
+        "|---|---|---:|---:|",
+    ]
+    for r in sorted(rows, key=lambda r: r["snr_db"])[:shown]:
+        lines.append(f"| {r['name']} | {r['op']} | {r['snr_db']:.1f} | {r['cosine']:.4f} |")
+    return lines
+
+
+def layer_chart(layers: dict[str, Any]) -> bytes:
+    """SNR per quantized tensor in graph order, the worst one marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = layers.get("layers") or []
+    fig, ax = plt.subplots(figsize=(7, 3.5), dpi=100)
+    ax.plot([r["snr_db"] for r in rows], marker=".", linewidth=0.8)
+    if rows:
+        worst = layers["worst"]
+        at = rows.index(worst)
+        ax.annotate(f"{worst['name']} ({worst['op']})", (at, worst["snr_db"]), fontsize=8)
+    ax.set_xlabel("quantized tensor, in graph order")
+    ax.set_ylabel("SNR against float (dB)")
+    ax.set_title("int8 against float, layer by layer")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", metadata={"Software": None})
+    plt.close(fig)
+    return buf.getvalue()
 
 
 def chart(params: Params, table: Variants) -> bytes:
@@ -240,6 +293,8 @@ def write_report(params: Params, status_dir: Path = catalog.DEPLOY_STATUS_DIR) -
         if catalog.TRAIN_METRICS.is_file()
         else None
     )
-    atomic.write_text(REPORT_MD, markdown(params, evaluate, statuses, trained))
+    layers = json.loads(INT8_LAYERS.read_text()) if INT8_LAYERS.is_file() else {}
+    atomic.write_text(REPORT_MD, markdown(params, evaluate, statuses, trained, layers))
     atomic.write_bytes(REPORT_PNG, chart(params, variants))
+    atomic.write_bytes(LAYERS_PNG, layer_chart(layers))
     return REPORT_MD, REPORT_PNG

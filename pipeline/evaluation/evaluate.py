@@ -181,12 +181,39 @@ def evaluate(
     k = data.meta.num_classes
     confusion = np.zeros((k, k), dtype=np.int64)
     np.add.at(confusion, (y[:n_micro], out.micro.argmax(1)), 1)
+    metrics = level_metrics(out, y, blobs, arena)
+    extra = streaming_metrics(params, export_dir / "streaming", x[:n_micro], y[:n_micro], out.micro)
     return EvaluateResult(
-        metrics=level_metrics(out, y, blobs, arena),
+        metrics=EvaluateMetrics.model_validate(metrics.model_dump() | extra),
         variants=variant_table(out, y, blobs, infos, export_dir, arena[0]),
         confusion=confusion,
         classes=list(data.meta.classes),
     )
+
+
+def streaming_metrics(
+    params: EvaluateParams, folder: Path, x: np.ndarray, y: np.ndarray, unrolled: np.ndarray
+) -> dict[str, Any]:
+    """A recurrent family's streaming step model (exports/streaming/), run frame by frame in
+    TFLite Micro over the same windows: its accuracy, its agreement with the unrolled int8
+    model, its size and arena. Nothing for other families."""
+    import json
+
+    description = folder / "streaming.json"
+    spec = json.loads(description.read_text()) if description.is_file() else {}
+    if "file" not in spec:
+        return {}
+    step = _read(folder / spec["file"])
+    check_full_int8(step, str(folder / spec["file"]))
+    arena = tflm.measure_arena_bytes(step, params.arena_max_bytes, params.arena_granularity)
+    frames = x[:, : spec["frames"] * spec["stride"]].reshape(len(x), spec["frames"], -1)
+    logits = tflm.predict_streaming(step, frames, arena)
+    return {
+        "tflm_streaming_int8_accuracy": _acc(logits, y),
+        "streaming_unrolled_agreement": _agreement(logits, unrolled),
+        "tflite_streaming_int8_bytes": len(step),
+        "tflm_streaming_arena_bytes": arena,
+    }
 
 
 def write_outputs(

@@ -17,14 +17,17 @@ import contextlib
 import io
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from pipeline.core import atomic, catalog, interrupt
 from pipeline.core.config import ExportParams
 from pipeline.core.errors import ExportError, TinyopsError
+from pipeline.export import streaming
+from pipeline.export.divergence import summary
 from pipeline.models.store import load_model
 from pipeline.tflite.flatbuffer import check_full_int8, read_model
 
@@ -34,6 +37,18 @@ class ExportResult:
     paths: dict[str, Path]
     sizes: dict[str, int]
     int8_ops: tuple[str, ...]
+    layers: dict[str, Any]  # metrics/int8_layers.json: per-layer SNR/cosine, the worst layer
+
+
+@dataclass(frozen=True)
+class Converted:
+    """A converter's output: every variant's bytes, and the int8 layers' divergence from float
+    (empty where the converter cannot measure it)."""
+
+    models: dict[str, bytes]
+    layers: list[dict[str, Any]]
+    step: bytes | None = None  # a recurrent family's streaming cell (int8)
+    step_spec: dict[str, Any] = field(default_factory=dict)
 
 
 def _quiet_litert() -> None:
@@ -49,29 +64,59 @@ def convert_fp32(model, sample) -> bytes:  # type: ignore[no-untyped-def]
 
 def convert_int8(model, sample, calibration: np.ndarray) -> bytes:  # type: ignore[no-untyped-def]
     """Static int8: export, insert observers, calibrate sample by sample, convert."""
-    import litert_torch
+    return convert_int8_with_layers(model, sample, calibration, layers=0)[0]
+
+
+def quantize_static(  # type: ignore[no-untyped-def]
+    model, samples: tuple, calibration: list[tuple[np.ndarray, ...]], keep_reference: bool = False
+):
+    """pt2e static int8 with tinyops's quantizer: export, observe `calibration` (one tuple of
+    batch-1 inputs per call), convert. Returns (converted graph, quantizer, the calibrated float
+    graph when keep_reference, else None)."""
+    import copy
+
     import torch
-    from litert_torch.quantize.quant_config import QuantConfig
     from torchao.quantization.pt2e import move_exported_model_to_eval
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     from pipeline.export.quantizer import make_quantizer
 
     quantizer = make_quantizer()
-    graph = torch.export.export(model, (sample,)).module()
+    graph = torch.export.export(model, samples).module()
     prepared = move_exported_model_to_eval(prepare_pt2e(graph, quantizer))
     with torch.no_grad():
-        for row in calibration:
-            prepared(torch.from_numpy(row[None]))
+        for inputs in calibration:
+            prepared(*(torch.from_numpy(v) for v in inputs))
+    reference = copy.deepcopy(prepared) if keep_reference else None
     converted = move_exported_model_to_eval(convert_pt2e(prepared, fold_quantize=False))
     # The graph was captured from an eval-mode model (BN uses running stats, no dropout);
     # only the nn.Module flag still says training, and litert-torch reads that flag.
     for module in converted.modules():
         module.training = False
+    return converted, quantizer, reference
+
+
+def to_tflite(converted, samples: tuple, quantizer) -> bytes:  # type: ignore[no-untyped-def]
+    import litert_torch
+    from litert_torch.quantize.quant_config import QuantConfig
+
     edge = litert_torch.convert(
-        converted, (sample,), quant_config=QuantConfig(pt2e_quantizer=quantizer)
+        converted, samples, quant_config=QuantConfig(pt2e_quantizer=quantizer)
     )
     return bytes(edge.model_content())
+
+
+def convert_int8_with_layers(  # type: ignore[no-untyped-def]
+    model, sample, calibration: np.ndarray, layers: int = 32
+) -> tuple[bytes, list[dict]]:
+    """convert_int8, plus each quantized layer's divergence from float on the first `layers`
+    calibration samples (pipeline/export/divergence.py); 0: none."""
+    from pipeline.export.divergence import layer_divergence
+
+    rows = [(row[None],) for row in calibration]
+    converted, quantizer, reference = quantize_static(model, (sample,), rows, bool(layers))
+    divergence = layer_divergence(reference, converted, calibration[:layers]) if layers else []
+    return to_tflite(converted, (sample,), quantizer), divergence
 
 
 def _quantize_with_aeq(fp32: bytes, recipe) -> bytes:  # type: ignore[no-untyped-def]
@@ -111,7 +156,7 @@ def calibration_set(x_train: np.ndarray, n: int, seed: int) -> np.ndarray:
     return x_train[np.sort(rng.choice(len(x_train), size=take, replace=False))]
 
 
-def convert_torch(trained_dir: Path, calibration: np.ndarray, seed: int) -> dict[str, bytes]:
+def convert_torch(trained_dir: Path, calibration: np.ndarray, seed: int) -> Converted:
     """The four variants of a torch model: litert-torch for fp32 and int8, ai-edge-quantizer
     for float16 and dynamic-range from the fp32 one."""
     import torch
@@ -130,19 +175,30 @@ def convert_torch(trained_dir: Path, calibration: np.ndarray, seed: int) -> dict
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch/litert API deprecations
         fp32 = convert_fp32(model, sample)
-        int8 = convert_int8(model, sample, calibration)
-    return {
+        int8, layers = convert_int8_with_layers(model, sample, calibration)
+        step = _streaming(model, arch, calibration)
+    models = {
         "fp32": fp32,
         "float16": convert_float16(fp32),
         "dynamic_int8": convert_dynamic_int8(fp32),
         "int8": int8,
     }
+    return Converted(models, layers, *step)
 
 
-def convert_keras(trained_dir: Path, calibration: np.ndarray, seed: int) -> dict[str, bytes]:
+def _streaming(model, arch, calibration: np.ndarray) -> tuple[bytes | None, dict[str, Any]]:  # type: ignore[no-untyped-def]
+    """A recurrent family's streaming step model (pipeline/export/streaming.py), else none."""
+    from pipeline.export import streaming
+
+    if arch.arch not in streaming.RECURRENT:
+        return None, {"arch": arch.arch, "note": "not a recurrent family: no streaming model"}
+    return streaming.convert_step(model, arch, calibration)
+
+
+def convert_keras(trained_dir: Path, calibration: np.ndarray, seed: int) -> Converted:
     from pipeline.export import keras_convert
 
-    return keras_convert.convert_all(trained_dir, calibration)
+    return Converted(keras_convert.convert_all(trained_dir, calibration), [])
 
 
 # The framework that trained models/trained/ → its converter (every variant's bytes).
@@ -156,12 +212,14 @@ def export(
     seed: int,
     trained_dir: Path = catalog.TRAINED_DIR,
     out_dir: Path = catalog.EXPORT_DIR,
+    layers_file: Path = catalog.INT8_LAYERS,
+    streaming_dir: Path = catalog.STREAMING_DIR,
 ) -> ExportResult:
     """Convert every variant, check each (int8: full-integer), then write them atomically."""
     framework = catalog.trained_framework(trained_dir)
     calibration = calibration_set(x_train, params.calibration_samples, seed)
     try:
-        models = CONVERTERS[framework](trained_dir, calibration, seed)
+        converted = CONVERTERS[framework](trained_dir, calibration, seed)
     except TinyopsError:  # e.g. an unreadable model: its own message and exit code
         raise
     except Exception as exc:
@@ -169,11 +227,15 @@ def export(
             f"{CONVERTER_NAMES[framework]} conversion of {trained_dir} failed: "
             f"{type(exc).__name__}: {exc}"
         ) from exc
+    models = converted.models
     for variant, data in models.items():
         read_model(data, f"{variant} export")
     info = check_full_int8(models["int8"], f"int8 export of {trained_dir}")
     paths = {v: catalog.variant_file(v, out_dir) for v in models}
+    layers = summary(converted.layers, framework)
     with interrupt.deferred():  # all checked before the first is written; all or none replaced
         for variant, data in models.items():
             atomic.write_bytes(paths[variant], data)
-    return ExportResult(paths, {v: len(d) for v, d in models.items()}, info.op_names)
+        atomic.write_json(layers_file, layers)
+        streaming.write(streaming_dir, converted.step, converted.step_spec or {"note": "none"})
+    return ExportResult(paths, {v: len(d) for v, d in models.items()}, info.op_names, layers)

@@ -7,6 +7,10 @@ and their unrolled float graph ends in one CONCATENATION of T inputs where TFLit
 input frame at once, and each step is slices, FULLY_CONNECTED on the state, LOGISTIC, TANH, MUL,
 ADD and SUB. Only the last state feeds the head, so nothing is concatenated. `model.stride`
 groups steps into frames (fewer steps: a smaller model and arena).
+
+Unrolling copies the cell's ops (and litert-torch its weights) once per frame, so size and arena
+grow with T. `step_module` is the streaming form firmware wants: one frame and the state in, the
+logits and the new state out, called once per frame with the same weights (any T, a small arena).
 """
 
 from __future__ import annotations
@@ -37,18 +41,23 @@ def build(arch: Architecture) -> torch.nn.Module:
             self.dropout = nn.Dropout(arch.dropout)
             self.classifier = nn.Linear(hidden, arch.num_classes)
 
+        kind, frames_per_window, states = arch.arch, frames, 1 if arch.arch == "gru" else 2
+        frame_size, hidden_size = arch.stride * channels, hidden
+
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             batch = x.shape[0]
             x = x[:, : frames * arch.stride].reshape(batch, frames, arch.stride * channels)
             projected = self.input_proj(x)
-            h = torch.zeros(batch, hidden, dtype=x.dtype)
-            c = torch.zeros(batch, hidden, dtype=x.dtype)
+            state = tuple(torch.zeros(batch, hidden, dtype=x.dtype) for _ in range(self.states))
             for t in range(frames):
-                if arch.arch == "gru":
-                    h = self.gru_step(projected[:, t], h)
-                else:
-                    h, c = self.lstm_step(projected[:, t], h, c)
-            return self.classifier(self.dropout(h))
+                state = self.step(projected[:, t], *state)
+            return self.classifier(self.dropout(state[0]))
+
+        def step(self, g: torch.Tensor, *state: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            """One frame's projection and the state → the new state (h first)."""
+            if self.kind == "gru":
+                return (self.gru_step(g, state[0]),)
+            return self.lstm_step(g, *state)
 
         def gru_step(self, g: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
             s = self.state_proj(h)
@@ -69,3 +78,20 @@ def build(arch: Architecture) -> torch.nn.Module:
             return o * torch.tanh(c), c
 
     return UnrolledRNN()
+
+
+def step_module(model: torch.nn.Module) -> torch.nn.Module:
+    """The streaming cell of an unrolled RNN, sharing its weights: (frame, *state) →
+    (logits, *new state), frame of shape (1, stride × C), each state (1, hidden_size)."""
+    from torch import nn
+
+    class StreamingStep(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn = model
+
+        def forward(self, frame: torch.Tensor, *state: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            new = self.rnn.step(self.rnn.input_proj(frame), *state)
+            return (self.rnn.classifier(new[0]), *new)
+
+    return StreamingStep().eval()

@@ -120,6 +120,7 @@ class PipelineRun:
         self.parent: tracking.Run | None = None
         self.env: dict[str, str] = {}
         self.metrics: dict[str, float] = {}
+        self.worst_layer: str | None = None
         self.outcomes: list[StageOutcome] = []
         self._lock = workspace_lock(wait)
 
@@ -194,11 +195,26 @@ class PipelineRun:
             self.parent.client.update_run(self.parent.run_id, name=name)
         if status == "FINISHED" and catalog.EVALUATE_METRICS.is_file():
             evaluated = catalog.read(catalog.EVALUATE_METRICS, catalog.EvaluateMetrics, "evaluate")
-            self.metrics = evaluated.as_metrics()
+            self.metrics = evaluated.as_metrics() | self._worst_layer()
             self.parent.set_tags(tracking.run_tags())
             self.parent.log_metrics(self.metrics)
             self._log_results()
         self.parent.client.set_terminated(self.parent.run_id, status)
+
+    def _worst_layer(self) -> dict[str, float]:
+        """The int8 layer furthest from float (metrics/int8_layers.json), named in a tag."""
+        import json
+
+        try:
+            worst = json.loads(catalog.INT8_LAYERS.read_text())["worst"]
+        except (OSError, ValueError, KeyError):
+            return {}
+        if not worst:
+            return {}
+        assert self.parent is not None
+        self.parent.set_tags({"int8_worst_layer": f"{worst['name']} ({worst['op']})"})
+        self.worst_layer = f"{worst['name']} ({worst['op']}): SNR {worst['snr_db']:.1f} dB"
+        return {"int8_worst_layer_snr_db": worst["snr_db"]}
 
     def _log_results(self) -> None:
         """What the parent shows in the MLflow UI: the data it trained on, and the plots."""
@@ -223,7 +239,8 @@ class PipelineRun:
             return {"skipped": True, "reason": self.reason, "ran": []}
         assert self.parent is not None
         ran = [o.target for o in self.outcomes if o.ran]
-        return {"run_id": self.parent.run_id, "ran": ran, **self.metrics}
+        extra = {"int8_worst_layer": self.worst_layer} if self.worst_layer else {}
+        return {"run_id": self.parent.run_id, "ran": ran, **self.metrics, **extra}
 
 
 def run_pipeline(params_path: Path, force: bool = False, wait: bool = False) -> dict[str, Any]:

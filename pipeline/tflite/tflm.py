@@ -101,3 +101,37 @@ def measure_invoke_ms(model: bytes, arena_size: int, runs: int = 200) -> float:
     dtype = interp.get_input_details(0)["dtype"]
     interp.set_input(np.zeros(shape, dtype=dtype), 0)
     return median_invoke_ms(interp.invoke, runs, warmup=3)
+
+
+def _quantize(x: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
+    return np.clip(np.round(x / scale) + zero_point, -128, 127).astype(np.int8)
+
+
+def predict_streaming(model: bytes, frames: np.ndarray, arena_size: int) -> np.ndarray:
+    """A streaming step model (frame, *state) → (logits, *state) run over each window's frames
+    (N, F, frame_size, float): the states start at 0 and each output state is requantized to
+    its input's scale and zero point, as firmware does. Raw int8 logits after the last frame."""
+    from pipeline.tflite.flatbuffer import read_model
+
+    info = read_model(model, "streaming step model")
+    ins = [info.tensors[i] for i in info.inputs]
+    outs = [info.tensors[i] for i in info.outputs]
+    interp = _interpreter(model, arena_size)
+    results = []
+    for window in frames:
+        states = [
+            _quantize(np.zeros(t.shape, np.float32), t.scales[0], t.zero_points[0]) for t in ins[1:]
+        ]
+        for frame in window:
+            interp.set_input(_quantize(frame[None], ins[0].scales[0], ins[0].zero_points[0]), 0)
+            for k, state in enumerate(states, start=1):
+                interp.set_input(state, k)
+            interp.invoke()
+            got = [np.array(interp.get_output(k)) for k in range(len(outs))]
+            states = [
+                _quantize((got[k].astype(np.float32) - outs[k].zero_points[0]) * outs[k].scales[0],
+                          ins[k].scales[0], ins[k].zero_points[0])
+                for k in range(1, len(outs))
+            ]  # fmt: skip
+        results.append(got[0][0])
+    return np.stack(results)

@@ -188,7 +188,9 @@ def resume(job: Job) -> Progress:
         return Progress()
     fields, best_state = store.restore(job.strategy, found)
     job.scheduler.load_state_dict(fields["scheduler"])
-    for group, lr in zip(job.strategy.optimizer.param_groups, job.scheduler.get_last_lr(), strict=True):
+    for group, lr in zip(
+        job.strategy.optimizer.param_groups, job.scheduler.get_last_lr(), strict=True
+    ):
         group["lr"] = lr  # the schedule's position, whatever the checkpoint kept of the optimizer
     tp = job.params.train
     progress = Progress(
