@@ -42,3 +42,54 @@ def test_family_is_fully_int8_and_runs_in_tflm(family: str) -> None:
         want = model(torch.from_numpy(x[32:])).numpy()
     cosine = (got * want).sum() / np.linalg.norm(got) / np.linalg.norm(want)
     assert cosine > 0.95, f"{family}: int8 in TFLite Micro drifted from fp32 (cosine {cosine:.3f})"
+
+
+@pytest.mark.parametrize("family", ["gru", "lstm"])
+def test_streaming_step_matches_the_unrolled_model(family: str) -> None:
+    """The step model, called once per frame with its state fed back (requantized), predicts
+    what the unrolled model does, with a fraction of its size and arena."""
+    import torch
+
+    from pipeline.export.convert import convert_int8
+    from pipeline.export.streaming import convert_step, frames_of
+
+    torch.manual_seed(0)
+    arch = Architecture(SHAPE, 4, (16,), arch=family, hidden_size=16, stride=2)
+    model = build_model(arch).eval()
+    x = np.random.default_rng(1).normal(size=(64, *SHAPE)).astype(np.float32)
+    step, spec = convert_step(model, arch, x[:32])
+    check_full_int8(step, "step")
+    unrolled = convert_int8(model, torch.zeros((1, *SHAPE)), x[:32])
+    step_arena = tflm.measure_arena_bytes(step, 1 << 20)
+    unrolled_arena = tflm.measure_arena_bytes(unrolled, 1 << 20)
+    streamed = tflm.predict_streaming(step, frames_of(x[32:], spec), step_arena)
+    with torch.no_grad():
+        want = model(torch.from_numpy(x[32:])).numpy().argmax(1)
+    assert (streamed.argmax(1) == want).mean() >= 0.9
+    assert len(step) < len(unrolled) / 2 and step_arena < unrolled_arena / 2
+
+
+def test_layer_divergence_sees_quantization_damage() -> None:
+    """Per quantized tensor SNR and cosine against float. Calibrating on one outlier window
+    stretches every activation range, so ordinary windows fall on a few int8 steps: the report
+    must show it (the worst layer's SNR drops by 10 dB or more) and name the worst layer."""
+    import torch
+
+    from pipeline.export.convert import convert_int8_with_layers
+    from pipeline.export.divergence import summary
+
+    torch.manual_seed(0)
+    arch = Architecture(SHAPE, 4, (16, 16), arch="cnn1d", stride=1)
+    model = build_model(arch).eval()
+    x = np.random.default_rng(0).normal(size=(33, *SHAPE)).astype(np.float32)
+    worst = {}
+    for case, calibration in (
+        ("clean", x[:32]),
+        ("outlier", np.concatenate([x[:16], x[32:] * 300])),
+    ):
+        _, rows = convert_int8_with_layers(model, torch.zeros((1, *SHAPE)), calibration, layers=16)
+        assert {"name", "op", "snr_db", "cosine"} <= set(rows[0]) and len(rows) >= 4
+        worst[case] = summary(rows, "torch")["worst"]
+        assert worst[case]["snr_db"] == min(r["snr_db"] for r in rows)
+    assert worst["clean"]["snr_db"] > 25 and worst["clean"]["cosine"] > 0.99, worst
+    assert worst["outlier"]["snr_db"] < worst["clean"]["snr_db"] - 10, worst
