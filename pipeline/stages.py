@@ -22,7 +22,7 @@ from pipeline.core.errors import TinyopsError
 STAGE_SECTIONS = {
     "prepare": ("prepare",),
     "train": ("train", "model"),
-    "export": ("export", "train.seed"),
+    "export": ("export", "train.seed", "train.lr", "train.batch_size", "evaluate.max_int8_drop"),
     "evaluate": ("evaluate",),
 }
 
@@ -124,14 +124,26 @@ def _log_train_summary(run: tracking.Run, summary: dict[str, Any]) -> None:
 
 def run_export(params_path: Path) -> dict[str, Any]:
     from pipeline.data.prepare import load_processed
-    from pipeline.export.convert import export
+    from pipeline.export.convert import Tuning, export
 
     params = load_params(params_path)
-    x_train = load_processed().x["train"]
+    data = load_processed()
+    x_train = data.x["train"]
+    tuning = Tuning(
+        qat=params.export.qat,
+        epochs=params.export.qat_epochs,
+        lr=params.train.lr / 10,
+        batch_size=params.train.batch_size,
+        max_drop=params.evaluate.max_int8_drop,
+        x_train=x_train,
+        y_train=data.y["train"],
+        x_val=data.x["val"],
+        y_val=data.y["val"],
+    )
     with tracking.stage_run(
         "export", stage_params(params, "export"), tracking.run_tags("export")
     ) as run:
-        result = export(params.export, x_train, seed=params.train.seed)
+        result = export(params.export, x_train, seed=params.train.seed, tuning=tuning)
         run.log_metrics({f"tflite_{v}_bytes": n for v, n in result.sizes.items()})
         run.set_tags({"int8_ops": ",".join(result.int8_ops)})
         _log_layers(run, result.layers)
@@ -147,6 +159,8 @@ def _log_layers(run: tracking.Run, layers: dict[str, Any]) -> None:
     for row in layers["layers"]:
         run.log_metrics({"int8_layer_snr_db": row["snr_db"], "int8_layer_cosine": row["cosine"]},
                         step=row["index"])  # fmt: skip
+    run.set_tags({"int8_method": layers["quantization"]["method"]})
+    run.log_metrics({k: v for k, v in layers["quantization"].items() if k.endswith("accuracy")})
     worst = layers["worst"]
     if worst:
         run.log_metrics({"int8_worst_layer_snr_db": worst["snr_db"],

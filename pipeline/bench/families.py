@@ -62,9 +62,9 @@ def _devices(ws: Path) -> dict[str, str]:
             fw = (m.get("firmware") or {}).get("measured")
             out[folder.name] = f"bundled, flash {fw['flash_bytes']:,} B" if fw else "bundled"
         elif rejected.is_file():
-            failed = [c["name"] for c in json.loads(rejected.read_text()).get("checks", [])
-                      if not c.get("ok", True)]  # fmt: skip
-            out[folder.name] = "rejected: " + ", ".join(failed)
+            failed = {c["name"] for cand in json.loads(rejected.read_text())["candidates"]
+                      for c in cand["checks"] if not c["passed"]}  # fmt: skip
+            out[folder.name] = "rejected: " + ", ".join(sorted(failed))
     return out
 
 

@@ -211,6 +211,11 @@ class ExportParams(_Section):
 
     calibration_samples: PositiveInt = 512
     """Training samples used to calibrate activation ranges."""
+    qat: bool = False
+    """Quantization-aware fine-tuning (torch, pt2e) when post-training int8 loses more than
+    evaluate.max_int8_drop of validation accuracy; the better of the two int8 models is kept."""
+    qat_epochs: PositiveInt = 5
+    """Epochs of QAT fine-tuning (learning rate train.lr / 10, batch train.batch_size)."""
 
 
 class EvaluateParams(_Section):
@@ -222,6 +227,8 @@ class EvaluateParams(_Section):
     """The arena search stops at this resolution (TFLite Micro aligns to 16 bytes)."""
     tflm_samples: Annotated[int, Field(ge=0)] = 0
     """Test samples run through TFLite Micro (0: all of them)."""
+    max_int8_drop: Annotated[float, Field(ge=0.0, le=1.0)] = 0.02
+    """Validation accuracy int8 may lose against fp32 before export.qat fine-tunes."""
 
 
 class OrchestrateParams(_Section):
@@ -352,6 +359,11 @@ class Params(_Section):
         _plan(self.train, self.model, batch_size=None)
         _check_framework(self.train, self.model)
         _check_family(self.prepare, self.model, self.train)
+        if self.export.qat and self.model.framework == "keras":
+            raise ValueError(
+                "export.qat fine-tunes with torchao's pt2e QAT, for model.framework torch; with "
+                "keras set export.qat: false"
+            )
         return self
 
     @field_validator("devices", mode="before")

@@ -23,7 +23,7 @@ ARENA_MARGIN = 0.10
 for a 32-bit MCU): the bundle reserves ceil16(measured × 1.10)."""
 
 # MicroMutableOpResolver method names that are not the CamelCase of the op name.
-_RESOLVER_EXCEPTIONS = {"PADV2": "PadV2", "CUMSUM": "CumSum"}
+_RESOLVER_EXCEPTIONS = {"PADV2": "PadV2", "CUMSUM": "CumSum", "BATCH_MATMUL": "BatchMatMul"}
 # Ops with an int8-only registration (Register_<OP>_INT8, in this kernel header): CMSIS-NN links
 # only its int8 variant, not every type's. With reference kernels it is the general one.
 INT8_KERNELS = {

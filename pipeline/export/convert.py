@@ -41,6 +41,22 @@ class ExportResult:
 
 
 @dataclass(frozen=True)
+class Tuning:
+    """What decides between post-training int8 and QAT: the validation split, the allowed drop,
+    and the fine-tuning settings (export.qat, export.qat_epochs, evaluate.max_int8_drop)."""
+
+    qat: bool
+    epochs: int
+    lr: float
+    batch_size: int
+    max_drop: float
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+
+
+@dataclass(frozen=True)
 class Converted:
     """A converter's output: every variant's bytes, and the int8 layers' divergence from float
     (empty where the converter cannot measure it)."""
@@ -49,6 +65,7 @@ class Converted:
     layers: list[dict[str, Any]]
     step: bytes | None = None  # a recurrent family's streaming cell (int8)
     step_spec: dict[str, Any] = field(default_factory=dict)
+    quantization: dict[str, Any] = field(default_factory=lambda: {"method": "ptq"})
 
 
 def _quiet_litert() -> None:
@@ -156,7 +173,9 @@ def calibration_set(x_train: np.ndarray, n: int, seed: int) -> np.ndarray:
     return x_train[np.sort(rng.choice(len(x_train), size=take, replace=False))]
 
 
-def convert_torch(trained_dir: Path, calibration: np.ndarray, seed: int) -> Converted:
+def convert_torch(
+    trained_dir: Path, calibration: np.ndarray, seed: int, tuning: Tuning | None = None
+) -> Converted:
     """The four variants of a torch model: litert-torch for fp32 and int8, ai-edge-quantizer
     for float16 and dynamic-range from the fp32 one."""
     import torch
@@ -176,14 +195,68 @@ def convert_torch(trained_dir: Path, calibration: np.ndarray, seed: int) -> Conv
         warnings.simplefilter("ignore", FutureWarning)  # torch/litert API deprecations
         fp32 = convert_fp32(model, sample)
         int8, layers = convert_int8_with_layers(model, sample, calibration)
-        step = _streaming(model, arch, calibration)
+        chosen, record = model, {"method": "ptq"}
+        if tuning is not None:
+            chosen, record = _ptq_or_qat(model, int8, calibration, tuning, seed)
+            if chosen is not model:
+                int8, layers = convert_int8_with_layers(chosen, sample, calibration)
+        step = _streaming(chosen, arch, calibration)
     models = {
         "fp32": fp32,
         "float16": convert_float16(fp32),
         "dynamic_int8": convert_dynamic_int8(fp32),
         "int8": int8,
     }
-    return Converted(models, layers, *step)
+    return Converted(models, layers, *step, quantization=record)
+
+
+def _val_accuracy(model, int8: bytes | None, tuning: Tuning) -> float:  # type: ignore[no-untyped-def]
+    """Validation accuracy of the float model (int8 None) or of an int8 flatbuffer in LiteRT."""
+    import torch
+
+    from pipeline.tflite import litert
+
+    if int8 is None:
+        with torch.no_grad():
+            out = model(torch.from_numpy(tuning.x_val)).numpy()
+    else:
+        out, _ = litert.run_batch(int8, tuning.x_val)
+    return round(float((out.argmax(1) == tuning.y_val).mean()), 6)
+
+
+def _ptq_or_qat(model, ptq: bytes, calibration: np.ndarray, tuning: Tuning, seed: int):  # type: ignore[no-untyped-def]
+    """The network whose int8 conversion ships, and why: the trained one unless PTQ loses more
+    than max_drop on validation, export.qat is on, and the QAT-tuned one does better there."""
+    from pipeline.export import qat
+
+    fp32, ptq_acc = _val_accuracy(model, None, tuning), _val_accuracy(model, ptq, tuning)
+    record: dict[str, Any] = {"method": "ptq", "fp32_val_accuracy": fp32, "ptq_val_accuracy":
+                              ptq_acc, "ptq_drop": round(fp32 - ptq_acc, 6),
+                              "max_int8_drop": tuning.max_drop}  # fmt: skip
+    if fp32 - ptq_acc <= tuning.max_drop:
+        return model, record | {"why": "post-training int8 is within evaluate.max_int8_drop"}
+    if not tuning.qat:
+        why = "post-training int8 loses more than evaluate.max_int8_drop; export.qat is off"
+        print(f"export: {why} ({fp32:.4f} → {ptq_acc:.4f} on validation)")
+        return model, record | {"why": why}
+    print(f"export: int8 loses {fp32 - ptq_acc:.4f} on validation; QAT for {tuning.epochs} epochs")
+    try:
+        tuned = qat.fine_tune(model, tuning.x_train, tuning.y_train, tuning.epochs, tuning.lr,
+                              tuning.batch_size, seed)  # fmt: skip
+    except qat.QatDiverged as exc:
+        return model, record | {"why": f"{exc}; post-training int8 kept"}
+    sample = calibration[:1] * 0
+    qat_acc = _val_accuracy(tuned, convert_int8(tuned, _tensor(sample), calibration), tuning)
+    record |= {"qat_epochs": tuning.epochs, "qat_val_accuracy": qat_acc}
+    if qat_acc > ptq_acc:
+        return tuned, record | {"method": "qat", "why": "QAT beat post-training int8"}
+    return model, record | {"why": "QAT did not beat post-training int8 on validation"}
+
+
+def _tensor(x: np.ndarray):  # type: ignore[no-untyped-def]
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(x))
 
 
 def _streaming(model, arch, calibration: np.ndarray) -> tuple[bytes | None, dict[str, Any]]:  # type: ignore[no-untyped-def]
@@ -195,7 +268,9 @@ def _streaming(model, arch, calibration: np.ndarray) -> tuple[bytes | None, dict
     return streaming.convert_step(model, arch, calibration)
 
 
-def convert_keras(trained_dir: Path, calibration: np.ndarray, seed: int) -> Converted:
+def convert_keras(
+    trained_dir: Path, calibration: np.ndarray, seed: int, tuning: Tuning | None = None
+) -> Converted:
     from pipeline.export import keras_convert
 
     return Converted(keras_convert.convert_all(trained_dir, calibration), [])
@@ -214,12 +289,13 @@ def export(
     out_dir: Path = catalog.EXPORT_DIR,
     layers_file: Path = catalog.INT8_LAYERS,
     streaming_dir: Path = catalog.STREAMING_DIR,
+    tuning: Tuning | None = None,
 ) -> ExportResult:
     """Convert every variant, check each (int8: full-integer), then write them atomically."""
     framework = catalog.trained_framework(trained_dir)
     calibration = calibration_set(x_train, params.calibration_samples, seed)
     try:
-        converted = CONVERTERS[framework](trained_dir, calibration, seed)
+        converted = CONVERTERS[framework](trained_dir, calibration, seed, tuning)
     except TinyopsError:  # e.g. an unreadable model: its own message and exit code
         raise
     except Exception as exc:
@@ -232,7 +308,7 @@ def export(
         read_model(data, f"{variant} export")
     info = check_full_int8(models["int8"], f"int8 export of {trained_dir}")
     paths = {v: catalog.variant_file(v, out_dir) for v in models}
-    layers = summary(converted.layers, framework)
+    layers = summary(converted.layers, framework) | {"quantization": converted.quantization}
     with interrupt.deferred():  # all checked before the first is written; all or none replaced
         for variant, data in models.items():
             atomic.write_bytes(paths[variant], data)

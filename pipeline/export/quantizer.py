@@ -15,7 +15,7 @@ reshaping between them. After the stock rules run, every op left in float is ann
 from __future__ import annotations
 
 import operator
-from typing import Any
+from typing import Any, ClassVar
 
 
 def _op_tables() -> tuple[set[Any], dict[Any, tuple[float, int]], set[Any]]:
@@ -41,8 +41,9 @@ def _op_tables() -> tuple[set[Any], dict[Any, tuple[float, int]], set[Any]]:
     return compute, fixed, shared
 
 
-def make_quantizer() -> Any:
-    """Static int8: per-channel symmetric weights, int8 activations, every op annotated."""
+def make_quantizer(is_qat: bool = False) -> Any:
+    """Static int8: per-channel symmetric weights, int8 activations, every op annotated; with
+    is_qat, fake-quantize modules that training sees through."""
     import torch
     from litert_torch.quantize import pt2e_quantizer_utils as rules
     from litert_torch.quantize.pt2e_quantizer import (
@@ -77,6 +78,11 @@ def make_quantizer() -> Any:
         )  # fmt: skip
 
     class TinyopsQuantizer(PT2EQuantizer):
+        # litert-torch's QAT conv+BatchNorm rules hand torch.export a function and fail with
+        # this torchao; without them QAT fake-quantizes conv outputs before BatchNorm (exact for
+        # the BN-free transformer and RNNs, an approximation of the folded conv otherwise).
+        STATIC_QAT_ONLY_OPS: ClassVar[list[str]] = []
+
         def annotate(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
             model = super().annotate(model)
             act_in = rules.get_input_act_qspec(self.global_config)
@@ -98,5 +104,5 @@ def make_quantizer() -> Any:
                 )
             return model
 
-    config = get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False)
+    config = get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False, is_qat=is_qat)
     return TinyopsQuantizer().set_global(config)

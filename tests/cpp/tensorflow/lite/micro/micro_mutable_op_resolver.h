@@ -49,6 +49,7 @@ class MicroMutableOpResolver {
   TINYOPS_OP(AddArgMax, "ARG_MAX")
   TINYOPS_OP(AddArgMin, "ARG_MIN")
   TINYOPS_OP(AddAveragePool2D, "AVERAGE_POOL_2D")
+  TINYOPS_OP(AddBatchMatMul, "BATCH_MATMUL")
   TINYOPS_OP(AddBatchToSpaceNd, "BATCH_TO_SPACE_ND")
   TINYOPS_OP(AddCast, "CAST")
   TINYOPS_OP(AddConcatenation, "CONCATENATION")
@@ -80,6 +81,8 @@ class MicroMutableOpResolver {
   TINYOPS_OP(AddStridedSlice, "STRIDED_SLICE")
   TINYOPS_OP(AddSub, "SUB")
   TINYOPS_OP(AddTanh, "TANH")
+  TINYOPS_OP(AddRsqrt, "RSQRT")
+  TINYOPS_OP(AddSlice, "SLICE")
   TINYOPS_OP(AddTranspose, "TRANSPOSE")
 #undef TINYOPS_OP
 
