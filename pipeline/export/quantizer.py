@@ -41,6 +41,59 @@ def _op_tables() -> tuple[set[Any], dict[Any, tuple[float, int]], set[Any]]:
     return compute, fixed, shared
 
 
+def _annotated(node: Any) -> bool:
+    note = node.meta.get("quantization_annotation")
+    return note is not None and note._annotated
+
+
+def _is_float(node: Any) -> bool:
+    import torch
+    from torch.fx import Node
+
+    value = node.meta.get("val") if isinstance(node, Node) else None
+    return isinstance(value, torch.Tensor) and value.is_floating_point()
+
+
+def _input_spec(node: Any, own: Any) -> Any:
+    """Share the producer's parameters where it already quantizes its output."""
+    from torchao.quantization.pt2e.quantizer import SharedQuantizationSpec
+
+    note = node.meta.get("quantization_annotation")
+    return SharedQuantizationSpec(node) if note and note.output_qspec is not None else own
+
+
+def _fixed_spec(scale: float, zero_point: int) -> Any:
+    import torch
+    from torchao.quantization.pt2e.quantizer import FixedQParamsQuantizationSpec
+
+    return FixedQParamsQuantizationSpec(
+        dtype=torch.int8, scale=scale, zero_point=zero_point, quant_min=-128,
+        quant_max=127, qscheme=torch.per_tensor_affine,
+    )  # fmt: skip
+
+
+def _annotate_rest(model: Any, act_in: Any, act_out: Any) -> None:
+    """Annotate every call the stock rules left in float (see the module docstring)."""
+    from torchao.quantization.pt2e.quantizer import QuantizationAnnotation, SharedQuantizationSpec
+
+    compute, fixed, shared = _op_tables()
+    for node in model.graph.nodes:
+        if node.op != "call_function" or _annotated(node) or operator.getitem == node.target:
+            continue
+        if node.target in compute or node.target in fixed:
+            inputs = {a: _input_spec(a, act_in) for a in node.args if _is_float(a)}
+            out = _fixed_spec(*fixed[node.target]) if node.target in fixed else act_out
+        elif node.target in shared and _is_float(node.args[0]):
+            src = node.args[0]
+            inputs = {src: _input_spec(src, act_in)}
+            out = SharedQuantizationSpec((src, node))
+        else:
+            continue
+        node.meta["quantization_annotation"] = QuantizationAnnotation(
+            input_qspec_map=inputs, output_qspec=out, _annotated=True
+        )
+
+
 def make_quantizer(is_qat: bool = False) -> Any:
     """Static int8: per-channel symmetric weights, int8 activations, every op annotated; with
     is_qat, fake-quantize modules that training sees through."""
@@ -50,32 +103,6 @@ def make_quantizer(is_qat: bool = False) -> Any:
         PT2EQuantizer,
         get_symmetric_quantization_config,
     )
-    from torch.fx import Node
-    from torchao.quantization.pt2e.quantizer import (
-        FixedQParamsQuantizationSpec,
-        QuantizationAnnotation,
-        SharedQuantizationSpec,
-    )
-
-    compute, fixed, shared = _op_tables()
-
-    def annotated(node: Node) -> bool:
-        note = node.meta.get("quantization_annotation")
-        return note is not None and note._annotated
-
-    def is_float(node: Any) -> bool:
-        value = node.meta.get("val") if isinstance(node, Node) else None
-        return isinstance(value, torch.Tensor) and value.is_floating_point()
-
-    def input_spec(node: Node, own: Any) -> Any:
-        note = node.meta.get("quantization_annotation")
-        return SharedQuantizationSpec(node) if note and note.output_qspec is not None else own
-
-    def fixed_spec(scale: float, zero_point: int) -> Any:
-        return FixedQParamsQuantizationSpec(
-            dtype=torch.int8, scale=scale, zero_point=zero_point, quant_min=-128,
-            quant_max=127, qscheme=torch.per_tensor_affine,
-        )  # fmt: skip
 
     class TinyopsQuantizer(PT2EQuantizer):
         # litert-torch's QAT conv+BatchNorm rules hand torch.export a function and fail with
@@ -85,23 +112,10 @@ def make_quantizer(is_qat: bool = False) -> Any:
 
         def annotate(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
             model = super().annotate(model)
-            act_in = rules.get_input_act_qspec(self.global_config)
-            act_out = rules.get_output_act_qspec(self.global_config)
-            for node in model.graph.nodes:
-                if node.op != "call_function" or annotated(node) or operator.getitem == node.target:
-                    continue
-                if node.target in compute or node.target in fixed:
-                    inputs = {a: input_spec(a, act_in) for a in node.args if is_float(a)}
-                    out = fixed_spec(*fixed[node.target]) if node.target in fixed else act_out
-                elif node.target in shared and is_float(node.args[0]):
-                    src = node.args[0]
-                    inputs = {src: input_spec(src, act_in)}
-                    out = SharedQuantizationSpec((src, node))
-                else:
-                    continue
-                node.meta["quantization_annotation"] = QuantizationAnnotation(
-                    input_qspec_map=inputs, output_qspec=out, _annotated=True
-                )
+            config = self.global_config
+            _annotate_rest(
+                model, rules.get_input_act_qspec(config), rules.get_output_act_qspec(config)
+            )
             return model
 
     config = get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False, is_qat=is_qat)

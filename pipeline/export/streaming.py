@@ -62,7 +62,7 @@ def convert_step(model: Any, arch: Any, calibration: np.ndarray) -> tuple[bytes,
     """The int8 step model of an unrolled RNN, checked fully int8."""
     import torch
 
-    from pipeline.export.convert import quantize_static, to_tflite
+    from pipeline.export.pt2e import quantize_static, to_tflite
     from pipeline.models.recurrent import step_module
 
     spec = spec_for(arch)

@@ -93,3 +93,30 @@ def test_layer_divergence_sees_quantization_damage() -> None:
         assert worst[case]["snr_db"] == min(r["snr_db"] for r in rows)
     assert worst["clean"]["snr_db"] > 25 and worst["clean"]["cosine"] > 0.99, worst
     assert worst["outlier"]["snr_db"] < worst["clean"]["snr_db"] - 10, worst
+
+
+def test_qat_runs_only_past_the_allowed_drop_and_keeps_the_better_int8() -> None:
+    """Within evaluate.max_int8_drop nothing is fine-tuned; past it (forced here with a negative
+    allowance) pt2e QAT fine-tunes the GRU and the int8 model with the better validation
+    accuracy is kept, the record saying which and why."""
+    import torch
+
+    from pipeline.export.convert import Tuning, _ptq_or_qat, convert_int8
+
+    torch.manual_seed(0)
+    arch = Architecture(SHAPE, 3, (16,), arch="gru", hidden_size=16, stride=2)
+    model = build_model(arch).eval()
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(3), 32)
+    x = (rng.normal(size=(96, *SHAPE)) + y[:, None, None]).astype(np.float32)
+    ptq = convert_int8(model, torch.zeros((1, *SHAPE)), x[:32])
+
+    def tuning(max_drop: float) -> Tuning:
+        return Tuning(True, 1, 1e-3, 16, max_drop, x[::2], y[::2], x[1::2], y[1::2])
+
+    kept, record = _ptq_or_qat(model, ptq, x[:32], tuning(1.0), seed=0)
+    assert kept is model and record["method"] == "ptq" and "qat_val_accuracy" not in record
+    chosen, record = _ptq_or_qat(model, ptq, x[:32], tuning(-1.0), seed=0)
+    assert "qat_val_accuracy" in record and record["qat_epochs"] == 1, record
+    better = record["qat_val_accuracy"] > record["ptq_val_accuracy"]
+    assert (record["method"] == "qat") == better == (chosen is not model), record
