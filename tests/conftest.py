@@ -56,9 +56,10 @@ def make_workspace(
     train_overrides: dict | None = None,
     model_overrides: dict | None = None,
     devices: tuple[str, ...] | None = None,
+    sections: dict[str, dict] | None = None,
 ) -> Path:
     """A copy of the project (code, params, dvc.yaml) in its own git repo, as a user's clone;
-    `devices` keeps only those profiles."""
+    `devices` keeps only those profiles; `sections` overlays keys of any section."""
     dest.mkdir(parents=True, exist_ok=True)
     for name in ("pipeline", "flows", "data/raw", ".dvc"):
         shutil.copytree(
@@ -69,6 +70,8 @@ def make_workspace(
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["train"].update(train_overrides or {})
     params["model"].update(model_overrides or {})
+    for name, keys in (sections or {}).items():
+        params[name].update(keys)
     if params["tflm"]["source"]:  # relative to the project root: this clone lives elsewhere
         params["tflm"]["source"] = str((REPO / params["tflm"]["source"]).resolve())
     if devices is not None:

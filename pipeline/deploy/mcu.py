@@ -138,8 +138,19 @@ WARM_OPS = (
     "QUANTIZE",
     "RESHAPE",
     "SOFTMAX",
+    # the sequence families (conv1d, tcn, unrolled gru/lstm, transformer)
+    "BATCH_MATMUL",
+    "LOGISTIC",
+    "MUL",
+    "PAD",
+    "RSQRT",
+    "SLICE",
+    "SUB",
+    "TANH",
+    "TRANSPOSE",
 )
-"""What `tinyops firmware` compiles by default: the ops of small int8 CNNs."""
+"""What `tinyops firmware` compiles by default: the ops of small int8 CNNs and of the sequence
+families."""
 
 
 def warm(params: Params, ops: tuple[str, ...] = WARM_OPS) -> list[str]:

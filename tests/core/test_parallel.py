@@ -93,7 +93,9 @@ def test_valid_shapes(train: dict, shape: tuple) -> None:
 def test_the_batch_must_split_over_replicas_and_microbatches() -> None:
     from pipeline.core.config import parallel_plan
 
-    with pytest.raises(ConfigError, match="over 1 replica\\(s\\) × 4 microbatches; use a multiple of 4"):
+    with pytest.raises(
+        ConfigError, match="over 1 replica\\(s\\) × 4 microbatches; use a multiple of 4"
+    ):
         parallel_plan(_params({"parallelism": "pipeline", "batch_size": 66}))
 
 
@@ -116,6 +118,9 @@ def test_worker_model_state_follows_the_strategy() -> None:
 def test_block_parameters_match_torch() -> None:
     from pipeline.models.architecture import Architecture, block_parameters, build_model
 
-    for arch in (Architecture((8, 8, 1), 10, (32, 64, 128)), Architecture((32, 32, 3), 5, (8, 16), 5)):
+    for arch in (
+        Architecture((8, 8, 1), 10, (32, 64, 128)),
+        Architecture((32, 32, 3), 5, (8, 16), 5),
+    ):
         model = build_model(arch)
         assert sum(block_parameters(arch)) == sum(p.numel() for p in model.parameters())

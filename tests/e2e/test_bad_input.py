@@ -236,8 +236,11 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], int, list[str]]] = {
     "over_worker_memory_budget": (
         _train(max_worker_memory_mb=1.2),
         2,
-        ["train.parallelism data needs 1.44 MiB", "max_worker_memory_mb = 1.2",
-         "pipeline (1.15 MiB) would fit"],
+        [
+            "train.parallelism data needs 1.44 MiB",
+            "max_worker_memory_mb = 1.2",
+            "pipeline (1.15 MiB) would fit",
+        ],
     ),
     "device_zero_ram": (_device(ram_bytes=0), 2, ["devices.esp32_s3.ram_bytes", "greater than 0"]),
     "device_negative_clock": (_device(clock_mhz=-240), 2, ["devices.esp32_s3.clock_mhz"]),

@@ -119,7 +119,9 @@ def test_pipeline_is_single_process_training_bit_for_bit(
         model,
     )  # fmt: skip
     assert f"pipeline pp2 {schedule} m4 ({stages} stages)" in out
-    assert (pp / "models/trained/model.pt").read_bytes() == (ref / "models/trained/model.pt").read_bytes()
+    assert (pp / "models/trained/model.pt").read_bytes() == (
+        ref / "models/trained/model.pt"
+    ).read_bytes()
     assert _curve(pp) == _curve(ref)
     summary = json.loads((pp / "metrics/train.json").read_text())
     assert summary["mesh_pp"] == 2 and summary["schedule"] == schedule
@@ -135,8 +137,12 @@ def test_pipeline_is_single_process_training_bit_for_bit(
     [
         ({"parallelism": "fsdp", "nproc_per_node": 2, "microbatches": 1}, 2),
         (
-            {"parallelism": "hybrid", "nproc_per_node": 4, "microbatches": 2,
-             "oversubscribe": True},
+            {
+                "parallelism": "hybrid",
+                "nproc_per_node": 4,
+                "microbatches": 2,
+                "oversubscribe": True,
+            },
             4,
         ),
     ],
