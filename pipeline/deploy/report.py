@@ -191,6 +191,17 @@ def markdown(
     return "\n".join(lines) + "\n"
 
 
+def _png(fig: Any) -> bytes:
+    """The figure as PNG bytes with no timestamp or software stamp (reproducible), closed."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", metadata={"Software": None})
+    plt.close(fig)
+    return buf.getvalue()
+
+
 def layer_lines(layers: dict[str, Any], shown: int = 5) -> list[str]:
     """Where int8 departs most from float: the worst layers by SNR (metrics/int8_layers.json)."""
     rows = layers.get("layers") or []
@@ -231,11 +242,7 @@ def layer_chart(layers: dict[str, Any]) -> bytes:
     ax.set_xlabel("quantized tensor, in graph order")
     ax.set_ylabel("SNR against float (dB)")
     ax.set_title("int8 against float, layer by layer")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", metadata={"Software": None})
-    plt.close(fig)
-    return buf.getvalue()
+    return _png(fig)
 
 
 def chart(params: Params, table: Variants) -> bytes:
@@ -277,11 +284,7 @@ def chart(params: Params, table: Variants) -> bytes:
     ax.set_xlabel("model size (bytes, log); dashed: each device's flash budget for the model")
     ax.set_ylabel("test accuracy (int8: TFLite Micro; others: LiteRT)")
     ax.set_title("Accuracy against size, every variant")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", metadata={"Software": None})
-    plt.close(fig)
-    return buf.getvalue()
+    return _png(fig)
 
 
 def write_report(params: Params, status_dir: Path = catalog.DEPLOY_STATUS_DIR) -> tuple[Path, Path]:

@@ -15,7 +15,7 @@ from tests.conftest import make_workspace, run_cmd
 def gru_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ws = make_workspace(
         tmp_path_factory.mktemp("gru"),
-        train_overrides={"epochs": 20, "patience": 20, "batch_size": 16},
+        train_overrides={"epochs": 50, "patience": 15, "batch_size": 16},
         model_overrides={"arch": "gru", "hidden_size": 32, "stride": 4, "channels": [32]},
         devices=("raspberry_pi_pico", "raspberry_pi_4"),
         sections={"prepare": {"source": "basicmotions"}, "export": {"calibration_samples": 56}},
