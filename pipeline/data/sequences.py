@@ -221,6 +221,8 @@ def load_series_csv(root: Path, params: PrepareParams) -> RaggedSeries:
 def fixed_length(data: RaggedSeries, length: int | None) -> tuple[np.ndarray, np.ndarray]:
     """(N, T, C) with zeros after each series' end, and each series' kept length. Without
     prepare.sequence_length, series of different lengths are an error naming one of each."""
+    if not data.series:
+        raise DataValidationError(f"{data.origin}: the dataset is empty.")
     lengths = np.array([len(s) for s in data.series], dtype=np.int64)
     if length is None:
         if (lengths != lengths[0]).any():

@@ -41,8 +41,7 @@ def build(arch: Architecture) -> torch.nn.Module:
             self.dropout = nn.Dropout(arch.dropout)
             self.classifier = nn.Linear(hidden, arch.num_classes)
 
-        kind, frames_per_window, states = arch.arch, frames, 1 if arch.arch == "gru" else 2
-        frame_size, hidden_size = arch.stride * channels, hidden
+        kind, states = arch.arch, 1 if arch.arch == "gru" else 2  # the state: h, or h and c
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             batch = x.shape[0]
