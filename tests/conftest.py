@@ -311,7 +311,10 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> TinyRun:
     model = build_model(arch)
     save_model(ws / catalog.TRAINED_DIR, arch, model.state_dict(), meta.model_dump(), 1)
     data = load_processed(ws / catalog.PROCESSED_DIR)
-    export(params.export, data.x["train"], 0, ws / catalog.TRAINED_DIR, ws / catalog.EXPORT_DIR)
+    export(
+        params.export, data.x["train"], 0, ws / catalog.TRAINED_DIR, ws / catalog.EXPORT_DIR,
+        layers_file=ws / catalog.INT8_LAYERS,
+    )  # fmt: skip
     result = evaluate(params.evaluate, data, ws / catalog.TRAINED_DIR, ws / catalog.EXPORT_DIR)
     write_outputs(
         result,

@@ -41,7 +41,11 @@ def main() -> None:
             },
             path,
         )
-        result = export(ExportParams(calibration_samples=64), calibration, 0, Path(tmp), Path(tmp))
+        scratch = Path(tmp)
+        result = export(
+            ExportParams(calibration_samples=64), calibration, 0, scratch, scratch,
+            layers_file=scratch / "int8_layers.json",
+        )  # fmt: skip
         fp32 = result.paths["fp32"].read_bytes()
         int8 = result.paths["int8"].read_bytes()
     arena = {

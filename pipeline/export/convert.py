@@ -250,7 +250,6 @@ def export(
     trained_dir: Path = catalog.TRAINED_DIR,
     out_dir: Path = catalog.EXPORT_DIR,
     layers_file: Path = catalog.INT8_LAYERS,
-    streaming_dir: Path = catalog.STREAMING_DIR,
     tuning: Tuning | None = None,
 ) -> ExportResult:
     """Convert every variant, check each (int8: full-integer), then write them atomically."""
@@ -275,5 +274,7 @@ def export(
         for variant, data in models.items():
             atomic.write_bytes(paths[variant], data)
         atomic.write_json(layers_file, layers)
-        streaming.write(streaming_dir, converted.step, converted.step_spec or {"note": "none"})
+        streaming.write(
+            out_dir / "streaming", converted.step, converted.step_spec or {"note": "none"}
+        )
     return ExportResult(paths, {v: len(d) for v, d in models.items()}, info.op_names, layers)
