@@ -159,9 +159,8 @@ def convert_torch(
         int8, layers = convert_int8_with_layers(model, sample, calibration)
         chosen, record = model, {"method": "ptq"}
         if tuning is not None:
-            chosen, record = _ptq_or_qat(model, int8, calibration, tuning, seed)
-            if chosen is not model:
-                int8, layers = convert_int8_with_layers(chosen, sample, calibration)
+            chosen, record, tuned = _ptq_or_qat(model, int8, calibration, tuning, seed)
+            int8, layers = tuned or (int8, layers)
         step = _streaming(chosen, arch, calibration)
     models = {
         "fp32": fp32,
@@ -187,8 +186,11 @@ def _val_accuracy(model, int8: bytes | None, tuning: Tuning) -> float:  # type: 
 
 
 def _ptq_or_qat(model, ptq: bytes, calibration: np.ndarray, tuning: Tuning, seed: int):  # type: ignore[no-untyped-def]
-    """The network whose int8 conversion ships, and why: the trained one unless PTQ loses more
-    than max_drop on validation, export.qat is on, and the QAT-tuned one does better there."""
+    """The network whose int8 conversion ships, why, and (when it is the QAT-tuned one) its int8
+    bytes and layer report: the trained one unless PTQ loses more than max_drop on validation,
+    export.qat is on, and the QAT-tuned one does better there."""
+    import torch
+
     from pipeline.export import qat
 
     fp32, ptq_acc = _val_accuracy(model, None, tuning), _val_accuracy(model, ptq, tuning)
@@ -196,35 +198,28 @@ def _ptq_or_qat(model, ptq: bytes, calibration: np.ndarray, tuning: Tuning, seed
                               ptq_acc, "ptq_drop": round(fp32 - ptq_acc, 6),
                               "max_int8_drop": tuning.max_drop}  # fmt: skip
     if fp32 - ptq_acc <= tuning.max_drop:
-        return model, record | {"why": "post-training int8 is within evaluate.max_int8_drop"}
+        return model, record | {"why": "post-training int8 is within evaluate.max_int8_drop"}, None
     if not tuning.qat:
         why = "post-training int8 loses more than evaluate.max_int8_drop; export.qat is off"
         print(f"export: {why} ({fp32:.4f} → {ptq_acc:.4f} on validation)")
-        return model, record | {"why": why}
+        return model, record | {"why": why}, None
     print(f"export: int8 loses {fp32 - ptq_acc:.4f} on validation; QAT for {tuning.epochs} epochs")
     try:
         tuned = qat.fine_tune(model, tuning.x_train, tuning.y_train, tuning.epochs, tuning.lr,
                               tuning.batch_size, seed)  # fmt: skip
     except qat.QatDiverged as exc:
-        return model, record | {"why": f"{exc}; post-training int8 kept"}
-    sample = calibration[:1] * 0
-    qat_acc = _val_accuracy(tuned, convert_int8(tuned, _tensor(sample), calibration), tuning)
+        return model, record | {"why": f"{exc}; post-training int8 kept"}, None
+    sample = torch.zeros((1, *calibration.shape[1:]))
+    conversion = convert_int8_with_layers(tuned, sample, calibration)
+    qat_acc = _val_accuracy(tuned, conversion[0], tuning)
     record |= {"qat_epochs": tuning.epochs, "qat_val_accuracy": qat_acc}
     if qat_acc > ptq_acc:
-        return tuned, record | {"method": "qat", "why": "QAT beat post-training int8"}
-    return model, record | {"why": "QAT did not beat post-training int8 on validation"}
-
-
-def _tensor(x: np.ndarray):  # type: ignore[no-untyped-def]
-    import torch
-
-    return torch.from_numpy(np.ascontiguousarray(x))
+        return tuned, record | {"method": "qat", "why": "QAT beat post-training int8"}, conversion
+    return model, record | {"why": "QAT did not beat post-training int8 on validation"}, None
 
 
 def _streaming(model, arch, calibration: np.ndarray) -> tuple[bytes | None, dict[str, Any]]:  # type: ignore[no-untyped-def]
     """A recurrent family's streaming step model (pipeline/export/streaming.py), else none."""
-    from pipeline.export import streaming
-
     if arch.arch not in streaming.RECURRENT:
         return None, {"arch": arch.arch, "note": "not a recurrent family: no streaming model"}
     return streaming.convert_step(model, arch, calibration)

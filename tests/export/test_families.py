@@ -114,9 +114,10 @@ def test_qat_runs_only_past_the_allowed_drop_and_keeps_the_better_int8() -> None
     def tuning(max_drop: float) -> Tuning:
         return Tuning(True, 1, 1e-3, 16, max_drop, x[::2], y[::2], x[1::2], y[1::2])
 
-    kept, record = _ptq_or_qat(model, ptq, x[:32], tuning(1.0), seed=0)
+    kept, record, _ = _ptq_or_qat(model, ptq, x[:32], tuning(1.0), seed=0)
     assert kept is model and record["method"] == "ptq" and "qat_val_accuracy" not in record
-    chosen, record = _ptq_or_qat(model, ptq, x[:32], tuning(-1.0), seed=0)
+    chosen, record, tuned = _ptq_or_qat(model, ptq, x[:32], tuning(-1.0), seed=0)
     assert "qat_val_accuracy" in record and record["qat_epochs"] == 1, record
     better = record["qat_val_accuracy"] > record["ptq_val_accuracy"]
     assert (record["method"] == "qat") == better == (chosen is not model), record
+    assert (tuned is not None) == better, "the kept QAT conversion is handed back, not redone"
