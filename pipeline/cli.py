@@ -298,6 +298,8 @@ def example(
         merged = with_example(
             base, yaml.safe_load(path.read_text(encoding="utf-8")), str(path), arch
         )
+    except yaml.YAMLError as exc:
+        _fail(ConfigError(f"{path} or {params}: not valid YAML: {exc}"))
     except TinyopsError as exc:
         _fail(exc)
     shutil.copyfile(params, params.with_name(params.name + ".bak"))

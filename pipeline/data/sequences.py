@@ -169,8 +169,11 @@ def load_series_npz(path: Path, params: PrepareParams) -> RaggedSeries:
 
 def _read_csv(file: Path, header: list[str] | None) -> tuple[np.ndarray, list[str]]:
     """One sample: a header row of channel names, then one row of numbers per step."""
-    with file.open(newline="", encoding="utf-8") as fh:
-        rows = list(csv.reader(fh))
+    try:
+        with file.open(newline="", encoding="utf-8") as fh:
+            rows = list(csv.reader(fh))
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise DataValidationError(f"{file}: not a UTF-8 CSV file ({exc}).") from None
     if not rows:
         raise DataValidationError(f"{file}: empty; expected a header row naming the channels.")
     names = [c.strip() for c in rows[0]]
