@@ -362,6 +362,9 @@ def _print_summary(result: dict) -> None:
         "tflite_fp32_accuracy",
         "tflite_int8_accuracy",
         "tflm_int8_accuracy",
+        "framework_fp32_auc",  # autoencoder: anomaly-score AUC beside the detection accuracy
+        "tflite_int8_auc",
+        "tflm_int8_auc",
         "tflite_fp32_bytes",
         "tflite_int8_bytes",
         "tflm_arena_bytes",

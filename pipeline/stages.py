@@ -93,7 +93,9 @@ def run_train(params_path: Path) -> dict[str, Any]:
 
     params = load_params(params_path)
     meta = load_meta()
-    blocks = block_parameters(architecture_for(params, meta.input_shape, meta.num_classes))
+    blocks = block_parameters(
+        architecture_for(params, meta.input_shape, meta.num_classes, meta.classes)
+    )
     with tracking.stage_run(
         "train", stage_params(params, "train"), tracking.run_tags("train")
     ) as run:
@@ -160,7 +162,9 @@ def _log_layers(run: tracking.Run, layers: dict[str, Any]) -> None:
         run.log_metrics({"int8_layer_snr_db": row["snr_db"], "int8_layer_cosine": row["cosine"]},
                         step=row["index"])  # fmt: skip
     run.set_tags({"int8_method": layers["quantization"]["method"]})
-    run.log_metrics({k: v for k, v in layers["quantization"].items() if k.endswith("accuracy")})
+    run.log_metrics(
+        {k: v for k, v in layers["quantization"].items() if k.endswith(("accuracy", "auc"))}
+    )
     worst = layers["worst"]
     if worst:
         run.log_metrics({"int8_worst_layer_snr_db": worst["snr_db"],

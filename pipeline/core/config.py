@@ -27,8 +27,8 @@ Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]
 
 SEQUENCE_SOURCES = ("basicmotions", "japanesevowels", "series_npz", "series_csv")
 PATH_SOURCES = ("npz", "imagefolder", "series_npz", "series_csv")
-Arch = Literal["cnn2d", "cnn1d", "dscnn1d", "tcn", "gru", "lstm", "transformer"]
-SEQUENCE_ARCHS = ("cnn1d", "dscnn1d", "tcn", "gru", "lstm", "transformer")
+Arch = Literal["cnn2d", "cnn1d", "dscnn1d", "tcn", "gru", "lstm", "transformer", "autoencoder"]
+SEQUENCE_ARCHS = ("cnn1d", "dscnn1d", "tcn", "gru", "lstm", "transformer", "autoencoder")
 
 
 class PrepareParams(_Section):
@@ -87,7 +87,9 @@ class ModelParams(_Section):
     """Images: cnn2d. Time series: cnn1d (conv blocks), dscnn1d (depthwise-separable, like
     MLPerf Tiny's keyword-spotting DS-CNN), tcn (dilated causal convolutions with residuals),
     gru / lstm (cells unrolled over the steps), transformer (encoder blocks with int8
-    attention). Every family quantizes fully to int8 and runs in TensorFlow Lite Micro."""
+    attention), autoencoder (a dense autoencoder for anomaly detection: trained on
+    model.normal_class alone, scored by reconstruction error, evaluated with AUC). Every family
+    quantizes fully to int8 and runs in TensorFlow Lite Micro."""
 
     framework: Literal["torch", "keras"] = "torch"
     """torch: PyTorch under torchrun, exported with litert-torch; keras: Keras 3 on TensorFlow
@@ -104,6 +106,9 @@ class ModelParams(_Section):
     stride: PositiveInt = 1
     """Sequence families: the first layer reads frames of this many steps (stride = kernel),
     so an RNN unrolls T / stride steps and a transformer attends over as many."""
+    normal_class: str | None = None
+    """autoencoder: the class it learns as normal (every other class is an anomaly); null is
+    the dataset's first class."""
 
     @model_validator(mode="after")
     def _check(self) -> ModelParams:

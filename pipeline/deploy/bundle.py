@@ -12,6 +12,7 @@ from typing import Any
 from pipeline.core import atomic
 from pipeline.core.errors import ArtifactError
 from pipeline.core.provenance import sha256_bytes
+from pipeline.models.tasks import task_from
 
 MODEL_FILE = "model.tflite"
 MANIFEST_FILE = "manifest.json"
@@ -141,7 +142,7 @@ constexpr int kOutputZeroPoint = {info["output_zero_point"]};
 constexpr int kNumClasses = {len(labels)};
 extern const char* const kLabels[kNumClasses];
 
-// Registers exactly the {len(ops)} op(s) this model uses.
+{_task_lines(info)}// Registers exactly the {len(ops)} op(s) this model uses.
 constexpr unsigned int kNumOps = {len(ops)};
 using OpResolver = tflite::MicroMutableOpResolver<kNumOps>;
 TfLiteStatus RegisterOps(OpResolver& resolver);
@@ -151,6 +152,13 @@ TfLiteStatus RegisterOps(OpResolver& resolver);
 #endif  // {guard}
 """
     return header
+
+
+def _task_lines(info: dict[str, Any]) -> str:
+    """The task's own constants (an autoencoder's threshold) and a blank line; none: ""."""
+    task, threshold = task_from(info.get("task"))
+    lines = task.header_lines(threshold)
+    return "".join(f"{line}\n" for line in lines) + "\n" if lines else ""
 
 
 def _registration(op: str, int8: bool) -> str:
@@ -223,7 +231,7 @@ def readme(manifest: dict[str, Any]) -> str:
             "  interpreter.AllocateTensors();",
             "  // fill interpreter.input(0)->data.int8 with",
             "  //   round(((raw - mean) / std) / kInputScale) + kInputZeroPoint",
-            "  // invoke, then argmax over interpreter.output(0)->data.int8 → kLabels[i]",
+            *task_from(m.get("task"))[0].firmware_steps(),
             "}",
             "```",
             *_firmware_readme(m.get("firmware") or {}),

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.core.catalog import DatasetMeta
+from pipeline.models.tasks import task_from
 from pipeline.tflite import litert, tflm
 from pipeline.tflite.flatbuffer import read_model
 
@@ -98,14 +99,17 @@ def _host_arena(manifest: dict[str, Any]) -> int:
 def score(
     model: bytes, manifest: dict[str, Any], x: np.ndarray, y: np.ndarray, meta: DatasetMeta
 ) -> float:
-    """Accuracy of a bundle's model on this test split, in the bundle's own runtime."""
+    """Accuracy of a bundle's model on this test split, in the bundle's own runtime, decided
+    the way its manifest's task says (argmax; an autoencoder's threshold)."""
     x = _renormalised(x, meta, manifest)
     if manifest["runtime"] == "tflm":
         scale, zp = manifest["input_scale"], manifest["input_zero_point"]
         outputs = tflm.predict(model, litert.quantize_input(x, scale, zp), _host_arena(manifest))
     else:
         outputs, _ = litert.run_batch(model, x)
-    return round(float((outputs.argmax(1) == y).mean()), 6)
+    task, threshold = task_from(manifest.get("task"))
+    predicted = task.predict(litert.dequantized(model, outputs), x, threshold)
+    return round(float((predicted == task.labels(y)).mean()), 6)
 
 
 def assess_production(

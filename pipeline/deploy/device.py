@@ -35,6 +35,7 @@ from pipeline.deploy.bundle import (
 )
 from pipeline.deploy.champion import Champion
 from pipeline.deploy.fit import Candidate, Firmware, assess, choose
+from pipeline.models.tasks import task_from
 from pipeline.tflite import tflm
 from pipeline.tflite.flatbuffer import read_model
 from pipeline.tflite.litert import quantize_input
@@ -65,19 +66,31 @@ def _io_quantization(model: bytes) -> dict[str, Any]:
 
 
 def cpp_info(
-    model: bytes, variant: str, arena: int, meta: DatasetMeta, ops: list[str]
+    model: bytes,
+    variant: str,
+    arena: int,
+    meta: DatasetMeta,
+    ops: list[str],
+    task: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """What the bundle's C++ header and source say of the model (arena: measured, unreserved)."""
+    """What the bundle's C++ header and source say of the model (arena: measured, unreserved;
+    `task`: what evaluate recorded of the variant's task)."""
     return {
         "ops": ops,
         "input_shape": meta.input_shape,
-        "labels": meta.classes,
+        "labels": task_from(task)[0].class_names(list(meta.classes)),
+        "task": task,
         "arena_measured": arena,
         "arena_bytes": reserved_arena(arena),
         "int8_kernels": variant == "int8",
         "model_sha256": sha256_bytes(model),
         **_io_quantization(model),
     }
+
+
+def _task(figures: VariantInfo) -> dict[str, Any] | None:
+    """What evaluate recorded of a variant's task (older evaluations: none, a classifier)."""
+    return getattr(figures, "task", None)
 
 
 def firmware_check(
@@ -91,7 +104,7 @@ def firmware_check(
     xq = quantize_input(x, figures.input_scale or 1.0, figures.input_zero_point or 0)
     arena = figures.tflm_arena_bytes or 0
     expected = tflm.predict(model, xq, reserved_arena(arena))
-    info = cpp_info(model, variant, arena, meta, list(figures.ops or []))
+    info = cpp_info(model, variant, arena, meta, list(figures.ops or []), _task(figures))
     return mcu.prove(params, device, model, info, xq, expected)
 
 
@@ -131,6 +144,7 @@ def manifest_for(
     run_id: str,
 ) -> dict[str, Any]:
     profile = params.devices[device]
+    task_info = _task(getattr(variants, chosen.variant))
     manifest: dict[str, Any] = {
         "device": device,
         "description": profile.description,
@@ -144,7 +158,8 @@ def manifest_for(
         "latency_kind": chosen.latency_kind,
         "estimated_latency_ms": _mac_estimate(chosen) if profile.runtime == "tflm" else None,
         "checks": chosen.to_dict()["checks"],
-        "labels": meta.classes,
+        "labels": task_from(task_info)[0].class_names(list(meta.classes)),
+        "task": task_info,
         "input_shape": meta.input_shape,
         "layout": meta.layout[1:],  # HWC or TC, the batch left out
         "channels": meta.channels,
@@ -247,7 +262,12 @@ def build_and_verify(
     cpp = firmware.sources if firmware else None
     if cpp is None and params.devices[device].runtime == "tflm":
         info = cpp_info(
-            model, chosen.variant, int(chosen.arena_measured or 0), meta, manifest["ops"]
+            model,
+            chosen.variant,
+            int(chosen.arena_measured or 0),
+            meta,
+            manifest["ops"],
+            manifest["task"],
         )
         cpp = cpp_sources(model, info, device, manifest["model_sha256"])
     manifest = build_bundle(staged, model, manifest, cpp)

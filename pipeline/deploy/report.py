@@ -164,13 +164,17 @@ def markdown(
         "",
         training_line(trained),
         "",
-        "Test-split accuracy per level: "
-        + ", ".join(
-            f"{lvl.replace('framework', evaluated.framework)} {evaluate[f'{lvl}_accuracy']:.4f}"
-            for lvl in levels
-            if f"{lvl}_accuracy" in evaluate
+        *(
+            f"Test-split {name} per level: "
+            + ", ".join(
+                f"{lvl.replace('framework', evaluated.framework)} {evaluate[f'{lvl}_{key}']:.4f}"
+                for lvl in levels
+                if f"{lvl}_{key}" in evaluate
+            )
+            + "\n"
+            for key, name in (("accuracy", "accuracy"), ("auc", "anomaly AUC"))
+            if f"tflm_int8_{key}" in evaluate
         ),
-        "",
         "| device | runtime | status | variant | size (B) | arena (B) | latency (ms) | accuracy "
         "| fits | production | why |",
         "|---|---|---|---|---:|---:|---:|---:|---|---|---|",

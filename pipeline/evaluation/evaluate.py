@@ -1,7 +1,9 @@
 """Stage `evaluate`: test-split accuracy at every level, the int8 check, the TFLite Micro arena.
 
 Levels: the training framework's fp32 (torch or Keras, `REFERENCE`) → LiteRT fp32 → LiteRT int8
-(ai_edge_litert) → TFLite Micro int8 (tflite-micro).
+(ai_edge_litert) → TFLite Micro int8 (tflite-micro). What a level's outputs predict is the
+family's task (pipeline/models/tasks.py): class argmax, or an autoencoder's reconstruction error
+against a threshold chosen on the validation split, with its AUC beside the accuracy.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from pipeline.core.catalog import EvaluateMetrics, VariantInfo, Variants
 from pipeline.core.config import VARIANTS, EvaluateParams
 from pipeline.core.errors import ArtifactError
 from pipeline.data.prepare import Splits
+from pipeline.models.architecture import Architecture
+from pipeline.models.tasks import task_for
 from pipeline.tflite import litert, tflm
 from pipeline.tflite.flatbuffer import ModelInfo, check_full_int8, count_macs, read_model
 
@@ -32,13 +36,23 @@ class EvaluateResult:
 
 @dataclass(frozen=True)
 class Outputs:
-    """Test-split outputs at every level: the framework's fp32, LiteRT per variant, TFLite Micro."""
+    """Outputs at every level, as real values (int8 ones dequantized): the framework's fp32,
+    LiteRT per variant, TFLite Micro on the first `len(micro)` samples."""
 
     framework: str
     reference_logits: np.ndarray
     litert: dict[str, np.ndarray]
     micro: np.ndarray
     int8_input: dict[str, Any]
+    arch: Architecture
+
+    def levels(self) -> dict[str, np.ndarray]:
+        """Level name (the prefix of its metrics) → outputs."""
+        return {
+            "framework_fp32": self.reference_logits,
+            **{f"tflite_{v}": o for v, o in self.litert.items()},
+            "tflm_int8": self.micro,
+        }
 
 
 def _read(path: Path) -> bytes:
@@ -67,13 +81,13 @@ def arenas(params: EvaluateParams, blobs: dict[str, bytes]) -> tuple[int, int]:
     return int8, fp32
 
 
-def _torch_fp32(trained_dir: Path, x: np.ndarray) -> np.ndarray:
+def _torch_fp32(trained_dir: Path, x: np.ndarray) -> tuple[np.ndarray, Architecture]:
     from pipeline.models.store import predict
 
     return predict(trained_dir / catalog.MODEL_FILE.name, x)
 
 
-def _keras_fp32(trained_dir: Path, x: np.ndarray) -> np.ndarray:
+def _keras_fp32(trained_dir: Path, x: np.ndarray) -> tuple[np.ndarray, Architecture]:
     from pipeline.models.keras_store import predict
 
     return predict(trained_dir, x)
@@ -88,75 +102,123 @@ def run_levels(
     x: np.ndarray, trained_dir: Path, blobs: dict[str, bytes], arena: int, n_micro: int
 ) -> Outputs:
     framework = catalog.trained_framework(trained_dir)
-    reference = REFERENCE[framework](trained_dir, x)
+    reference, arch = REFERENCE[framework](trained_dir, x)
     lite, inputs = {}, {}
     for variant in ("fp32", "int8", "float16", "dynamic_int8"):
-        lite[variant], inputs[variant] = litert.run_batch(blobs[variant], x)
+        raw, inputs[variant] = litert.run_batch(blobs[variant], x)
+        lite[variant] = litert.dequantized(blobs[variant], raw)
     scale, zp = inputs["int8"]["quantization"]
     micro = tflm.predict(blobs["int8"], litert.quantize_input(x[:n_micro], scale, zp), arena)
-    return Outputs(framework, reference, lite, micro, inputs["int8"])
+    micro = litert.dequantized(blobs["int8"], micro)
+    return Outputs(framework, reference, lite, micro, inputs["int8"], arch)
 
 
-def _acc(outputs: np.ndarray, labels: np.ndarray) -> float:
-    return round(float((outputs.argmax(1) == labels).mean()), 6)
+@dataclass(frozen=True)
+class Scored:
+    """Each level's decisions on the test split: predicted labels against the task's labels,
+    its decision threshold (an autoencoder's, chosen on validation) and any further scores."""
+
+    labels: np.ndarray
+    predicted: dict[str, np.ndarray]
+    thresholds: dict[str, float | None]
+    extra: dict[str, dict[str, float]]
+
+    def accuracy(self, level: str) -> float:
+        p = self.predicted[level]
+        return round(float((p == self.labels[: len(p)]).mean()), 6)
+
+    def agreement(self, a: str, b: str) -> float:
+        n = min(len(self.predicted[a]), len(self.predicted[b]))
+        return round(float((self.predicted[a][:n] == self.predicted[b][:n]).mean()), 6)
 
 
-def _agreement(a: np.ndarray, b: np.ndarray) -> float:
-    return round(float((a.argmax(1) == b.argmax(1)).mean()), 6)
+def score_levels(
+    out: Outputs, x: np.ndarray, y: np.ndarray, thresholds: dict[str, float | None]
+) -> Scored:
+    """The task decides what a level's outputs predict (argmax; an autoencoder's error above
+    its threshold) and what else is scored (an autoencoder's AUC)."""
+    task = task_for(out.arch)
+    predicted, extra = {}, {}
+    for level, o in out.levels().items():
+        xs, ys = x[: len(o)], y[: len(o)]
+        predicted[level] = task.predict(o, xs, thresholds[level])
+        extra[level] = task.scores(o, xs, ys)
+    return Scored(task.labels(y), predicted, thresholds, extra)
+
+
+def validation_thresholds(
+    data: Splits, out: Outputs, trained_dir: Path, blobs: dict[str, bytes], arena: int
+) -> dict[str, float | None]:
+    """Per level, the task's decision threshold from that level's own validation outputs
+    (a quantized autoencoder rebuilds worse, so its cut moves); none for a classifier."""
+    task = task_for(out.arch)
+    if not task.calibrated:
+        return dict.fromkeys(out.levels())
+    x, y = data.x["val"], data.y["val"]
+    val = run_levels(x, trained_dir, blobs, arena, len(x))
+    return {lvl: task.threshold(o, x, y) for lvl, o in val.levels().items()}
 
 
 def level_metrics(
-    out: Outputs, y: np.ndarray, blobs: dict[str, bytes], arenas: tuple[int, int]
+    out: Outputs, scored: Scored, blobs: dict[str, bytes], arenas: tuple[int, int]
 ) -> EvaluateMetrics:
-    n_micro = len(out.micro)
-    lite = out.litert
-    diff = np.abs(out.reference_logits - lite["fp32"]).max()
+    diff = np.abs(out.reference_logits - out.litert["fp32"]).max()
+    per_level = {
+        f"{level}_{k}": v
+        for level in scored.predicted
+        for k, v in (("accuracy", scored.accuracy(level)), *scored.extra[level].items())
+    }
+    thresholds = {f"{k}_threshold": v for k, v in scored.thresholds.items() if v is not None}
     return EvaluateMetrics(
         framework=out.framework,
-        framework_fp32_accuracy=_acc(out.reference_logits, y),
-        tflite_fp32_accuracy=_acc(lite["fp32"], y),
-        tflite_int8_accuracy=_acc(lite["int8"], y),
-        tflm_int8_accuracy=_acc(out.micro, y[:n_micro]),
+        **per_level,
+        **thresholds,
         tflite_fp32_bytes=len(blobs["fp32"]),
         tflite_int8_bytes=len(blobs["int8"]),
+        tflite_float16_bytes=len(blobs["float16"]),
+        tflite_dynamic_int8_bytes=len(blobs["dynamic_int8"]),
         tflm_arena_bytes=arenas[0],
         tflm_fp32_arena_bytes=arenas[1],
-        int8_fp32_agreement=_agreement(lite["int8"], lite["fp32"]),
-        tflm_litert_int8_agreement=_agreement(out.micro, lite["int8"][:n_micro]),
+        int8_fp32_agreement=scored.agreement("tflite_int8", "tflite_fp32"),
+        tflm_litert_int8_agreement=scored.agreement("tflm_int8", "tflite_int8"),
         framework_tflite_fp32_max_logit_diff=float(f"{diff:.3e}"),
-        test_samples=len(y),
-        tflm_samples=n_micro,
-        **{
-            f"tflite_{v}_{k}": value
-            for v in ("float16", "dynamic_int8")
-            for k, value in (("accuracy", _acc(lite[v], y)), ("bytes", len(blobs[v])))
-        },
+        test_samples=len(scored.labels),
+        tflm_samples=len(out.micro),
     )
 
 
 def variant_table(
-    out: Outputs, y: np.ndarray, blobs: dict[str, bytes], infos: dict, export_dir: Path, arena: int
+    out: Outputs, scored: Scored, blobs: dict[str, bytes], infos: dict, export_dir: Path, arena: int
 ) -> Variants:
     """Per variant: file, bytes, MACs, LiteRT accuracy; int8 also TFLite Micro accuracy, arena,
-    ops and its input quantization (what deploy and the bundles read)."""
+    ops, its input and output quantization and its task (what deploy and the bundles read)."""
     scale, zp = out.int8_input["quantization"]
+    output = infos["int8"].tensors[infos["int8"].outputs[0]]
+    task = task_for(out.arch)
     extra = {
         "int8": {
-            "tflm_accuracy": _acc(out.micro, y[: len(out.micro)]),
+            "tflm_accuracy": scored.accuracy("tflm_int8"),
             "tflm_arena_bytes": arena,
             "ops": list(infos["int8"].op_names),
             "input_scale": float(scale),
             "input_zero_point": int(zp),
+            "output_scale": float(output.scales[0]),
+            "output_zero_point": int(output.zero_points[0]),
+            "task": task.describe(scored.thresholds["tflm_int8"]),  # what firmware runs
+            **{f"tflm_{k}": v for k, v in scored.extra["tflm_int8"].items()},
         }
     }
     return Variants(
         **{
             v: VariantInfo(
-                file=str(catalog.variant_file(v, export_dir)),
-                bytes=len(blobs[v]),
-                macs=count_macs(infos[v]),
-                litert_accuracy=_acc(out.litert[v], y),
-                **extra.get(v, {}),
+                **{
+                    "file": str(catalog.variant_file(v, export_dir)),
+                    "bytes": len(blobs[v]),
+                    "macs": count_macs(infos[v]),
+                    "litert_accuracy": scored.accuracy(f"tflite_{v}"),
+                    "task": task.describe(scored.thresholds[f"tflite_{v}"]),
+                }
+                | extra.get(v, {})
             )
             for v in VARIANTS
         }
@@ -178,16 +240,18 @@ def evaluate(
     arena = arenas(params, blobs)
     n_micro = len(x) if params.tflm_samples == 0 else min(params.tflm_samples, len(x))
     out = run_levels(x, trained_dir, blobs, arena[0], n_micro)
-    k = data.meta.num_classes
-    confusion = np.zeros((k, k), dtype=np.int64)
-    np.add.at(confusion, (y[:n_micro], out.micro.argmax(1)), 1)
-    metrics = level_metrics(out, y, blobs, arena)
+    thresholds = validation_thresholds(data, out, trained_dir, blobs, arena[0])
+    scored = score_levels(out, x, y, thresholds)
+    classes = task_for(out.arch).class_names(list(data.meta.classes))
+    confusion = np.zeros((len(classes), len(classes)), dtype=np.int64)
+    np.add.at(confusion, (scored.labels[:n_micro], scored.predicted["tflm_int8"]), 1)
+    metrics = level_metrics(out, scored, blobs, arena)
     extra = streaming_metrics(params, export_dir / "streaming", x[:n_micro], y[:n_micro], out.micro)
     return EvaluateResult(
         metrics=EvaluateMetrics.model_validate(metrics.model_dump() | extra),
-        variants=variant_table(out, y, blobs, infos, export_dir, arena[0]),
+        variants=variant_table(out, scored, blobs, infos, export_dir, arena[0]),
         confusion=confusion,
-        classes=list(data.meta.classes),
+        classes=classes,
     )
 
 
@@ -209,8 +273,10 @@ def streaming_metrics(
     frames = x[:, : spec["frames"] * spec["stride"]].reshape(len(x), spec["frames"], -1)
     logits = tflm.predict_streaming(step, frames, arena)
     return {
-        "tflm_streaming_int8_accuracy": _acc(logits, y),
-        "streaming_unrolled_agreement": _agreement(logits, unrolled),
+        "tflm_streaming_int8_accuracy": round(float((logits.argmax(1) == y).mean()), 6),
+        "streaming_unrolled_agreement": round(
+            float((logits.argmax(1) == unrolled.argmax(1)).mean()), 6
+        ),
         "tflite_streaming_int8_bytes": len(step),
         "tflm_streaming_arena_bytes": arena,
     }

@@ -29,6 +29,7 @@ from pipeline.core.errors import ExportError, TinyopsError
 from pipeline.export import streaming
 from pipeline.export.divergence import summary
 from pipeline.models.store import load_model
+from pipeline.models.tasks import task_for
 from pipeline.tflite.flatbuffer import check_full_int8, read_model
 
 
@@ -159,7 +160,9 @@ def convert_torch(
         int8, layers = convert_int8_with_layers(model, sample, calibration)
         chosen, record = model, {"method": "ptq"}
         if tuning is not None:
-            chosen, record, tuned = _ptq_or_qat(model, int8, calibration, tuning, seed)
+            chosen, record, tuned = _ptq_or_qat(
+                model, int8, calibration, tuning, seed, task_for(arch)
+            )
             int8, layers = tuned or (int8, layers)
         step = _streaming(chosen, arch, calibration)
     models = {
@@ -171,8 +174,9 @@ def convert_torch(
     return Converted(models, layers, *step, quantization=record)
 
 
-def _val_accuracy(model, int8: bytes | None, tuning: Tuning) -> float:  # type: ignore[no-untyped-def]
-    """Validation accuracy of the float model (int8 None) or of an int8 flatbuffer in LiteRT."""
+def _val_quality(model, int8: bytes | None, tuning: Tuning, task: Any) -> float:  # type: ignore[no-untyped-def]
+    """The task's validation figure (accuracy; an autoencoder's AUC) of the float model (int8
+    None) or of an int8 flatbuffer in LiteRT."""
     import torch
 
     from pipeline.tflite import litert
@@ -181,11 +185,11 @@ def _val_accuracy(model, int8: bytes | None, tuning: Tuning) -> float:  # type: 
         with torch.no_grad():
             out = model(torch.from_numpy(tuning.x_val)).numpy()
     else:
-        out, _ = litert.run_batch(int8, tuning.x_val)
-    return round(float((out.argmax(1) == tuning.y_val).mean()), 6)
+        out = litert.dequantized(int8, litert.run_batch(int8, tuning.x_val)[0])
+    return task.quality(out, tuning.x_val, tuning.y_val)
 
 
-def _ptq_or_qat(model, ptq: bytes, calibration: np.ndarray, tuning: Tuning, seed: int):  # type: ignore[no-untyped-def]
+def _ptq_or_qat(model, ptq: bytes, calibration: np.ndarray, tuning: Tuning, seed: int, task: Any):  # type: ignore[no-untyped-def]
     """The network whose int8 conversion ships, why, and (when it is the QAT-tuned one) its int8
     bytes and layer report: the trained one unless PTQ loses more than max_drop on validation,
     export.qat is on, and the QAT-tuned one does better there."""
@@ -193,26 +197,30 @@ def _ptq_or_qat(model, ptq: bytes, calibration: np.ndarray, tuning: Tuning, seed
 
     from pipeline.export import qat
 
-    fp32, ptq_acc = _val_accuracy(model, None, tuning), _val_accuracy(model, ptq, tuning)
-    record: dict[str, Any] = {"method": "ptq", "fp32_val_accuracy": fp32, "ptq_val_accuracy":
-                              ptq_acc, "ptq_drop": round(fp32 - ptq_acc, 6),
+    fp32, ptq_acc = _val_quality(model, None, tuning, task), _val_quality(model, ptq, tuning, task)
+    m = task.metric
+    record: dict[str, Any] = {"method": "ptq", f"fp32_val_{m}": fp32, f"ptq_val_{m}": ptq_acc,
+                              "ptq_drop": round(fp32 - ptq_acc, 6),
                               "max_int8_drop": tuning.max_drop}  # fmt: skip
     if fp32 - ptq_acc <= tuning.max_drop:
         return model, record | {"why": "post-training int8 is within evaluate.max_int8_drop"}, None
     if not tuning.qat:
         why = "post-training int8 loses more than evaluate.max_int8_drop; export.qat is off"
-        print(f"export: {why} ({fp32:.4f} → {ptq_acc:.4f} on validation)")
+        print(f"export: {why} ({m} {fp32:.4f} → {ptq_acc:.4f} on validation)")
         return model, record | {"why": why}, None
-    print(f"export: int8 loses {fp32 - ptq_acc:.4f} on validation; QAT for {tuning.epochs} epochs")
+    print(
+        f"export: int8 loses {fp32 - ptq_acc:.4f} {m} on validation; QAT for {tuning.epochs} epochs"
+    )
+    rows = task.training_rows(tuning.y_train)
     try:
-        tuned = qat.fine_tune(model, tuning.x_train, tuning.y_train, tuning.epochs, tuning.lr,
-                              tuning.batch_size, seed)  # fmt: skip
+        tuned = qat.fine_tune(model, tuning.x_train[rows], tuning.y_train[rows], tuning.epochs,
+                              tuning.lr, tuning.batch_size, seed, task.loss)  # fmt: skip
     except qat.QatDiverged as exc:
         return model, record | {"why": f"{exc}; post-training int8 kept"}, None
     sample = torch.zeros((1, *calibration.shape[1:]))
     conversion = convert_int8_with_layers(tuned, sample, calibration)
-    qat_acc = _val_accuracy(tuned, conversion[0], tuning)
-    record |= {"qat_epochs": tuning.epochs, "qat_val_accuracy": qat_acc}
+    qat_acc = _val_quality(tuned, conversion[0], tuning, task)
+    record |= {"qat_epochs": tuning.epochs, f"qat_val_{m}": qat_acc}
     if qat_acc > ptq_acc:
         return tuned, record | {"method": "qat", "why": "QAT beat post-training int8"}, conversion
     return model, record | {"why": "QAT did not beat post-training int8 on validation"}, None

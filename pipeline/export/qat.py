@@ -21,11 +21,11 @@ class QatDiverged(RuntimeError):
 
 
 def fine_tune(  # type: ignore[no-untyped-def]
-    model, x: np.ndarray, y: np.ndarray, epochs: int, lr: float, batch: int, seed: int
+    model, x: np.ndarray, y: np.ndarray, epochs: int, lr: float, batch: int, seed: int, loss_fn
 ):
-    """A copy of `model` whose weights were trained through int8 fake quantization."""
+    """A copy of `model` whose weights were trained through int8 fake quantization, on the
+    task's loss `loss_fn(out, x, y)`."""
     import torch
-    from torch.nn import functional as F
     from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
 
     from pipeline.export.quantizer import make_quantizer
@@ -41,7 +41,8 @@ def fine_tune(  # type: ignore[no-untyped-def]
         order = rng.permutation(len(x))
         for start in range(0, len(x) - batch + 1, batch):  # fixed batch: the graph's shape
             take = order[start : start + batch]
-            loss = F.cross_entropy(prepared(torch.from_numpy(x[take])), torch.from_numpy(y[take]))
+            xb, yb = torch.from_numpy(x[take]), torch.from_numpy(y[take])
+            loss = loss_fn(prepared(xb), xb, yb)
             if not torch.isfinite(loss):
                 raise QatDiverged(f"QAT loss became {loss.item()} in epoch {_ + 1}")
             optimizer.zero_grad()

@@ -3,8 +3,11 @@ in models/trained/, and the builders every stage uses to instantiate it (torch, 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
+
+from pipeline.core.errors import ConfigError
 
 if TYPE_CHECKING:
     import torch
@@ -23,6 +26,7 @@ class Architecture:
     hidden_size: int = 32
     heads: int = 2
     stride: int = 1
+    normal_class: int = 0  # autoencoder: index of the class it learns as normal
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -42,11 +46,15 @@ class Architecture:
             hidden_size=int(d.get("hidden_size", 32)),
             heads=int(d.get("heads", 2)),
             stride=int(d.get("stride", 1)),
+            normal_class=int(d.get("normal_class", 0)),
         )
 
 
-def architecture_for(params: Any, input_shape: Any, num_classes: int) -> Architecture:
-    """The architecture params.yaml's model section gives for this data."""
+def architecture_for(
+    params: Any, input_shape: Any, num_classes: int, classes: Sequence[str] = ()
+) -> Architecture:
+    """The architecture params.yaml's model section gives for this data (`classes` names the
+    dataset's classes, for model.normal_class)."""
     m = params.model
     return Architecture(
         input_shape=tuple(int(v) for v in input_shape),  # type: ignore[arg-type]
@@ -58,7 +66,24 @@ def architecture_for(params: Any, input_shape: Any, num_classes: int) -> Archite
         hidden_size=m.hidden_size,
         heads=m.heads,
         stride=m.stride,
+        normal_class=normal_index(m.normal_class, classes),
     )
+
+
+def normal_index(name: str | None, classes: Sequence[str]) -> int:
+    """model.normal_class as an index into the dataset's classes (null: the first)."""
+    if name is None:
+        return 0
+    if name not in classes:
+        import difflib
+
+        close = difflib.get_close_matches(name, list(classes), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(
+            f"model.normal_class {name!r} is not a class of this dataset "
+            f"({', '.join(classes)}){hint}"
+        )
+    return list(classes).index(name)
 
 
 # model.arch → the module (beside this one) whose build(arch) makes the torch network.
@@ -70,6 +95,7 @@ FAMILIES = {
     "gru": "recurrent",
     "lstm": "recurrent",
     "transformer": "transformer",
+    "autoencoder": "autoencoder",
 }
 
 

@@ -86,7 +86,8 @@ def load_model(trained_dir: Path) -> tuple[keras.Model, Architecture, dict[str, 
     return model, arch, card
 
 
-def predict(trained_dir: Path, x: np.ndarray) -> np.ndarray:
-    """fp32 logits on NHWC float32 `x` (inference mode: BatchNorm's moving statistics)."""
-    model, _, _ = load_model(trained_dir)
-    return np.asarray(model.predict_on_batch(x))
+def predict(trained_dir: Path, x: np.ndarray) -> tuple[np.ndarray, Architecture]:
+    """fp32 logits on NHWC float32 `x` (inference mode: BatchNorm's moving statistics), and
+    the architecture."""
+    model, arch, _ = load_model(trained_dir)
+    return np.asarray(model.predict_on_batch(x)), arch

@@ -73,11 +73,12 @@ def load_model(path: Path) -> tuple[torch.nn.Module, Architecture, dict[str, Any
     return model.eval(), arch, blob
 
 
-def predict(path: Path, x: Any) -> Any:
-    """fp32 logits of the trained model on NHWC float32 `x` (evaluate's first level)."""
+def predict(path: Path, x: Any) -> tuple[Any, Architecture]:
+    """fp32 outputs of the trained model on float32 `x` (evaluate's first level), and its
+    architecture (which says what the outputs mean)."""
     import torch
 
-    model, _, _ = load_model(path)
+    model, arch, _ = load_model(path)
     torch.set_num_threads(1)
     with torch.no_grad():
-        return model(torch.from_numpy(x)).numpy()
+        return model(torch.from_numpy(x)).numpy(), arch

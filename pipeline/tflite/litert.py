@@ -66,3 +66,15 @@ def measure_host_latency_ms(model: bytes, runs: int) -> float:
     inp = interp.get_input_details()[0]
     interp.set_tensor(inp["index"], np.zeros(inp["shape"], dtype=inp["dtype"]))
     return median_invoke_ms(interp.invoke, runs, warmup=5)
+
+
+def dequantized(model: bytes, out: np.ndarray) -> np.ndarray:
+    """A model's raw outputs as real values: int8 through the output tensor's scale and zero
+    point (argmax is unchanged; a reconstruction error is not), float as it is."""
+    from pipeline.tflite.flatbuffer import read_model
+
+    if out.dtype != np.int8:
+        return out.astype(np.float32)
+    info = read_model(model, "model")
+    tensor = info.tensors[info.outputs[0]]
+    return ((out.astype(np.float32) - tensor.zero_points[0]) * tensor.scales[0]).astype(np.float32)

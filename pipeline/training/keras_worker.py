@@ -119,7 +119,7 @@ def setup(args: argparse.Namespace) -> KerasJob:
     rank, world = task_of_tf_config()
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
     data = load_processed(Path(args.data_dir))
-    arch = architecture_for(params, data.meta.input_shape, data.meta.num_classes)
+    arch = architecture_for(params, data.meta.input_shape, data.meta.num_classes, data.meta.classes)
     with strategy.scope():
         model = build_keras_model(arch)
         optimizer = keras.optimizers.AdamW(
@@ -357,6 +357,7 @@ def summary(job: KerasJob, progress: Progress, samples: list[float]) -> dict[str
         "val_loss": round(progress.best["val_loss"], 6),
         "val_accuracy": round(progress.best["val_accuracy"], 6),
         "parameters": params,
+        "training_samples": len(job.data.x["train"]),
         "world_size": job.world,
         "parallelism": "data",
         "strategy": f"keras MultiWorkerMirroredStrategy {job.world}×{tp.threads_per_proc}",

@@ -22,6 +22,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from pipeline.models.tasks import Classification, task_for
+
 if TYPE_CHECKING:
     from pipeline.core.parallel import ParallelPlan
     from pipeline.models.architecture import Architecture
@@ -148,7 +150,10 @@ class Replicated(Strategy):
 
     def step(self, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, int]:
         self.optimizer.zero_grad(set_to_none=True)
-        out = accumulate(self._forward_module(), xb, yb, self.plan.microbatches, self._sync)
+        task = task_for(self.setting.arch)
+        out = accumulate(
+            self._forward_module(), xb, yb, self.plan.microbatches, self._sync, task.loss
+        )
         self.optimizer.step()
         return out
 
@@ -158,7 +163,7 @@ class Replicated(Strategy):
         rank, world = self.replica
         with torch.no_grad():
             xs, ys = x[rank::world].to(self.setting.device), y[rank::world].to(self.setting.device)
-            return classify(self.model(xs), ys)
+            return task_for(self.setting.arch).evaluate(self.model(xs), xs, ys)
 
     def end_epoch(self) -> None:
         average_buffers(self.model)  # each replica ran BatchNorm on its own data
@@ -183,15 +188,16 @@ def make_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.op
 
 
 def accumulate(
-    model: nn.Module, xb: torch.Tensor, yb: torch.Tensor, m: int, sync: Any
+    model: nn.Module, xb: torch.Tensor, yb: torch.Tensor, m: int, sync: Any, loss_fn: Any
 ) -> tuple[torch.Tensor, int]:
     """Forward and backward over m microbatches; gradients summed, then divided by m (what a
     pipeline schedule does), so every strategy computes the same step. `sync(last)` is a context
-    that holds the gradient all-reduce back on all but the last microbatch."""
+    that holds the gradient all-reduce back on all but the last microbatch; `loss_fn(out, x, y)`
+    is the task's mean loss."""
     loss_sum = torch.zeros((), dtype=torch.float64, device=xb.device)
     for i, (xm, ym) in enumerate(zip(xb.tensor_split(m), yb.tensor_split(m), strict=True)):
         with sync(i == m - 1):
-            loss = nn.functional.cross_entropy(model(xm), ym)
+            loss = loss_fn(model(xm), xm, ym)
             loss.backward()
         loss_sum += loss.detach().double() * len(ym)
     if m > 1:
@@ -202,10 +208,8 @@ def accumulate(
 
 
 def classify(logits: torch.Tensor, y: torch.Tensor) -> tuple[float, float, int]:
-    if not len(y):
-        return 0.0, 0.0, 0
-    loss = nn.functional.cross_entropy(logits, y, reduction="sum")
-    return float(loss), float((logits.argmax(1) == y).sum()), len(y)
+    """(loss sum, correct, samples) of class logits (the pipelines' families classify)."""
+    return Classification().evaluate(logits, logits, y)
 
 
 def average_buffers(model: nn.Module, group: Any = None) -> None:

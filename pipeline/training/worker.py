@@ -33,6 +33,7 @@ from pipeline.core.parallel import ParallelPlan
 from pipeline.data.prepare import load_processed
 from pipeline.models.architecture import Architecture, architecture_for, block_parameters
 from pipeline.models.store import save_model
+from pipeline.models.tasks import task_for
 from pipeline.training.checkpoint import RUN_FILE, prune, remove_all, run_key
 from pipeline.training.launcher import WRITER_ENV
 from pipeline.training.reporting import (
@@ -139,17 +140,18 @@ def setup(args: argparse.Namespace) -> Job:
     tp, plan = params.train, parallel_plan(params)
     rank, world, device = _place(params)
     data = load_processed(Path(args.data_dir))
-    arch = architecture_for(params, data.meta.input_shape, data.meta.num_classes)
+    arch = architecture_for(params, data.meta.input_shape, data.meta.num_classes, data.meta.classes)
     micro = tp.batch_size // (plan.dp * plan.microbatches)
     strategy = make_strategy(
         Setting(plan, arch, device, tp.lr, tp.weight_decay, tp.allreduce, micro)
     )
-    x_train = torch.from_numpy(data.x["train"]).to(device)
+    rows = task_for(arch).training_rows(data.y["train"])  # an autoencoder learns normal only
+    x_train = torch.from_numpy(data.x["train"][rows]).to(device)
     steps = len(strategy.batches(len(x_train), tp.seed, 1, tp.batch_size))
     writer = _is_writer(rank, tp.nnodes)
     job = Job(
         args, params, plan, rank, world, device, arch, data.meta,
-        x_train, torch.from_numpy(data.y["train"]).to(device),
+        x_train, torch.from_numpy(data.y["train"][rows]).to(device),
         torch.from_numpy(data.x["val"]), torch.from_numpy(data.y["val"]),
         strategy,
         torch.optim.lr_scheduler.CosineAnnealingLR(strategy.optimizer, T_max=tp.epochs),
@@ -333,6 +335,7 @@ def _summary(job: Job, progress: Progress, per_rank: list[dict[str, Any]]) -> di
         "val_loss": round(best["val_loss"], 6),
         "val_accuracy": round(best["val_accuracy"], 6),
         "parameters": count_parameters_of(job.arch),
+        "training_samples": len(job.x_train),  # an autoencoder trains on its normal class only
         "world_size": job.world,
         "parallelism": plan.parallelism,
         "strategy": plan.describe(),

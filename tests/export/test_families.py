@@ -18,6 +18,7 @@ EXPECTED_OPS = {
     "gru": {"SLICE", "LOGISTIC", "TANH", "SUB", "MUL"},
     "lstm": {"SLICE", "LOGISTIC", "TANH", "MUL", "ADD"},
     "transformer": {"BATCH_MATMUL", "SOFTMAX", "RSQRT", "MEAN"},
+    "autoencoder": {"FULLY_CONNECTED"},
 }
 
 
@@ -102,6 +103,7 @@ def test_qat_runs_only_past_the_allowed_drop_and_keeps_the_better_int8() -> None
     import torch
 
     from pipeline.export.convert import Tuning, _ptq_or_qat, convert_int8
+    from pipeline.models.tasks import Classification
 
     torch.manual_seed(0)
     arch = Architecture(SHAPE, 3, (16,), arch="gru", hidden_size=16, stride=2)
@@ -114,9 +116,9 @@ def test_qat_runs_only_past_the_allowed_drop_and_keeps_the_better_int8() -> None
     def tuning(max_drop: float) -> Tuning:
         return Tuning(True, 1, 1e-3, 16, max_drop, x[::2], y[::2], x[1::2], y[1::2])
 
-    kept, record, _ = _ptq_or_qat(model, ptq, x[:32], tuning(1.0), seed=0)
+    kept, record, _ = _ptq_or_qat(model, ptq, x[:32], tuning(1.0), 0, Classification())
     assert kept is model and record["method"] == "ptq" and "qat_val_accuracy" not in record
-    chosen, record, tuned = _ptq_or_qat(model, ptq, x[:32], tuning(-1.0), seed=0)
+    chosen, record, tuned = _ptq_or_qat(model, ptq, x[:32], tuning(-1.0), 0, Classification())
     assert "qat_val_accuracy" in record and record["qat_epochs"] == 1, record
     better = record["qat_val_accuracy"] > record["ptq_val_accuracy"]
     assert (record["method"] == "qat") == better == (chosen is not model), record
