@@ -29,6 +29,7 @@ SEQUENCE_SOURCES = ("basicmotions", "japanesevowels", "series_npz", "series_csv"
 PATH_SOURCES = ("npz", "imagefolder", "series_npz", "series_csv")
 Arch = Literal["cnn2d", "cnn1d", "dscnn1d", "tcn", "gru", "lstm", "transformer", "autoencoder"]
 SEQUENCE_ARCHS = ("cnn1d", "dscnn1d", "tcn", "gru", "lstm", "transformer", "autoencoder")
+KERAS_ARCHS = ("cnn2d", "cnn1d", "dscnn1d", "tcn")  # pipeline/models/architecture.KERAS_FAMILIES
 
 
 class PrepareParams(_Section):
@@ -94,7 +95,8 @@ class ModelParams(_Section):
     framework: Literal["torch", "keras"] = "torch"
     """torch: PyTorch under torchrun, exported with litert-torch; keras: Keras 3 on TensorFlow
     with tf.distribute.MultiWorkerMirroredStrategy, exported with tf.lite.TFLiteConverter. The
-    same architecture params build both; everything after export is the same."""
+    same architecture params build both (Keras: cnn2d, cnn1d, dscnn1d, tcn); everything after
+    export is the same."""
     channels: tuple[PositiveInt, ...] = Field(default=(32, 64, 128), strict=False, min_length=1)
     """Width of each conv block; its length is the depth."""
     kernel_size: Literal[3, 5] = 3
@@ -117,11 +119,11 @@ class ModelParams(_Section):
                 f"transformer hidden_size {self.hidden_size} must be a multiple of heads "
                 f"{self.heads}"
             )
-        if self.framework == "keras" and self.arch != "cnn2d":
+        if self.framework == "keras" and self.arch not in KERAS_ARCHS:
             raise ValueError(
                 f"model.arch {self.arch} is built for model.framework torch only (litert-torch "
                 "int8 with tinyops's quantizer, checked fully int8); the Keras families are "
-                "cnn2d. Set model.framework: torch."
+                f"{', '.join(KERAS_ARCHS)}. Set model.framework: torch."
             )
         return self
 

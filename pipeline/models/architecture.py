@@ -108,11 +108,20 @@ def build_model(arch: Architecture) -> torch.nn.Module:
     return importlib.import_module(f"pipeline.models.{FAMILIES[arch.arch]}").build(arch)
 
 
+# model.arch → the module whose build(arch) makes the Keras network (config.KERAS_ARCHS).
+KERAS_FAMILIES = {
+    "cnn2d": "keras_cnn2d",
+    "cnn1d": "keras_conv1d",
+    "dscnn1d": "keras_conv1d",
+    "tcn": "keras_conv1d",
+}
+
+
 def build_keras_model(arch: Architecture) -> Any:
     """The same network in Keras 3 (TensorFlow backend), layer for layer."""
-    from pipeline.models import keras_cnn2d
+    import importlib
 
-    return keras_cnn2d.build(arch)
+    return importlib.import_module(f"pipeline.models.{KERAS_FAMILIES[arch.arch]}").build(arch)
 
 
 def block_parameters(arch: Architecture) -> list[int]:

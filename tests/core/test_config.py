@@ -189,6 +189,10 @@ SEQ = {"source": "basicmotions"}
             "model.arch lstm is built for model.framework torch only",
         ),
         (
+            {"prepare": SEQ, "model": {"arch": "autoencoder", "framework": "keras"}},
+            "the Keras families are cnn2d, cnn1d, dscnn1d, tcn",
+        ),
+        (
             {"prepare": SEQ, "model": {"arch": "gru"}, "train": {"parallelism": "pipeline"}},
             "model.arch gru trains with parallelism data or fsdp",
         ),
@@ -204,6 +208,16 @@ def test_family_combinations_refused_before_any_work(data: dict, phrase: str) ->
     assert phrase in str(err.value)
 
 
+def test_keras_builds_the_conv_sequence_families_and_says_which() -> None:
+    from pipeline.core.config import KERAS_ARCHS
+    from pipeline.models.architecture import KERAS_FAMILIES
+
+    assert set(KERAS_ARCHS) == set(KERAS_FAMILIES)
+    for arch in ("cnn1d", "dscnn1d", "tcn"):
+        params = parse_params({"prepare": SEQ, "model": {"arch": arch, "framework": "keras"}})
+        assert params.model.framework == "keras"
+
+
 def test_example_overlay_validates_and_names_the_example(tmp_path: Path) -> None:
     import yaml
 
@@ -211,7 +225,7 @@ def test_example_overlay_validates_and_names_the_example(tmp_path: Path) -> None
 
     base = yaml.safe_load(Path("params.yaml").read_text())
     for example in Path("examples").glob("*.yaml"):
-        for arch in ("dscnn1d", "gru", "lstm", "transformer", "tcn", "cnn1d"):
+        for arch in ("dscnn1d", "gru", "lstm", "transformer", "tcn", "cnn1d", "autoencoder"):
             merged = with_example(base, yaml.safe_load(example.read_text()), str(example), arch)
             assert parse_params(merged).model.arch == arch
     with pytest.raises(ConfigError, match=r"examples/x.yaml.*'model.arch'.*Did you mean 'gru'"):
