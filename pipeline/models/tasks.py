@@ -162,12 +162,9 @@ def auc(scores: np.ndarray, anomalous: np.ndarray) -> float:
     pos, neg = int(anomalous.sum()), int((anomalous == 0).sum())
     if not pos or not neg:
         return float("nan")
-    order = np.argsort(scores, kind="stable")
-    ranks = np.empty(len(scores), dtype=np.float64)
-    ranks[order] = np.arange(1, len(scores) + 1)
-    for value in np.unique(scores):  # ties share their average rank
-        tied = scores == value
-        ranks[tied] = ranks[tied].mean()
+    _, tie, counts = np.unique(scores, return_inverse=True, return_counts=True)
+    last = np.cumsum(counts)  # 1-based rank of each distinct value's last member
+    ranks = (last - (counts - 1) / 2)[tie]  # ties share their average rank
     u = ranks[anomalous == 1].sum() - pos * (pos + 1) / 2
     return round(float(u / (pos * neg)), 6)
 
