@@ -44,13 +44,7 @@ def _retry_only_transient(task, task_run, state) -> bool:  # type: ignore[no-unt
 def _stage_task(name: str) -> Task:
     """A task that runs DVC stage `name` (deploy: `deploy@<device>`) and says what happened."""
 
-    @task(
-        name=name,
-        task_run_name="{target}",
-        retries=2,
-        retry_delay_seconds=exponential_backoff(5),
-        retry_condition_fn=_retry_only_transient,
-    )
+    @task(name=name, task_run_name="{target}", retry_condition_fn=_retry_only_transient)
     def run_stage(target: str, env: dict[str, str], force: bool = False) -> dict[str, Any]:
         logger = get_run_logger()
         outcome = repro_stage(target, env, on_line=logger.info, force=force)
@@ -115,6 +109,7 @@ def _publish(run: PipelineRun) -> None:
 
 
 def _with_retries(run: PipelineRun) -> dict[str, Task]:
+    """The stage tasks with orchestrate.retries and its back-off: the one place they are set."""
     orchestrate = run.params.orchestrate
     options = {
         "retries": orchestrate.retries,

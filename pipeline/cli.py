@@ -312,8 +312,17 @@ def example(
 
 
 @app.command()
-def check(params: ParamsOpt = Path("params.yaml")) -> None:
+def check(
+    params: ParamsOpt = Path("params.yaml"),
+    explain: Annotated[
+        str | None,
+        typer.Option(help="Print what a key (train.lr) or a section (train) means; `all`: every key."),
+    ] = None,
+) -> None:
     """Validate params.yaml and print the resolved configuration, doing no work."""
+    if explain is not None:
+        _explain(explain)
+        return
     import yaml
 
     from pipeline.core.config import load_params
@@ -323,6 +332,36 @@ def check(params: ParamsOpt = Path("params.yaml")) -> None:
     except TinyopsError as exc:
         _fail(exc)
     typer.echo(yaml.safe_dump(parsed.model_dump(mode="json"), sort_keys=False))
+
+
+def _explain(key: str) -> None:
+    from pipeline.core.params_doc import explain
+
+    try:
+        entries = explain(key)
+    except TinyopsError as exc:
+        _fail(exc)
+    for e in entries:
+        if e.kind == "section":
+            typer.echo(f"\n{e.key}: {e.doc}")
+        else:
+            typer.echo(f"{e.key}  ({e.kind}, default {e.default})\n    {e.doc}")
+
+
+@app.command()
+def docs() -> None:
+    """Regenerate the generated pages: docs/params.md from the params field docstrings, and
+    docs/performance.md from bench/results.json."""
+    import json
+
+    from pipeline.bench.page import markdown as performance
+    from pipeline.core import atomic, catalog
+    from pipeline.core.params_doc import markdown as params_reference
+
+    atomic.write_text(catalog.PARAMS_DOC, params_reference())
+    results = json.loads(catalog.BENCH_RESULTS.read_text())
+    atomic.write_text(catalog.PERFORMANCE_DOC, performance(results))
+    typer.echo(f"wrote {catalog.PARAMS_DOC} and {catalog.PERFORMANCE_DOC}")
 
 
 @app.command()

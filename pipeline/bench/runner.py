@@ -27,12 +27,12 @@ from typing import Any
 from pipeline.bench.families import families, family_table, family_targets
 from pipeline.bench.firmware import firmware, firmware_targets
 from pipeline.bench.frameworks import framework_targets, frameworks
-from pipeline.core import atomic
+from pipeline.core import atomic, catalog
 from pipeline.core.catalog import TRAIN_TIMING
 from pipeline.core.preflight import cores
 from pipeline.orchestration.dvc import tool
 
-RESULTS = Path("bench/results.json")
+RESULTS = catalog.BENCH_RESULTS
 BENCH_EXPERIMENT = "tinyops-bench"
 
 
@@ -546,7 +546,7 @@ def bench_only(
     elif section == "families":
         results["families"] = families(on_progress)
         new = family_targets(results)
-        atomic.write_bytes(RESULTS.with_name("families.md"), family_table(results).encode() + b"\n")
+        atomic.write_bytes(catalog.FAMILIES_TABLE, family_table(results).encode() + b"\n")
     else:
         results["frameworks"] = frameworks(rounds, on_progress)
         new = framework_targets(results)

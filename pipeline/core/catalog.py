@@ -46,6 +46,12 @@ REPORT_MD = Path("report/deploy.md")
 REPORT_PNG = Path("report/accuracy_vs_size.png")
 LAYERS_PNG = Path("report/int8_layers.png")
 
+# Generated documentation and bench results (committed; `tinyops docs` regenerates the pages)
+BENCH_RESULTS = Path("bench/results.json")
+FAMILIES_TABLE = Path("bench/families.md")
+PARAMS_DOC = Path("docs/params.md")
+PERFORMANCE_DOC = Path("docs/performance.md")
+
 # Workspace state: not DVC outputs, never committed (.tinyops/ is git-ignored).
 STATE_DIR = Path(".tinyops")
 LOCK_FILE = STATE_DIR / "pipeline.lock"
@@ -126,20 +132,25 @@ class DatasetMeta(Artifact):
 
 
 class TrainSummary(Artifact):
-    """metrics/train.json, written by train: the best epoch, the strategy's shape and the model
-    state each worker held (per-rank keys `model_state_bytes_rank<N>` ride along as extras)."""
+    """metrics/train.json, written by the training loop (pipeline/training/loop.py): the best
+    epoch, the strategy's shape and the model state each worker held (per-rank keys
+    `model_state_bytes_rank<N>` ride along as extras). Deterministic figures only: a DVC metric."""
 
+    framework: str = "torch"
     best_epoch: int
     epochs_run: int
     val_loss: float
     val_accuracy: float
     parameters: int
+    training_samples: int = 0
     world_size: int
     parallelism: str = "data"
     strategy: str = ""
     mesh_dp: int = 1
     mesh_pp: int = 1
+    pipeline_stages: int = 0
     microbatches: int = 1
+    schedule: str = "none"
     model_state_bytes_max_rank: int = 0
 
     def per_rank_state(self) -> list[int]:

@@ -17,7 +17,9 @@ DEFAULT_PARAMS = Path("params.yaml")
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(strict=True, frozen=True, extra="forbid")
+    model_config = ConfigDict(
+        strict=True, frozen=True, extra="forbid", use_attribute_docstrings=True
+    )
 
 
 PositiveInt = Annotated[int, Field(gt=0)]
@@ -54,8 +56,11 @@ class PrepareParams(_Section):
     max_file_bytes: PositiveInt = 64 * 1024 * 1024
     """A data file larger than this is refused before it is read."""
     seed: int = 42
+    """Seed of the stratified train/val/test split: the same seed gives the same split."""
     val_fraction: Fraction = 0.15
+    """Share of each class held out for validation (early stopping, int8 calibration checks)."""
     test_fraction: Fraction = 0.15
+    """Share of each class held out for the test split every level is scored on."""
     min_samples_per_class: Annotated[int, Field(ge=3)] = 10
     """Every class needs at least this many samples (and at least one per split)."""
     sequence_length: PositiveInt | None = None
@@ -100,7 +105,9 @@ class ModelParams(_Section):
     channels: tuple[PositiveInt, ...] = Field(default=(32, 64, 128), strict=False, min_length=1)
     """Width of each conv block; its length is the depth."""
     kernel_size: Literal[3, 5] = 3
+    """Convolution kernel size of the conv families (3 or 5)."""
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.1
+    """Dropout before the classifier (and inside the sequence families), in [0, 1)."""
     hidden_size: PositiveInt = 32
     """gru / lstm: state size; transformer: model width (a multiple of heads)."""
     heads: PositiveInt = 2
@@ -146,13 +153,17 @@ class TrainParams(_Section):
     worker is on this host (x86-64), else the backend's own; shared_memory: that, or an error;
     backend: always the backend's (gloo over TCP, NCCL)."""
     epochs: PositiveInt = 40
+    """Most epochs to train; early stopping (patience) may end sooner."""
     batch_size: PositiveInt = 64
     """Global batch size, split evenly across all workers."""
     lr: Annotated[float, Field(gt=0.0, le=1.0)] = 0.003
+    """AdamW learning rate at the start of the cosine schedule."""
     weight_decay: Annotated[float, Field(ge=0.0, lt=1.0)] = 1e-4
+    """AdamW weight decay."""
     patience: PositiveInt = 8
     """Stop after this many epochs without a lower validation loss."""
     seed: int = 42
+    """Seed of weights, batch order and dropout: the same seed gives the same model bytes."""
     deterministic: bool = True
     """torch.use_deterministic_algorithms: same params, same world size → same weights."""
     keep_checkpoints: PositiveInt = 2
@@ -242,6 +253,7 @@ class OrchestrateParams(_Section):
     """The Prefect flow: retries of transient stage failures (never of validation errors)."""
 
     retries: Annotated[int, Field(ge=0, le=10)] = 2
+    """Retries of a stage that failed for a reason a retry can fix (the error family says)."""
     retry_delay_seconds: Annotated[float, Field(ge=0.0)] = 5.0
     """First retry delay; each later one doubles (exponential back-off, with jitter)."""
 
@@ -299,6 +311,7 @@ class DeviceProfile(_Section):
     ram_bytes: PositiveInt
     """RAM available for the tensor arena plus the runtime's own data."""
     clock_mhz: Annotated[float, Field(gt=0.0)]
+    """CPU clock, for the latency estimate from MACs or from QEMU's instruction count."""
     variants: tuple[Variant, ...] = Field(default=("int8",), strict=False, min_length=1)
     """Variants the device accepts (its quantization schemes); TFLite Micro targets: int8 only."""
     cycles_per_mac: Annotated[float, Field(gt=0.0)]
@@ -306,6 +319,7 @@ class DeviceProfile(_Section):
     min_accuracy: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
     """The chosen variant's accuracy, measured in this device's runtime, must reach this."""
     max_latency_ms: Annotated[float, Field(gt=0.0)] = 1000.0
+    """The latency budget: the estimated (or QEMU-measured) inference time must stay below it."""
     cpu: Cpu | None = None
     """TFLite Micro targets: the core, '+fp' with an FPU; the firmware check builds for it."""
     kernels: Literal["reference", "cmsis_nn"] = "reference"

@@ -1,5 +1,6 @@
 """Champion against challenger on the same data: the production bundle's model is run on the
-current test split, in the runtime the challenger was measured in, before the registry decides.
+current test split, in the runtime the challenger was measured in, and the promotion rule
+decides (`decide`): the registry (registry.py) only reads and writes MLflow.
 
 Comparing the challenger with the accuracy production scored on its own test split, months
 ago, is meaningless once the data changed, which is what scheduled retraining is for. So the
@@ -49,6 +50,52 @@ class Champion:
     accuracy: float | None  # on the current test split; None for another lineage
     recorded_accuracy: float  # what it scored on its own split when registered
     lineage: str | None  # None: same lineage; else why it is another one
+
+
+@dataclass(frozen=True)
+class Decision:
+    promote: bool
+    reason: str
+    previous_version: str | None
+
+
+def describe(manifest: dict[str, Any], decision: Decision) -> str:
+    """The version's description in the MLflow UI: what it is and how it compared."""
+    arena = f", arena {manifest['arena_bytes']:,} B" if manifest.get("arena_bytes") else ""
+    return (
+        f"{manifest['device']}: {manifest['variant']} for {manifest['runtime']}, "
+        f"{manifest['model_bytes']:,} B{arena}, test accuracy {manifest['accuracy']:.4f}. "
+        f"{'Promoted' if decision.promote else 'Not promoted'}: {decision.reason}."
+    )
+
+
+def decide(
+    accuracy: float, champion: Champion | None, tolerance: float, new_lineage: str = "refuse"
+) -> Decision:
+    """Promote unless the challenger scores lower than production, on the same test split, by
+    more than the tolerance; a champion of another lineage is replaced only if asked."""
+    if champion is None:
+        return Decision(True, "first version for this device", None)
+    if champion.lineage:
+        if new_lineage == "promote":
+            return Decision(
+                True, f"{champion.lineage}; deploy.new_lineage is promote", champion.version
+            )
+        return Decision(
+            False,
+            f"{champion.lineage}. Production stays; set deploy.new_lineage: promote to replace "
+            "it, or deploy the new model under another device name.",
+            champion.version,
+        )
+    assert champion.accuracy is not None
+    both = f"production v{champion.version} ({champion.accuracy:.4f}) on the same test split"
+    if accuracy + tolerance < champion.accuracy:
+        return Decision(
+            False,
+            f"accuracy {accuracy:.4f} is lower than {both} by more than the tolerance {tolerance}",
+            champion.version,
+        )
+    return Decision(True, f"accuracy {accuracy:.4f} vs {both}", champion.version)
 
 
 def split_sha256(x: np.ndarray, y: np.ndarray) -> str:

@@ -19,7 +19,7 @@ from typing import Any
 from pipeline.core import atomic, catalog, interrupt
 from pipeline.core.catalog import DatasetMeta, DeployStatus, VariantInfo, Variants
 from pipeline.core.config import Params, require_device
-from pipeline.core.errors import ArtifactError, TinyopsError
+from pipeline.core.errors import ArtifactError, DeviceBudgetError
 from pipeline.core.provenance import git_commit, sha256_bytes
 from pipeline.core.tracking import Run
 from pipeline.data.prepare import load_meta, load_processed
@@ -39,12 +39,6 @@ from pipeline.models.tasks import task_from
 from pipeline.tflite import tflm
 from pipeline.tflite.flatbuffer import read_model
 from pipeline.tflite.litert import quantize_input
-
-
-class DeviceBudgetError(TinyopsError):
-    """No variant fits a device and deploy.require_all is set."""
-
-    exit_code = 10
 
 
 @dataclass(frozen=True)
@@ -295,17 +289,17 @@ def face_champion(run: Run, device: str, staged: Path) -> tuple[Champion | None,
 
 def register_and_promote(
     params: Params, device: str, chosen: Candidate, run: Run, staged: Path, target: Path
-) -> tuple[str, registry.Decision, dict[str, str]]:
+) -> tuple[str, champion.Decision, dict[str, str]]:
     """Register the bundle; move `production` and deploy/<device>/ together only when the
     candidate is no worse than production on the same test split."""
     manifest = json.loads((staged / MANIFEST_FILE).read_text())
     champ, facts = face_champion(run, device, staged)
     # The manifest's scalar fields, as the version's tags (lists stay in manifest.json).
     tags = {k: str(v) for k, v in manifest.items() if isinstance(v, str | int | float)} | facts
-    decision = registry.decide(
+    decision = champion.decide(
         chosen.accuracy, champ, params.deploy.promotion_tolerance, params.deploy.new_lineage
     )
-    description = registry.describe(manifest, decision)
+    description = champion.describe(manifest, decision)
     version = registry.register(run.client, device, run.run_id, tags, description)
     if decision.promote:
         with interrupt.deferred():  # the alias and the bundle move together, or neither
@@ -363,7 +357,7 @@ def deploy_device(
 
 
 def _decision_fields(
-    version: str, decision: registry.Decision, facts: dict[str, str]
+    version: str, decision: champion.Decision, facts: dict[str, str]
 ) -> dict[str, Any]:
     champion_accuracy = facts.get("champion_accuracy")
     return {

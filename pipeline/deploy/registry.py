@@ -1,6 +1,7 @@
 """Per-device model registry in MLflow: `tinyops-<device>`, one version per deploy, the alias
-`production` on the version the fleet runs. Promotion never lowers accuracy past the tolerance;
-rollback moves `production` back and restores the bundle byte for byte.
+`production` on the version the fleet runs; rollback moves `production` back and restores the
+bundle byte for byte. MLflow I/O only: whether to promote is the champion's rule
+(pipeline/deploy/champion.py).
 """
 
 from __future__ import annotations
@@ -8,39 +9,23 @@ from __future__ import annotations
 import contextlib
 import shutil
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline.core import atomic, interrupt
-from pipeline.core.errors import ArtifactError, TinyopsError
+from pipeline.core.errors import ArtifactError, RegistryError
 from pipeline.deploy.bundle import verify_bundle
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
-
-    from pipeline.deploy.champion import Champion
 
 ALIAS = "production"
 TAG_PROMOTED = "tinyops.promoted"
 TAG_ROLLED_BACK = "tinyops.rolled_back"
 
 
-class RegistryError(TinyopsError):
-    """Nothing to promote or roll back to, or the registry disagrees with the bundle."""
-
-    exit_code = 9
-
-
 def model_name(device: str) -> str:
     return f"tinyops-{device}"
-
-
-@dataclass(frozen=True)
-class Decision:
-    promote: bool
-    reason: str
-    previous_version: str | None
 
 
 def production(client: MlflowClient, device: str):  # type: ignore[no-untyped-def]
@@ -51,16 +36,6 @@ def production(client: MlflowClient, device: str):  # type: ignore[no-untyped-de
         return client.get_model_version_by_alias(model_name(device), ALIAS)
     except MlflowException:
         return None
-
-
-def describe(manifest: dict[str, Any], decision: Decision) -> str:
-    """The version's description in the MLflow UI: what it is and how it compared."""
-    arena = f", arena {manifest['arena_bytes']:,} B" if manifest.get("arena_bytes") else ""
-    return (
-        f"{manifest['device']}: {manifest['variant']} for {manifest['runtime']}, "
-        f"{manifest['model_bytes']:,} B{arena}, test accuracy {manifest['accuracy']:.4f}. "
-        f"{'Promoted' if decision.promote else 'Not promoted'}: {decision.reason}."
-    )
 
 
 def register(  # type: ignore[no-untyped-def]
@@ -76,35 +51,6 @@ def register(  # type: ignore[no-untyped-def]
     return client.create_model_version(
         name, source, run_id=run_id, tags=tags, description=description or None
     )
-
-
-def decide(
-    accuracy: float, champion: Champion | None, tolerance: float, new_lineage: str = "refuse"
-) -> Decision:
-    """Promote unless the challenger scores lower than production, on the same test split, by
-    more than the tolerance; a champion of another lineage is replaced only if asked."""
-    if champion is None:
-        return Decision(True, "first version for this device", None)
-    if champion.lineage:
-        if new_lineage == "promote":
-            return Decision(
-                True, f"{champion.lineage}; deploy.new_lineage is promote", champion.version
-            )
-        return Decision(
-            False,
-            f"{champion.lineage}. Production stays; set deploy.new_lineage: promote to replace "
-            "it, or deploy the new model under another device name.",
-            champion.version,
-        )
-    assert champion.accuracy is not None
-    both = f"production v{champion.version} ({champion.accuracy:.4f}) on the same test split"
-    if accuracy + tolerance < champion.accuracy:
-        return Decision(
-            False,
-            f"accuracy {accuracy:.4f} is lower than {both} by more than the tolerance {tolerance}",
-            champion.version,
-        )
-    return Decision(True, f"accuracy {accuracy:.4f} vs {both}", champion.version)
 
 
 def promote(client: MlflowClient, device: str, version: str) -> None:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
-    from pipeline.models.architecture import Architecture
+    from pipeline.models.spec import Architecture
 
 
 def widths(arch: Architecture) -> list[int]:

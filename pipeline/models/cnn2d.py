@@ -14,18 +14,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
-    from pipeline.models.architecture import Architecture
-
-
-def block_parameters(arch: Architecture) -> list[int]:
-    """Parameters of each block (conv + BatchNorm; the last block carries the pooled linear head),
-    from the architecture alone, so the launcher can check memory without importing torch."""
-    counts, c_in = [], arch.input_shape[2]
-    for c_out in arch.channels:
-        counts.append(c_in * c_out * arch.kernel_size**2 + 2 * c_out)
-        c_in = c_out
-    counts[-1] += c_in * arch.num_classes + arch.num_classes
-    return counts
+    from pipeline.models.spec import Architecture
 
 
 def block_slices(model: torch.nn.Module) -> list[range]:

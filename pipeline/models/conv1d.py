@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
-    from pipeline.models.architecture import Architecture
+    from pipeline.models.spec import Architecture
 
 
 def _conv_bn_relu(c_in: int, c_out: int, kernel: int, **conv: int) -> list[torch.nn.Module]:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import keras
 
-    from pipeline.models.architecture import Architecture
+    from pipeline.models.spec import Architecture
 
 BN_MOMENTUM, BN_EPSILON = 0.9, 1e-5
 

@@ -17,7 +17,7 @@ from pipeline.models.keras_cnn2d import BN_EPSILON, BN_MOMENTUM
 if TYPE_CHECKING:
     import keras
 
-    from pipeline.models.architecture import Architecture
+    from pipeline.models.spec import Architecture
 
 
 def _conv_bn_relu(x: Any, c_out: int, kernel: int, name: str, **conv: Any) -> Any:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
-    from pipeline.models.architecture import Architecture
+    from pipeline.models.spec import Architecture
 
 GATES = {"gru": 3, "lstm": 4}
 

@@ -20,7 +20,7 @@ import numpy as np
 if TYPE_CHECKING:
     import torch
 
-    from pipeline.models.architecture import Architecture
+    from pipeline.models.spec import Architecture
 
 
 class Classification:
@@ -54,6 +54,24 @@ class Classification:
             return 0.0, 0.0, 0
         loss = nn.functional.cross_entropy(out, y, reduction="sum")
         return float(loss), float((out.argmax(1) == y).sum()), len(y)
+
+    def evaluate_array(
+        self, out: np.ndarray, x: np.ndarray, y: np.ndarray
+    ) -> tuple[float, float, int]:
+        """`evaluate` on numpy outputs (Keras): float64 log-softmax cross-entropy."""
+        if not len(y):
+            return 0.0, 0.0, 0
+        logits = out - out.max(axis=1, keepdims=True)
+        log_probs = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+        loss = -log_probs[np.arange(len(y)), y].sum()
+        return float(loss), float((out.argmax(1) == y).sum()), len(y)
+
+    def keras_loss(self) -> Any:
+        """The per-sample training loss for Keras, as `fn(out, x, y)`."""
+        import keras
+
+        ce = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="none")
+        return lambda out, x, y: ce(y, out)
 
     def threshold(self, out: np.ndarray, x: np.ndarray, y: np.ndarray) -> float | None:
         return None
@@ -115,6 +133,23 @@ class Reconstruction(Classification):
             return 0.0, 0.0, 0
         error = ((out[keep] - x[keep].flatten(1)) ** 2).mean(1)
         return float(error.sum()), float((error < 1.0).sum()), int(keep.sum())
+
+    def evaluate_array(
+        self, out: np.ndarray, x: np.ndarray, y: np.ndarray
+    ) -> tuple[float, float, int]:
+        keep = y == self.normal
+        if not bool(keep.any()):
+            return 0.0, 0.0, 0
+        error = self.error(out[keep], x[keep])
+        return float(error.sum()), float((error < 1.0).sum()), int(keep.sum())
+
+    def keras_loss(self) -> Any:
+        import keras
+
+        def loss(out: Any, x: Any, y: Any) -> Any:
+            return keras.ops.mean((out - keras.ops.reshape(x, (keras.ops.shape(x)[0], -1))) ** 2, 1)
+
+        return loss
 
     @staticmethod
     def error(out: np.ndarray, x: np.ndarray) -> np.ndarray:

@@ -15,23 +15,31 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.core import catalog, tracking
-from pipeline.core.errors import ArtifactError, PipelineError
+from pipeline.core.errors import ArtifactError, DvcRefusal, PipelineError, retryable
 
 DVC_YAML = Path("dvc.yaml")
-# Exit codes of failures that a retry cannot fix: bad config or data, failed int8 check,
-# a device budget, a registry refusal (see pipeline/core/errors.py).
-NOT_RETRYABLE = {2, 3, 6, 9, 10}
 _DVC_LOCK = threading.Lock()  # mapped deploy tasks share one DVC repo: one repro at a time
+# What DVC prints when another DVC process holds the repo: the one refusal a retry can fix.
+DVC_BUSY = "Unable to acquire lock"
 
 
 class StageFailed(PipelineError):
-    """A stage's command failed; `retryable` says whether trying again could help."""
+    """A stage's command failed; `retryable` says whether trying again could help (the error
+    family's own rule, pipeline/core/errors.py)."""
 
     def __init__(self, target: str, code: int, tail: str) -> None:
         self.target, self.code = target, code
-        self.retryable = code not in NOT_RETRYABLE
+        self.retryable = retryable(code)
         kind = "transient or unknown" if self.retryable else "not retryable"
         super().__init__(f"stage '{target}' failed with exit code {code} ({kind}):\n{tail}")
+
+
+def failure_code(status: catalog.StageStatus | None, dvc_code: int, output: str) -> int:
+    """The exit code a failed `dvc repro` stands for: the stage's own, from its status file; or,
+    when the stage never started (no status file), DVC's refusal, unless DVC was only busy."""
+    if status is not None:
+        return status.exit_code
+    return dvc_code if DVC_BUSY in output else DvcRefusal.exit_code
 
 
 @dataclass(frozen=True)
@@ -112,7 +120,8 @@ def repro_stage(
             code = proc.wait()
         status = _stage_status(target, env)
     if code != 0:
-        raise StageFailed(target, status.exit_code if status else code, "\n".join(lines[-15:]))
+        output = "\n".join(lines)
+        raise StageFailed(target, failure_code(status, code, output), "\n".join(lines[-15:]))
     return StageOutcome(target, ran=status is not None)
 
 

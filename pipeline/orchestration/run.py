@@ -20,15 +20,20 @@ from typing import Any
 
 from pipeline.core import catalog, tracking
 from pipeline.core.config import Params, load_params
-from pipeline.core.errors import TinyopsError
+from pipeline.core.errors import PipelineBusyError
 from pipeline.orchestration import freshness
 from pipeline.orchestration.dvc import StageOutcome, repro_stage, stage_env, stale_stages
 
 
-class PipelineBusyError(TinyopsError):
-    """Another pipeline run holds this workspace."""
+def run_name(params: Params, params_sha256: str) -> str:
+    """Dataset, family, framework, strategy and params hash: `basicmotions-gru-torch-ddp2 · 3f2a1c`
+    (pp2 for a 2-stage pipeline, fsdp2, dp2pp2 for a hybrid mesh), so the MLflow UI's run list
+    says what each parent trained without opening it."""
+    from pipeline.core.config import parallel_plan
 
-    exit_code = 11
+    shape = parallel_plan(params, batch_size=False).tag()
+    model = params.model
+    return f"{params.prepare.source}-{model.arch}-{model.framework}-{shape} · {params_sha256[:6]}"
 
 
 @contextlib.contextmanager
@@ -147,12 +152,8 @@ class PipelineRun:
         return self
 
     def run_name(self) -> str:
-        """What this run trains, how, and on which params: `digits-cnn2d-ddp2 · 3f2a1c`
-        (pp2 for a 2-stage pipeline, fsdp2, dp2pp2 for a hybrid mesh)."""
-        from pipeline.core.config import parallel_plan
-
-        shape = parallel_plan(self.params, batch_size=False).tag()
-        return f"{self.params.prepare.source}-cnn2d-{shape} · {self.fingerprint.params[:6]}"
+        """What this run trains, how, and on which params."""
+        return run_name(self.params, self.fingerprint.params)
 
     def _open_parent(self) -> None:
         c = tracking.client()

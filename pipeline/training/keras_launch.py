@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.core.config import Params
+from pipeline.training.loop import WRITER_ENV
 
 POLL_SECONDS = 0.2
 NODE_RANK_ENV = "TINYOPS_NODE_RANK"  # which of train.worker_hosts this node is (several nodes)
@@ -61,8 +62,11 @@ def worker_command(params_path: Path, timing_file: Path, metrics_log: Path) -> l
     ]  # fmt: skip
 
 
-def worker_env(params: Params, workers: list[str], index: int, restart: int) -> dict[str, str]:
-    """Threads set on purpose per worker (OMP and TensorFlow's pools), the task, quiet TF."""
+def worker_env(
+    params: Params, workers: list[str], index: int, restart: int, local: int = 0
+) -> dict[str, str]:
+    """Threads set on purpose per worker (OMP and TensorFlow's pools), the task, quiet TF, and
+    what the training loop's writer rule reads (node 0's first worker writes)."""
     threads = str(params.train.threads_per_proc)
     env = dict(os.environ)
     env.update(
@@ -75,6 +79,8 @@ def worker_env(params: Params, workers: list[str], index: int, restart: int) -> 
             "TF_CPP_MIN_LOG_LEVEL": "2",
             "PYTHONHASHSEED": str(params.train.seed),
             "TINYOPS_RESTART": str(restart),
+            "LOCAL_RANK": str(local),
+            WRITER_ENV: "1" if os.environ.get(NODE_RANK_ENV, "0") == "0" else "0",
             "CUDA_VISIBLE_DEVICES": "-1",  # tensorflow-cpu; never probe a GPU
         }
     )
@@ -98,7 +104,8 @@ class WorkerGroup:
         first = int(os.environ.get(NODE_RANK_ENV, "0")) * tp.nproc_per_node
         self.procs = [
             subprocess.Popen(
-                self.command, env=worker_env(self.params, workers, first + i, self.restarts)
+                self.command,
+                env=worker_env(self.params, workers, first + i, self.restarts, local=i),
             )
             for i in range(tp.nproc_per_node)
         ]

@@ -23,6 +23,7 @@ from pipeline.core.config import Params, parallel_plan
 from pipeline.core.errors import ConfigError, TrainingError
 from pipeline.core.parallel import STATE_BYTES_PER_PARAM, worker_model_state_bytes
 from pipeline.core.preflight import check_disk, check_threads
+from pipeline.training.loop import WRITER_ENV
 
 if TYPE_CHECKING:
     from pipeline.core.tracking import Run
@@ -30,7 +31,6 @@ if TYPE_CHECKING:
 # The writer rank appends its epoch metrics to METRICS_LOG, one JSON line each.
 TIMING_FILE, METRICS_LOG = catalog.TRAIN_TIMING, catalog.TRAIN_METRICS_LOG
 FLUSH_SECONDS = 10.0  # how often epoch metrics go to MLflow while training runs
-WRITER_ENV = "TINYOPS_WRITER_NODE"  # marks the node whose local rank 0 writes (see train_worker)
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """The house's shape, checked: layers import only downwards, siblings stay independent, no import
-cycles, no function longer than a screen. Imports inside functions count as much as top-level
-ones: a lazy import is still a dependency."""
+cycles, no function longer than a screen. Imports inside functions, and those under
+`if TYPE_CHECKING:`, count as much as top-level ones: a lazy import is still a dependency, and
+an annotation-only import still ties two modules together for a reader."""
 
 from __future__ import annotations
 
@@ -34,23 +35,10 @@ def _modules() -> dict[str, Path]:
     return found
 
 
-def _runtime_nodes(tree: ast.AST) -> list[ast.AST]:
-    """Every node except those under `if TYPE_CHECKING:` (imports for annotations only)."""
-    nodes, todo = [], [tree]
-    while todo:
-        node = todo.pop()
-        nodes.append(node)
-        if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING":
-            todo += node.orelse
-            continue
-        todo += list(ast.iter_child_nodes(node))
-    return nodes
-
-
 def _imports(path: Path, name: str) -> set[str]:
     """Project modules imported anywhere in the file (a `from pkg import module` resolved)."""
     out = set()
-    for node in _runtime_nodes(ast.parse(path.read_text())):
+    for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             out |= {a.name for a in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.core import tracking
-from pipeline.deploy import registry
+from pipeline.deploy import champion, registry
 from pipeline.deploy.champion import Champion
 
 
@@ -15,15 +15,15 @@ def _champion(accuracy: float | None, lineage: str | None = None) -> Champion:
 
 
 def test_no_production_means_the_first_version_goes_in() -> None:
-    first = registry.decide(0.5, None, 0.005)
+    first = champion.decide(0.5, None, 0.005)
     assert first.promote and first.reason == "first version for this device"
 
 
 def test_better_equal_and_worse_on_the_same_split() -> None:
-    assert registry.decide(0.93, _champion(0.90), 0.005).promote
-    within = registry.decide(0.896, _champion(0.90), 0.005)
+    assert champion.decide(0.93, _champion(0.90), 0.005).promote
+    within = champion.decide(0.896, _champion(0.90), 0.005)
     assert within.promote and "on the same test split" in within.reason
-    worse = registry.decide(0.89, _champion(0.90), 0.005)
+    worse = champion.decide(0.89, _champion(0.90), 0.005)
     assert not worse.promote and worse.previous_version == "3"
     assert (
         "accuracy 0.8900 is lower than production v3 (0.9000) on the same test split by more "
@@ -33,15 +33,15 @@ def test_better_equal_and_worse_on_the_same_split() -> None:
 
 def test_the_recorded_score_of_another_split_plays_no_part() -> None:
     """Production scored 0.99 on its own split months ago; on today's it scores 0.95."""
-    assert registry.decide(0.96, _champion(0.95), 0.005).promote
+    assert champion.decide(0.96, _champion(0.95), 0.005).promote
 
 
 def test_another_lineage_is_refused_unless_asked() -> None:
     why = "production v3 takes 8×8×1 int8 input with 10 classes; this model takes 28×28×1 ..."
-    refused = registry.decide(0.98, _champion(None, why), 0.005)
+    refused = champion.decide(0.98, _champion(None, why), 0.005)
     assert not refused.promote
     assert why in refused.reason and "set deploy.new_lineage: promote" in refused.reason
-    promoted = registry.decide(0.98, _champion(None, why), 0.005, new_lineage="promote")
+    promoted = champion.decide(0.98, _champion(None, why), 0.005, new_lineage="promote")
     assert promoted.promote and "deploy.new_lineage is promote" in promoted.reason
 
 

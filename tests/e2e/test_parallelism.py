@@ -57,7 +57,7 @@ def test_mlflow_records_the_strategy(pipeline_run: Path) -> None:
     exp = client.get_experiment_by_name("tinyops")
     runs = client.search_runs([exp.experiment_id])
     (parent,) = [r for r in runs if "tinyops.params_sha256" in r.data.tags]
-    assert parent.info.run_name.startswith("digits-cnn2d-pp2 · ")
+    assert parent.info.run_name.startswith("digits-cnn2d-torch-pp2 · ")
     (train,) = [r for r in runs if r.data.tags.get("tinyops.stage") == "train"]
     assert train.data.params["train.parallelism"] == "pipeline"
     assert train.data.params["train.schedule"] == "1f1b"

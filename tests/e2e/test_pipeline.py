@@ -89,7 +89,7 @@ def test_mlflow_holds_parent_with_stage_runs(pipeline_ws: Path) -> None:
     # Named after what it trained and its params; the experiment opens on the runs table.
     assert (
         parent.info.run_name
-        == f"digits-cnn2d-ddp2 · {parent.data.tags['tinyops.params_sha256'][:6]}"
+        == f"digits-cnn2d-torch-ddp2 · {parent.data.tags['tinyops.params_sha256'][:6]}"
     )
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
     assert parent.data.tags["mlflow.source.name"] == "tinyops"
