@@ -3,19 +3,29 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.tinyops-installed
+EXTRAS := $(VENV)/.tinyops-extras
+PIP    := $(BIN)/python -m pip install -q --disable-pip-version-check --no-deps
 
-.PHONY: install run test lint bench lock clean firmware-tools
+.PHONY: install extras run test lint bench lock clean firmware-tools
 
 # Install exactly the versions in requirements.lock (no resolver run, so it is fast and the same
 # every time), then the project itself in editable mode.
 $(STAMP): requirements.lock pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "tinyops needs Python 3.11: run make PYTHON=python3.11")'
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps -r requirements.lock
-	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+	$(PIP) -r requirements.lock
+	$(PIP) --no-build-isolation -e .
 	@touch $(STAMP)
 
 install: $(STAMP)
+
+# The feature extras (requirements-extras.lock): the test and lint tools, and what only some
+# features need. Never part of the quickstart's install.
+$(EXTRAS): $(STAMP) requirements-extras.lock
+	$(PIP) -r requirements-extras.lock
+	@touch $(EXTRAS)
+
+extras: $(EXTRAS)
 
 # Debian packages of the firmware check: the Arm cross-compiler with newlib, and qemu-system-arm.
 # Installed when missing and root; otherwise the command is printed, and deploy falls back to
@@ -32,14 +42,14 @@ firmware-tools:
 run: $(STAMP) firmware-tools
 	$(BIN)/tinyops run
 
-test: $(STAMP) firmware-tools
+test: $(EXTRAS) firmware-tools
 	$(BIN)/python -m pytest
 
 # Training throughput and overheads, interleaved runs, medians and ratios (bench/results.json).
 bench: $(STAMP)
 	$(BIN)/tinyops bench
 
-lint: $(STAMP)
+lint: $(EXTRAS)
 	$(BIN)/ruff check pipeline flows tests
 
 # Re-resolve requirements.lock from requirements/*.txt (needs uv; installs it into the venv).
@@ -49,6 +59,9 @@ lock: $(STAMP)
 	  --override requirements/overrides.txt -c requirements/constraints.txt \
 	  --python-version 3.11.7 --python-platform x86_64-manylinux_2_28 \
 	  $(if $(wildcard /opt/wheels),--find-links /opt/wheels) --no-header -o requirements.lock
+	$(BIN)/uv pip compile requirements/extras.in -c requirements.lock \
+	  --python-version 3.11.7 --python-platform x86_64-manylinux_2_28 --no-header \
+	  -o requirements-extras.lock
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -60,7 +60,7 @@ export = _stage_task("export")
 evaluate = _stage_task("evaluate")
 deploy = _stage_task("deploy")
 report = _stage_task("report")
-# The flow's stages in its order; tests/test_flow.py checks them against dvc.yaml.
+# The flow's stages in its order; tests/orchestration/test_dvc.py checks them against dvc.yaml.
 STAGE_TASKS = {t.name: t for t in (prepare, train, export, evaluate, deploy, report)}
 
 

@@ -316,7 +316,9 @@ def check(
     params: ParamsOpt = Path("params.yaml"),
     explain: Annotated[
         str | None,
-        typer.Option(help="Print what a key (train.lr) or a section (train) means; `all`: every key."),
+        typer.Option(
+            help="Print what a key (train.lr) or a section (train) means; `all`: every key."
+        ),
     ] = None,
 ) -> None:
     """Validate params.yaml and print the resolved configuration, doing no work."""
@@ -428,7 +430,9 @@ def _print_summary(result: dict) -> None:
 
 def main() -> None:
     from pipeline.core import interrupt
+    from pipeline.core.quiet import quiet_third_party
 
+    quiet_third_party()  # only what a user can act on reaches the log
     interrupt.install()  # SIGTERM unwinds like Ctrl-C: outputs stay whole, MLflow runs end KILLED
     try:
         try:

@@ -1,7 +1,7 @@
 """Each stage as the CLI (and so dvc.yaml) calls it: validate params, open the stage's nested
 MLflow run, call the stage's plain function, log what it produced.
 
-`STAGES` is keyed by dvc.yaml's stage names (tests/test_stages.py proves the two lists equal), and
+`STAGES` is keyed by dvc.yaml's stage names (tests/orchestration/test_dvc.py proves the two lists equal), and
 `recorded` writes the status file from which the run path learns that a stage ran and how it
 ended, instead of reading DVC's printed text.
 """

@@ -7,11 +7,8 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,7 +113,6 @@ def run_cmd(
 def train_killing_a_worker(ws: Path, trigger: str, rank: str = "1") -> tuple[int, str, bool]:
     """`tinyops stage train` in `ws`, SIGKILLing the worker of `rank` at the first output line
     containing `trigger`: (exit code, output, whether it was killed)."""
-    import signal
     import threading
 
     import psutil
@@ -159,47 +155,31 @@ IMPORT_LOG = "import_log"  # beside the session workspace: what each process of 
 
 def import_recording(folder: Path) -> dict[str, str]:
     """Environment that makes every Python process record its project modules at exit
-    (tests/import_recorder/sitecustomize.py), for tests/test_dvc_deps.py."""
+    (tests/import_recorder/sitecustomize.py), for tests/orchestration/test_dvc_deps.py."""
     folder.mkdir(parents=True, exist_ok=True)
     recorder = str(REPO / "tests" / "import_recorder")
     path = os.pathsep.join(p for p in (recorder, os.environ.get("PYTHONPATH", "")) if p)
     return {"TINYOPS_IMPORT_LOG": str(folder), "PYTHONPATH": path}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real Prefect server (`tinyops server`) for the session; every `tinyops run` of the
     tests reports to it (PREFECT_API_URL), so flow and task runs can be read back."""
+    from pipeline.core.procs import free_port, start
+
     home = tmp_path_factory.mktemp("prefect")
-    url = f"http://127.0.0.1:{_free_port()}/api"
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/api"
     env = {k: v for k, v in workspace_env(home).items() if k != "PREFECT_API_URL"}
-    log = open(home / "server.log", "w")  # noqa: SIM115 - open for the server's lifetime
-    proc = subprocess.Popen(
-        [str(BIN / "tinyops"), "server", "--port", url.split(":")[-1].split("/")[0]],
+    server = start(
+        "Prefect server",
+        [str(BIN / "tinyops"), "server", "--port", str(port)],
+        home / "server.log",
+        url=f"{url}/health",
         cwd=home,
         env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
     )
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2):
-                break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise RuntimeError(
-                    f"Prefect server did not start:\n{(home / 'server.log').read_text()}"
-                ) from None
-            time.sleep(0.5)
     mp = pytest.MonkeyPatch()
     mp.setenv("PREFECT_API_URL", url)  # subprocesses (tinyops run) inherit it via workspace_env
     yield url
@@ -208,12 +188,7 @@ def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         from prefect.logging.handlers import APILogWorker
 
         APILogWorker.drain_all(timeout=10)
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-    log.close()
+    server.stop(grace=30)
 
 
 @pytest.fixture()

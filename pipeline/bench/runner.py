@@ -4,10 +4,10 @@ Configurations that are compared run interleaved (A B C A B C …, a warm-up rou
 machine noise falls on all of them alike; the table gives medians, min–max and ratios, and a
 summary line per target says PASS or FAIL. Results go to bench/results.json with the machine.
 
-Training throughput uses training's own step on synthetic tensors (pipeline/bench_worker.py), for
+Training throughput uses training's own step on synthetic tensors (pipeline/bench/throughput.py), for
 the default CNN and a ResNet-8-sized one on 32×32×3. The quantization outcome, sizes, arenas,
 MCU estimates and per-stage peak RSS are those of the workspace's last pipeline run; the heavier
-model's export goes through the export stage's function (pipeline/bench_export.py).
+model's export goes through the export stage's function (pipeline/bench/heavy_export.py).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from pipeline.bench.frameworks import framework_targets, frameworks
 from pipeline.core import atomic, catalog
 from pipeline.core.catalog import TRAIN_TIMING
 from pipeline.core.preflight import cores
+from pipeline.core.procs import free_port
 from pipeline.orchestration.dvc import tool
 
 RESULTS = catalog.BENCH_RESULTS
@@ -50,14 +51,6 @@ def _worker(model: str, threads: int, allreduce: str) -> list[str]:
     ]
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _run_json(cmd: list[str], threads: int, procs: int = 1) -> dict[str, Any]:
     """Run `cmd` as `procs` ranks of one job on this host and return rank 0's JSON line.
 
@@ -69,7 +62,7 @@ def _run_json(cmd: list[str], threads: int, procs: int = 1) -> dict[str, Any]:
             "WORLD_SIZE": str(procs),
             "LOCAL_WORLD_SIZE": str(procs),
             "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": str(_free_port()),
+            "MASTER_PORT": str(free_port()),
         }
     import tempfile
 
@@ -371,7 +364,7 @@ def latency(rounds: int, on_progress: Callable[[str], None]) -> dict[str, Any]:
 
 
 def memory() -> dict[str, float]:
-    """Peak RSS (MiB) of each stage's process tree in the last run (pipeline/tracking.py)."""
+    """Peak RSS (MiB) of each stage's process tree in the last run (pipeline/core/tracking.py)."""
     from pipeline.core.catalog import RSS_FILE
 
     try:

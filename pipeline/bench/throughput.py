@@ -1,7 +1,7 @@
 """Steady-state training throughput of one configuration, for `tinyops bench`.
 
 Run plainly (one process) or under torchrun (DDP, gloo or NCCL). The step is training's own
-(make_ddp, make_optimizer, train_step from pipeline/train_worker.py) on synthetic tensors of the
+(make_ddp, make_optimizer, train_step from pipeline/training/worker.py) on synthetic tensors of the
 model's input shape, so only the training step is measured: no data loading, no start-up. The
 timed window is long enough (--seconds) to be a steady state on a noisy machine. Rank 0 prints
 one JSON line: samples/s over the timed steps, and the median all-reduce time of a buffer the size

@@ -176,13 +176,13 @@ class TrainParams(_Section):
     the model state; pipeline: the model cut into stages at block boundaries, one worker per
     stage (torch.distributed.pipelining); hybrid: pipelines replicated with DDP on a 2-D mesh."""
     pipeline_stages: Annotated[int, Field(ge=2)] = 2
-    """pipeline/hybrid: pieces the model is cut into (at most its blocks); one per pipeline
+    """Pipeline and hybrid: pieces the model is cut into (at most its blocks); one per pipeline
     worker, two with schedule interleaved_1f1b."""
     microbatches: PositiveInt | Literal["auto"] = "auto"
     """Each replica's batch is cut into this many microbatches; gradients are summed over them,
     then divided by their number. auto: 4 for pipeline and hybrid, 1 (no cut) otherwise."""
     schedule: Schedule = "1f1b"
-    """pipeline/hybrid: gpipe (all forwards, then all backwards), 1f1b (one forward, one
+    """Pipeline and hybrid: gpipe (all forwards, then all backwards), 1f1b (one forward, one
     backward: less activation memory), interleaved_1f1b (2 stages per worker: a smaller bubble)."""
     oversubscribe: bool = False
     """Allow more worker threads than cores (e.g. a 4-worker hybrid mesh on 2 cores): correct

@@ -87,6 +87,13 @@ class DvcRefusal(PipelineError):
     retryable = False
 
 
+class ServiceError(TinyopsError):
+    """A server or worker tinyops started did not become healthy in time, or exited; the tail of
+    its log says why (pipeline/core/procs.py). It may be transient: a port taken meanwhile."""
+
+    exit_code = 13
+
+
 def _families(cls: type[TinyopsError] = TinyopsError) -> list[type[TinyopsError]]:
     return [cls] + [sub for c in cls.__subclasses__() for sub in _families(c)]
 

@@ -27,6 +27,8 @@ LIBRARY_FILE = "libtensorflow-microlite.a"
 _KERNELS = "tensorflow/lite/micro/kernels"
 _NOT_LIBRARY = re.compile(r"test_helper|mock_micro|fake_micro|recording_|micro/kernels/|_test\.cc$")
 _ALWAYS = ("kernel_util.cc", "micro_tensor_utils.cc")
+_CMSIS_SOURCE = "third_party/cmsis_nn/Source"
+_DEFINITION = re.compile(r"^[A-Za-z_][\w \t*]*?\b(arm_\w+)\s*\([^;{]*\)\s*\{", re.M)
 # Ops whose Register_ function is not defined in a file named after the op.
 _REGISTER = re.compile(r"TFLMRegistration\s+Register_([A-Z0-9_]+)\(\)\s*\{")
 
@@ -98,18 +100,29 @@ def compile_command(src: Path, obj: Path, flags: list[str], optimize: str) -> li
     return ["arm-none-eabi-g++", *flags, *CXX_FLAGS, optimize, "-c", str(src), "-o", str(obj)]
 
 
-def _framework_sources(tree: Path, kernels: str) -> list[str]:
+def _framework_sources(tree: Path) -> list[str]:
     found = [str(p.relative_to(tree)) for p in (tree / "tensorflow").rglob("*.cc")]
     sources = sorted(s for s in found if not _NOT_LIBRARY.search(s))
-    sources += [f"{_KERNELS}/{name}" for name in _ALWAYS]
-    if kernels == "cmsis_nn":
-        nn = (tree / "third_party/cmsis_nn/Source").rglob("*.c")
-        sources += sorted(
-            str(p.relative_to(tree))
-            for p in nn
-            if not re.search(r"_f16\.c$|_f32\.c$|_flt\.c$", p.name)
-        )
-    return sources
+    return sources + [f"{_KERNELS}/{name}" for name in _ALWAYS]
+
+
+def cmsis_definitions(tree: Path) -> dict[str, str]:
+    """CMSIS-NN function name → the .c file defining it (int8/int16/int4 sources only)."""
+    where: dict[str, str] = {}
+    for path in sorted((tree / _CMSIS_SOURCE).rglob("*.c")):
+        if not re.search(r"_f16\.c$|_f32\.c$|_flt\.c$", path.name):
+            for name in _DEFINITION.findall(path.read_text(errors="replace")):
+                where.setdefault(name, str(path.relative_to(tree)))
+    return where
+
+
+def undefined_symbols(objects: Iterable[Path]) -> set[str]:
+    """What these objects call but do not define, read from the objects themselves (so calls
+    made by CMSIS-NN's inline header functions count too)."""
+    listing = subprocess.run(
+        ["arm-none-eabi-nm", "-u", *map(str, objects)], capture_output=True, text=True, check=True
+    ).stdout
+    return {line.split()[-1] for line in listing.splitlines() if line.strip().startswith("U ")}
 
 
 def _registrations(tree: Path, kernels: str) -> dict[str, str]:
@@ -177,35 +190,60 @@ def jobs() -> int:
 def build(
     source: TflmSource, cache: Path, core: str, kernels: str, build_type: str, ops: Iterable[str]
 ) -> Library:
-    """The library with the framework and the kernels of `ops`, compiling only what is missing."""
+    """The library with the framework, the kernels of `ops` and, for CMSIS-NN, only the CMSIS-NN
+    functions those kernels call (followed call by call), compiling only what is missing."""
     folder = library_dir(cache, source, core, kernels, build_type)
     tree = source.tree
     flags = common_flags(core, kernels, build_type) + include_flags(tree)
-    wanted = sorted(set(_framework_sources(tree, kernels) + kernel_sources(tree, kernels, ops)))
+    wanted = sorted(set(_framework_sources(tree) + kernel_sources(tree, kernels, ops)))
     wanted = [s for s in wanted if s not in shadowed(tree, kernels)]
     with locked(folder):
-        todo = [s for s in wanted if not (folder / "obj" / f"{s}.o").is_file()]
-        if todo:
-            print(
-                f"firmware: compiling {len(todo)} TensorFlow Lite Micro files for {core} "
-                f"({kernels}, {build_type}) into {folder}",
-                file=sys.stderr,
-                flush=True,
-            )
-            with ThreadPoolExecutor(jobs()) as pool:
-                list(
-                    pool.map(
-                        lambda s: _compile_one(tree, s, folder / "obj" / f"{s}.o", flags), todo
-                    )
-                )
+        compiled = _compile(tree, folder, flags, wanted, f"{core} ({kernels}, {build_type})")
+        if kernels == "cmsis_nn":
+            compiled += _cmsis_closure(tree, folder, flags, wanted, core)
         library = folder / LIBRARY_FILE
-        if todo or not library.is_file():
+        if compiled or not library.is_file():
             objects = sorted(str(p) for p in (folder / "obj").rglob("*.o"))
             with atomic.atomic_path(library) as tmp:
                 tmp.unlink()
                 subprocess.run(["arm-none-eabi-ar", "rcs", str(tmp), *objects], check=True)
         header = _precompiled_header(folder, flags)
-    return Library(library, tree, tuple(flags), len(todo), header)
+    return Library(library, tree, tuple(flags), compiled, header)
+
+
+def _object(folder: Path, source: str) -> Path:
+    return folder / "obj" / f"{source}.o"
+
+
+def _compile(tree: Path, folder: Path, flags: list[str], sources: list[str], what: str) -> int:
+    """Compile the sources whose objects are not cached yet; how many were compiled."""
+    todo = [s for s in sources if not _object(folder, s).is_file()]
+    if todo:
+        print(
+            f"firmware: compiling {len(todo)} TensorFlow Lite Micro files for {what} into {folder}",
+            file=sys.stderr,
+            flush=True,
+        )
+        with ThreadPoolExecutor(jobs()) as pool:
+            list(pool.map(lambda s: _compile_one(tree, s, _object(folder, s), flags), todo))
+    return len(todo)
+
+
+def _cmsis_closure(
+    tree: Path, folder: Path, flags: list[str], sources: list[str], core: str
+) -> int:
+    """Compile the CMSIS-NN files the kernels call, then those they call, until nothing new:
+    about a fifth of CMSIS-NN's 113 files for a small CNN, instead of all of them."""
+    where = cmsis_definitions(tree)
+    done: set[str] = set()
+    frontier = [_object(folder, s) for s in sources]
+    compiled = 0
+    while frontier:
+        needed = sorted({where[s] for s in undefined_symbols(frontier) if s in where} - done)
+        compiled += _compile(tree, folder, flags, needed, f"{core} (CMSIS-NN functions)")
+        done |= set(needed)
+        frontier = [_object(folder, s) for s in needed]
+    return compiled
 
 
 PCH_INCLUDES = (

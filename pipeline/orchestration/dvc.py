@@ -21,6 +21,21 @@ DVC_YAML = Path("dvc.yaml")
 _DVC_LOCK = threading.Lock()  # mapped deploy tasks share one DVC repo: one repro at a time
 # What DVC prints when another DVC process holds the repo: the one refusal a retry can fix.
 DVC_BUSY = "Unable to acquire lock"
+# DVC's hints after each stage: the run path commits nothing and pushes nothing itself, so they
+# only repeat in every stage's log (blank lines between them go too).
+DVC_HINTS = (
+    "To track the changes with git, run:",
+    "git add ",
+    "To enable auto staging, run:",
+    "dvc config core.autostage true",
+    "Use `dvc push` to send your updates to remote storage.",
+)
+
+
+def is_hint(line: str) -> bool:
+    """One of DVC's after-stage hints, or a blank line (DVC frames its hints with them)."""
+    text = line.strip()
+    return not text or any(text.startswith(hint) for hint in DVC_HINTS)
 
 
 class StageFailed(PipelineError):
@@ -116,7 +131,8 @@ def repro_stage(
             assert proc.stdout is not None
             for line in proc.stdout:
                 lines.append(line.rstrip("\n"))
-                on_line(lines[-1])
+                if not is_hint(lines[-1]):
+                    on_line(lines[-1])
             code = proc.wait()
         status = _stage_status(target, env)
     if code != 0:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -20,22 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.core.config import Params
+from pipeline.core.procs import free_ports
 from pipeline.training.loop import WRITER_ENV
 
 POLL_SECONDS = 0.2
 NODE_RANK_ENV = "TINYOPS_NODE_RANK"  # which of train.worker_hosts this node is (several nodes)
-
-
-def free_ports(n: int) -> list[int]:
-    """n ports free on 127.0.0.1 now (held open together, so they are distinct)."""
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def cluster(params: Params) -> list[str]:

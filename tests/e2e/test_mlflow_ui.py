@@ -5,15 +5,14 @@ datasets, and the registry shows a model per device."""
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from pipeline.core.procs import free_port, start
 from tests.conftest import BIN, workspace_env
 
 pytestmark = pytest.mark.slow
@@ -32,40 +31,18 @@ FLAGS = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def mlflow_ui(pipeline_ws: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if CHROMIUM is None:
         pytest.skip("Chromium is not installed (apt-get install chromium); CI installs it")
-    port = _free_port()
+    port = free_port()
     log = tmp_path_factory.mktemp("mlflow-ui") / "server.log"
     uri = workspace_env(pipeline_ws)["MLFLOW_TRACKING_URI"]
     cmd = [str(BIN / "mlflow"), "server", "--backend-store-uri", uri]
-    with open(log, "w") as fh:
-        server = subprocess.Popen(
-            [*cmd, "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-            cwd=pipeline_ws,
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:  # poll until it answers
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2):
-                break
-        except OSError:
-            assert server.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
-            time.sleep(0.5)
-    yield url
-    server.terminate()
-    server.wait(timeout=30)
+    argv = [*cmd, "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    with start("MLflow server", argv, log, url=f"{url}/health", cwd=pipeline_ws):
+        yield url
 
 
 def _page(url: str, tmp_path: Path, screenshot: Path | None = None) -> str:

@@ -9,7 +9,6 @@ import json
 import re
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import pytest
 import torch
 import yaml
 
+from pipeline.core.procs import wait_until
 from pipeline.deploy.bundle import INT8_KERNELS, verify_bundle
 from pipeline.tflite.flatbuffer import check_full_int8, read_model
 from tests.conftest import BIN, CATALOGUE, run_cmd, tree_digest, workspace_env
@@ -432,14 +432,15 @@ def test_scheduled_deployment_picks_up_new_data_then_skips(
         )
     try:
         with get_client(sync_client=True) as client:
-            deadline = time.monotonic() + 90
-            while True:
+
+            def deployed():  # type: ignore[no-untyped-def]
+                assert serve.poll() is None, log.read_text()
                 try:
-                    deployment = client.read_deployment_by_name("retrain/nightly-test")
-                    break
-                except Exception:
-                    assert serve.poll() is None and time.monotonic() < deadline, log.read_text()
-                    time.sleep(0.5)
+                    return client.read_deployment_by_name("retrain/nightly-test")
+                except Exception:  # not created yet
+                    return None
+
+            deployment = wait_until(deployed, 90, "deployment retrain/nightly-test", 0.5)
             assert [s.schedule.cron for s in deployment.schedules] == ["0 3 * * *"]
             assert deployment.schedules[0].active and not deployment.paused
             first = run_deployment(deployment.id, timeout=600, poll_interval=1)
@@ -447,11 +448,10 @@ def test_scheduled_deployment_picks_up_new_data_then_skips(
             second = run_deployment(deployment.id, timeout=300, poll_interval=1)
             assert second.state.name == "Skipped", log.read_text()[-3000:]
             assert "nothing new" in second.state.message
-            deadline = time.monotonic() + 30  # the runner has reported both runs: idle again
             finished = r"Flow run '[^']+' - Finished in state (Completed|Skipped)"
-            while len(re.findall(finished, log.read_text())) < 2:
-                assert time.monotonic() < deadline, log.read_text()[-3000:]
-                time.sleep(0.2)
+            wait_until(  # the runner has reported both runs: idle again
+                lambda: len(re.findall(finished, log.read_text())) >= 2, 30, "both runs logged"
+            )
     finally:
         serve.terminate()
         serve.wait(timeout=60)
@@ -511,10 +511,12 @@ def test_a_worse_model_reruns_train_not_prepare_and_production_stays(own_ws: Pat
         stderr=subprocess.STDOUT,
         text=True,
     )
-    deadline = time.monotonic() + 120
-    while not lock.read_text().strip():  # the first run holds the workspace
-        assert first.poll() is None and time.monotonic() < deadline
-        time.sleep(0.2)
+
+    def holding() -> bool:  # the first run holds the workspace
+        assert first.poll() is None, first.communicate()[0][-3000:]
+        return bool(lock.read_text().strip())
+
+    wait_until(holding, 120, "the first run to hold the workspace", 0.2)
     second = run_cmd(["tinyops", "run"], own_ws, check=False)
     assert second.returncode == 11, second.stdout + second.stderr
     assert "another pipeline run" in second.stderr and "pipeline.lock" in second.stderr

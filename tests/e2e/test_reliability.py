@@ -19,6 +19,7 @@ import pytest
 import torch
 import yaml
 
+from pipeline.core.procs import wait_until
 from tests.conftest import (
     FAST_TRAIN,
     make_workspace,
@@ -113,18 +114,21 @@ def _terminate_once_running(args: list[str], ws: Path, stage: str, after: float)
         stderr=subprocess.STDOUT,
         text=True,
     )
-    deadline = time.monotonic() + 120
-    while True:
+
+    def started() -> bool:
+        assert proc.poll() is None, proc.communicate()[0]
         _, run = _mlflow_run(ws, stage)
-        if run is not None and (before is None or run.info.run_id != before.info.run_id):
-            break
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0]
-        time.sleep(0.2)
+        return run is not None and (before is None or run.info.run_id != before.info.run_id)
+
+    wait_until(started, 120, f"the {stage} stage's MLflow run", 0.2)
     # Into the stage's work by CPU spent, not wall time, so a slow machine changes nothing.
     spent = _cpu_seconds(proc.pid)
-    while _cpu_seconds(proc.pid) < spent + after:
+
+    def busy() -> bool:
         assert proc.poll() is None, "finished before the signal: the test proves nothing"
-        time.sleep(0.1)
+        return _cpu_seconds(proc.pid) >= spent + after
+
+    wait_until(busy, 600, f"{after} s of CPU in the {stage} stage")
     assert proc.poll() is None, "finished before the signal: the test proves nothing"
     proc.send_signal(signal.SIGTERM)
     out = proc.communicate(timeout=120)[0]

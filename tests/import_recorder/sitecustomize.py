@@ -1,7 +1,7 @@
 """Put on PYTHONPATH by the tests: every Python process that starts while TINYOPS_IMPORT_LOG names
 a folder writes, at exit, the project modules it loaded, with its pid, parent pid and argv.
 
-tests/test_dvc_deps.py rebuilds the process tree from these files, so the modules of a stage
+tests/orchestration/test_dvc_deps.py rebuilds the process tree from these files, so the modules of a stage
 include those of its torchrun workers and export subprocesses.
 """
 

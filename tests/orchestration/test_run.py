@@ -11,12 +11,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 
+from pipeline.core.procs import wait_until
 from tests.conftest import BIN, workspace_env
 
 pytestmark = pytest.mark.slow
@@ -98,15 +98,16 @@ def test_sigterm_ends_the_parent_killed(own_ws: Path, path: str) -> None:
     _edit_params(ws, "deploy", latency_runs=200_000)
     known = {r.info.run_id for r in _runs(ws)}
     proc = _start(path, ws)
-    deadline = time.monotonic() + 300
-    while not any(  # poll: the first deploy's stage run exists and is under way
-        r.info.run_name == "deploy@android_phone" and r.info.status == "RUNNING"
-        for r in _runs(ws)
-        if r.info.run_id not in known
-    ):
+
+    def deploying() -> bool:  # the first deploy's stage run exists and is under way
         assert proc.poll() is None, proc.communicate()[0][-3000:]
-        assert time.monotonic() < deadline, "deploy@android_phone never started"
-        time.sleep(0.2)
+        return any(
+            r.info.run_name == "deploy@android_phone" and r.info.status == "RUNNING"
+            for r in _runs(ws)
+            if r.info.run_id not in known
+        )
+
+    wait_until(deploying, 300, "deploy@android_phone to start", interval=0.2)
     os.killpg(proc.pid, signal.SIGTERM)
     out = proc.communicate(timeout=120)[0]
     assert proc.returncode != 0, out[-3000:]

@@ -1,4 +1,4 @@
-"""Run by tests/test_shm_allreduce.py under torchrun (2 workers): the shared-memory all-reduce
+"""Run by tests/training/test_shm_allreduce.py under torchrun (2 workers): the shared-memory all-reduce
 against the arithmetic it promises and against gloo inside DDP. Rank 0 prints one JSON line."""
 
 from __future__ import annotations

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +12,7 @@ import pytest
 
 from pipeline.core.config import parse_params
 from pipeline.core.errors import ConfigError
+from pipeline.core.procs import free_port
 from pipeline.training.launcher import check_world_fits, resolve_backend, torchrun_command
 from tests.conftest import make_workspace, run_cmd, workspace_env
 
@@ -54,16 +54,10 @@ def test_torchrun_command_shapes() -> None:
     assert multi[multi.index("--nnodes") + 1] == "3"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_two_nodes_by_rendezvous(tmp_path: Path) -> None:
     """Node A is `tinyops stage train`, node B a bare torchrun: one 2-rank job; A alone writes."""
-    endpoint = f"127.0.0.1:{_free_port()}"
+    endpoint = f"127.0.0.1:{free_port()}"
     ws = make_workspace(
         tmp_path / "ws",
         {"nnodes": 2, "rdzv_endpoint": endpoint, "nproc_per_node": 1, "epochs": 2, "patience": 2},

@@ -1,0 +1,28 @@
+"""What third-party libraries print that a user cannot act on, silenced once per process at
+start-up (cli.main), never at import: torchao's optional CUDA kernels failing to load on a CPU
+wheel, torch's pytree deprecation note, TensorFlow's start-up INFO lines, MLflow's artifact
+progress bars inside deploy and its ambiguous-dataset-source warning. Errors still show."""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+
+QUIET_ENV = {
+    "TF_CPP_MIN_LOG_LEVEL": "2",  # TensorFlow's INFO/WARNING lines (oneDNN, absl start-up)
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+}
+QUIET_LOGGERS = ("torchao", "torch.utils._pytree")
+QUIET_WARNINGS = ("The specified dataset source can be interpreted in multiple ways",)
+
+
+def quiet_third_party() -> None:
+    """Silence the noise above for this process and the processes it starts (environment);
+    a variable the user set keeps the user's value."""
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    for message in QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=message)
