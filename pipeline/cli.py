@@ -352,18 +352,29 @@ def _explain(key: str) -> None:
 
 @app.command()
 def docs() -> None:
-    """Regenerate the generated pages: docs/params.md from the params field docstrings, and
-    docs/performance.md from bench/results.json."""
+    """Regenerate the generated pages: docs/params.md from the params field docstrings,
+    docs/exit-codes.md from the error families, docs/performance.md from bench/results.json."""
+    from pipeline.core import atomic
+
+    for path, text in generated_pages().items():
+        atomic.write_text(path, text)
+        typer.echo(f"wrote {path}")
+
+
+def generated_pages() -> dict[Path, str]:
+    """Each generated docs page and its text (tests/architecture/test_docs.py compares them)."""
     import json
 
     from pipeline.bench.page import markdown as performance
-    from pipeline.core import atomic, catalog
+    from pipeline.core import catalog, errors
     from pipeline.core.params_doc import markdown as params_reference
 
-    atomic.write_text(catalog.PARAMS_DOC, params_reference())
     results = json.loads(catalog.BENCH_RESULTS.read_text())
-    atomic.write_text(catalog.PERFORMANCE_DOC, performance(results))
-    typer.echo(f"wrote {catalog.PARAMS_DOC} and {catalog.PERFORMANCE_DOC}")
+    return {
+        catalog.PARAMS_DOC: params_reference(),
+        catalog.EXIT_CODES_DOC: errors.markdown(),
+        catalog.PERFORMANCE_DOC: performance(results),
+    }
 
 
 @app.command()

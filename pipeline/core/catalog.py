@@ -51,6 +51,7 @@ BENCH_RESULTS = Path("bench/results.json")
 FAMILIES_TABLE = Path("bench/families.md")
 PARAMS_DOC = Path("docs/params.md")
 PERFORMANCE_DOC = Path("docs/performance.md")
+EXIT_CODES_DOC = Path("docs/exit-codes.md")
 
 # Workspace state: not DVC outputs, never committed (.tinyops/ is git-ignored).
 STATE_DIR = Path(".tinyops")

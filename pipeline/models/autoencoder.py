@@ -12,9 +12,10 @@ from __future__ import annotations
 import itertools
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    import torch
+import torch
+from torch import nn
 
+if TYPE_CHECKING:
     from pipeline.models.spec import Architecture
 
 
@@ -25,23 +26,23 @@ def widths(arch: Architecture) -> list[int]:
     return [steps * channels, *encoder, *reversed(encoder[:-1]), steps * channels]
 
 
-def build(arch: Architecture) -> torch.nn.Module:
+class DenseAutoencoder(nn.Module):
+    """Linear + ReLU layers over the flattened window, down to the bottleneck and back up."""
+
+    def __init__(self, arch: Architecture) -> None:
+        super().__init__()
+        sizes = widths(arch)
+        layers: list[nn.Module] = []
+        for i, (a, b) in enumerate(itertools.pairwise(sizes)):
+            layers.append(nn.Linear(a, b))
+            if i < len(sizes) - 2:
+                layers.append(nn.ReLU())
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x.flatten(1))
+
+
+def build(arch: Architecture) -> nn.Module:
     """The autoencoder for `arch` (weights from the current torch RNG)."""
-    from torch import nn
-
-    sizes = widths(arch)
-    layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(itertools.pairwise(sizes)):
-        layers.append(nn.Linear(a, b))
-        if i < len(sizes) - 2:
-            layers.append(nn.ReLU())
-
-    class DenseAutoencoder(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.layers = nn.Sequential(*layers)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.layers(x.flatten(1))
-
-    return DenseAutoencoder()
+    return DenseAutoencoder(arch)

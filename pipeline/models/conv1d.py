@@ -13,21 +13,19 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    import torch
+import torch
+from torch import nn
+from torch.nn import functional as F
 
+if TYPE_CHECKING:
     from pipeline.models.spec import Architecture
 
 
-def _conv_bn_relu(c_in: int, c_out: int, kernel: int, **conv: int) -> list[torch.nn.Module]:
-    from torch import nn
-
+def _conv_bn_relu(c_in: int, c_out: int, kernel: int, **conv: int) -> list[nn.Module]:
     return [nn.Conv1d(c_in, c_out, kernel, bias=False, **conv), nn.BatchNorm1d(c_out), nn.ReLU()]
 
 
-def _cnn1d(arch: Architecture) -> list[torch.nn.Module]:
-    from torch import nn
-
+def _cnn1d(arch: Architecture) -> list[nn.Module]:
     steps, c_in = arch.input_shape
     layers: list[nn.Module] = []
     for i, c_out in enumerate(arch.channels):
@@ -43,7 +41,7 @@ def _cnn1d(arch: Architecture) -> list[torch.nn.Module]:
     return layers
 
 
-def _dscnn1d(arch: Architecture) -> list[torch.nn.Module]:
+def _dscnn1d(arch: Architecture) -> list[nn.Module]:
     _, c_in = arch.input_shape
     width = arch.channels[0]
     stem = max(arch.kernel_size, arch.stride)
@@ -56,66 +54,59 @@ def _dscnn1d(arch: Architecture) -> list[torch.nn.Module]:
     return layers
 
 
-def build(arch: Architecture) -> torch.nn.Module:
+class Conv1dNet(nn.Module):
+    """cnn1d and dscnn1d: the feature layers, a mean over time, dropout and a linear head."""
+
+    def __init__(self, features: nn.Module, width: int, arch: Architecture) -> None:
+        super().__init__()
+        self.features = features
+        self.dropout = nn.Dropout(arch.dropout)
+        self.classifier = nn.Linear(width, arch.num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.features(x.permute(0, 2, 1))  # NTC in, NCT inside
+        return self.classifier(self.dropout(x.mean(dim=2)))
+
+
+class CausalBlock(nn.Module):
+    """A dilated causal convolution (left padding only) with a residual connection."""
+
+    def __init__(self, c_in: int, c_out: int, dilation: int, kernel_size: int) -> None:
+        super().__init__()
+        self.pad = (kernel_size - 1) * dilation
+        self.conv = nn.Conv1d(c_in, c_out, kernel_size, dilation=dilation, bias=False)
+        self.bn = nn.BatchNorm1d(c_out)
+        self.skip = nn.Conv1d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.bn(self.conv(F.pad(x, (self.pad, 0))))
+        return torch.relu(y + self.skip(x))
+
+
+class TCN(nn.Module):
+    """tcn: a strided stem, causal blocks with doubling dilation, a mean over time, a head."""
+
+    def __init__(self, arch: Architecture) -> None:
+        super().__init__()
+        c_in = arch.input_shape[1]
+        width = arch.channels[0]
+        self.stem = nn.Sequential(*_conv_bn_relu(c_in, width, arch.stride, stride=arch.stride))
+        blocks = []
+        for i, c_out in enumerate(arch.channels):
+            blocks.append(CausalBlock(width, c_out, 2**i, arch.kernel_size))
+            width = c_out
+        self.blocks = nn.Sequential(*blocks)
+        self.dropout = nn.Dropout(arch.dropout)
+        self.classifier = nn.Linear(width, arch.num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.blocks(self.stem(x.permute(0, 2, 1)))
+        return self.classifier(self.dropout(x.mean(dim=2)))
+
+
+def build(arch: Architecture) -> nn.Module:
     """The family `arch.arch` names (weights from the current torch RNG)."""
-    from torch import nn
-
     if arch.arch == "tcn":
-        return _tcn(arch)
+        return TCN(arch)
     layers = _cnn1d(arch) if arch.arch == "cnn1d" else _dscnn1d(arch)
-    return _head(nn.Sequential(*layers), arch.channels[-1], arch)
-
-
-def _head(features: torch.nn.Module, width: int, arch: Architecture) -> torch.nn.Module:
-    from torch import nn
-
-    class Conv1dNet(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.features = features
-            self.dropout = nn.Dropout(arch.dropout)
-            self.classifier = nn.Linear(width, arch.num_classes)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            x = self.features(x.permute(0, 2, 1))  # NTC in, NCT inside
-            return self.classifier(self.dropout(x.mean(dim=2)))
-
-    return Conv1dNet()
-
-
-def _tcn(arch: Architecture) -> torch.nn.Module:
-    import torch
-    from torch import nn
-    from torch.nn import functional as F
-
-    class CausalBlock(nn.Module):
-        def __init__(self, c_in: int, c_out: int, dilation: int) -> None:
-            super().__init__()
-            self.pad = (arch.kernel_size - 1) * dilation
-            self.conv = nn.Conv1d(c_in, c_out, arch.kernel_size, dilation=dilation, bias=False)
-            self.bn = nn.BatchNorm1d(c_out)
-            self.skip = nn.Conv1d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            y = self.bn(self.conv(F.pad(x, (self.pad, 0))))
-            return torch.relu(y + self.skip(x))
-
-    class TCN(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            c_in = arch.input_shape[1]
-            width = arch.channels[0]
-            self.stem = nn.Sequential(*_conv_bn_relu(c_in, width, arch.stride, stride=arch.stride))
-            blocks = []
-            for i, c_out in enumerate(arch.channels):
-                blocks.append(CausalBlock(width, c_out, 2**i))
-                width = c_out
-            self.blocks = nn.Sequential(*blocks)
-            self.dropout = nn.Dropout(arch.dropout)
-            self.classifier = nn.Linear(width, arch.num_classes)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            x = self.blocks(self.stem(x.permute(0, 2, 1)))
-            return self.classifier(self.dropout(x.mean(dim=2)))
-
-    return TCN()
+    return Conv1dNet(nn.Sequential(*layers), arch.channels[-1], arch)

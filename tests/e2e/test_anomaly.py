@@ -14,6 +14,8 @@ import yaml
 
 from tests.conftest import make_workspace, run_cmd
 
+pytestmark = pytest.mark.slow  # trains or exports models: the fast tier stays under 3 minutes
+
 LEVELS = (
     "framework_fp32",
     "tflite_fp32",

@@ -10,6 +10,8 @@ import pytest
 
 from tests.conftest import make_workspace, run_cmd
 
+pytestmark = pytest.mark.slow  # trains or exports models: the fast tier stays under 3 minutes
+
 
 @pytest.fixture(scope="module")
 def gru_run(tmp_path_factory: pytest.TempPathFactory) -> Path:

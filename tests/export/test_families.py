@@ -10,6 +10,8 @@ from pipeline.models.architecture import Architecture, build_model
 from pipeline.tflite import tflm
 from pipeline.tflite.flatbuffer import check_full_int8
 
+pytestmark = pytest.mark.slow  # trains or exports models: the fast tier stays under 3 minutes
+
 SHAPE = (16, 3)  # T, C
 EXPECTED_OPS = {
     "cnn1d": {"CONV_2D", "MAX_POOL_2D", "MEAN"},

@@ -17,6 +17,8 @@ from pipeline.models.architecture import Architecture, build_model, count_parame
 from pipeline.tflite import tflm
 from pipeline.tflite.flatbuffer import check_full_int8
 
+pytestmark = pytest.mark.slow  # trains or exports models: the fast tier stays under 3 minutes
+
 FAMILIES = ("cnn1d", "dscnn1d", "tcn")
 EXPECTED_OPS = {
     "cnn1d": {"CONV_2D", "MAX_POOL_2D", "AVERAGE_POOL_2D"},

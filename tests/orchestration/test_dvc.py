@@ -67,3 +67,26 @@ def test_every_catalog_output_is_declared_in_dvc_yaml() -> None:
     assert f"- {catalog.DEPLOY_ROOT}/${{key}}" in text
     assert f"- {catalog.DEPLOY_STATUS_DIR}/${{key}}.json" in text
     assert not Path(catalog.STATE_DIR).is_absolute()
+
+
+def test_dvc_refusals_are_never_retried(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A params key dvc.yaml tracks is missing, or a stage's input is: DVC refuses before the
+    stage starts, and a retry would meet the same refusal (exit 12, not retryable). Only DVC's
+    lock being held is worth retrying."""
+    import pytest
+
+    from pipeline.orchestration.dvc import StageFailed, failure_code, repro_stage, stage_env
+    from tests.conftest import make_workspace, workspace_env
+
+    ws = make_workspace(tmp_path / "ws")
+    params = yaml.safe_load((ws / "params.yaml").read_text())
+    del params["prepare"]
+    (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    monkeypatch.chdir(ws)
+    env = {**workspace_env(ws), **stage_env("no-parent")}
+    for target, says in (("prepare", "prepare"), ("export", "models/trained")):
+        with pytest.raises(StageFailed) as err:
+            repro_stage(target, env, on_line=lambda line: None)
+        assert err.value.code == 12 and not err.value.retryable, str(err.value)
+        assert says in str(err.value)
+    assert failure_code(None, 255, "ERROR: Unable to acquire lock") == 255
