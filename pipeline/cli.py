@@ -8,11 +8,11 @@ import enum
 import signal
 import sys
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 import typer
 
-from pipeline.core.errors import TinyopsError
+from pipeline.core.errors import ConfigError, TinyopsError
 
 app = typer.Typer(
     name="tinyops",
@@ -381,22 +381,33 @@ def generated_pages() -> dict[Path, str]:
 def bench(
     rounds: Annotated[int, typer.Option(min=1, help="Measured rounds after the warm-up.")] = 5,
     only: Annotated[
-        Literal["paradigms", "frameworks", "firmware", "families"] | None,
-        typer.Option(help="Run one section only (merged into bench/results.json)."),
+        str | None,
+        typer.Option(help="Run one section only (merged into bench/results.json); see --list."),
     ] = None,
+    list_sections: Annotated[
+        bool, typer.Option("--list", help="List the sections with their expected duration.")
+    ] = False,
 ) -> None:
     """Measure speed, size, memory and overhead side by side; write bench/results.json.
 
-    Uses the workspace's last pipeline run (run `tinyops run` first); about 30 minutes on 2 cores
-    (`--only paradigms`: the parallelism comparison alone, about 13 minutes at 3 rounds;
-    `--only frameworks`: torch against Keras, about 8 minutes at 3 rounds; `--only firmware`: the
-    model built for each Cortex-M core with reference and CMSIS-NN kernels, run under QEMU;
-    `--only families`: every sequence family on both bundled sensor datasets through the real
-    stages, about 25 minutes, also written as bench/families.md).
+    Uses the workspace's last pipeline run (run `tinyops run` first); about 40 minutes on 2 cores
+    for every section; `--list` names each section with its expected duration, `--only NAME`
+    runs one and merges it into bench/results.json. `tinyops docs` then regenerates
+    docs/performance.md from it.
     """
+    from pipeline.bench.runner import SECTIONS, bench_only, listing
     from pipeline.bench.runner import bench as run_bench
-    from pipeline.bench.runner import bench_only
     from pipeline.bench.table import print_results
+
+    if list_sections:
+        typer.echo(listing())
+        return
+    if only is not None and only not in SECTIONS:
+        import difflib
+
+        close = difflib.get_close_matches(only, list(SECTIONS), n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        _fail(ConfigError(f"no bench section '{only}'{hint} Sections: {', '.join(SECTIONS)}"))
 
     progress = lambda s: typer.echo(s, err=True)  # noqa: E731
     results = bench_only(only, rounds, progress) if only else run_bench(rounds, progress)

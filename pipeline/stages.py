@@ -250,7 +250,7 @@ def run_evaluate(params_path: Path) -> dict[str, Any]:
 
 
 def run_deploy(params_path: Path, device: str) -> dict[str, Any]:
-    from pipeline.deploy.device import deploy_device
+    from pipeline.deploy.device import deploy_context, deploy_device
 
     params = load_params(params_path)
     require_device(params, device, str(params_path))  # before any MLflow run is opened
@@ -259,7 +259,7 @@ def run_deploy(params_path: Path, device: str) -> dict[str, Any]:
         "", {"deploy": dumped["deploy"], "device": dumped["devices"][device]}
     )
     with tracking.stage_run(f"deploy@{device}", section, tracking.run_tags("deploy")) as run:
-        result = deploy_device(params, device, run)
+        result = deploy_device(deploy_context(params, device, run))
         print(f"deploy@{device}: {result.status}: {result.record.reason}")
     return result.record.model_dump()
 

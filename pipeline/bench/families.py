@@ -21,6 +21,7 @@ import yaml
 
 from pipeline.core import catalog
 from pipeline.core.config import with_example
+from pipeline.deploy.bundle import read_manifest
 
 EXAMPLES = ("examples/basicmotions.yaml", "examples/japanesevowels.yaml")
 FAMILIES = ("cnn1d", "dscnn1d", "tcn", "gru", "lstm", "transformer")
@@ -63,8 +64,7 @@ def _devices(ws: Path) -> dict[str, str]:
     for folder in sorted((ws / "deploy").iterdir()):
         manifest, rejected = folder / "manifest.json", folder / "rejected.json"
         if manifest.is_file():
-            m = json.loads(manifest.read_text())
-            fw = (m.get("firmware") or {}).get("measured")
+            fw = (read_manifest(manifest).firmware or {}).get("measured")
             out[folder.name] = f"bundled, flash {fw['flash_bytes']:,} B" if fw else "bundled"
         elif rejected.is_file():
             failed = {c["name"] for cand in json.loads(rejected.read_text())["candidates"]

@@ -160,6 +160,55 @@ class TrainSummary(Artifact):
                 if f"model_state_bytes_rank{r}" in extra]  # fmt: skip
 
 
+class Manifest(Artifact):
+    """deploy/<device>/manifest.json, the contract of a bundle: deploy writes it, and the registry,
+    the champion, the report and the bench read it back through this model. A TensorFlow Lite
+    Micro bundle adds the arena, ops, core, firmware figures and its I/O quantization."""
+
+    device: str
+    runtime: str
+    variant: str
+    model_file: str
+    model_sha256: str
+    model_bytes: int
+    labels: list[str]
+    description: str = ""
+    accuracy: float = 0.0
+    latency_ms: float = 0.0
+    latency_kind: str = "estimated"
+    estimated_latency_ms: float | None = None
+    checks: list[dict[str, Any]] = []
+    task: dict[str, Any] | None = None
+    input_shape: list[int] = []
+    layout: str = ""
+    channels: list[str] = []
+    normalization: dict[str, Any] = {}
+    mlflow_run_id: str = ""
+    git_commit: str = ""
+    data_sha256: str = ""
+    files: dict[str, str] = {}
+    """Every other file of the bundle by name, with its sha256."""
+    arena_bytes: int | None = None
+    arena_measured_bytes: int | None = None
+    arena_host_bytes: int | None = None
+    ops: list[str] | None = None
+    cpu: str | None = None
+    kernels: str | None = None
+    firmware: dict[str, Any] | None = None
+    input_scale: float | None = None
+    input_zero_point: int | None = None
+    output_scale: float | None = None
+    output_zero_point: int | None = None
+
+    def dump(self) -> dict[str, Any]:
+        """The JSON written: the keys deploy set (a LiteRT bundle has no TFLite Micro keys)."""
+        return self.model_dump(mode="json", exclude_unset=True)
+
+    def host_arena(self) -> int:
+        """The arena for Python's TFLite Micro: a bundle reserves what the MCU build needs, less."""
+        return int(max(self.arena_bytes or 0, self.arena_host_bytes or 0))
+
+
 class VariantInfo(Artifact):
     """One .tflite variant as evaluate measured it (metrics/variants.json)."""
 

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 from typing import Any
 
 from pipeline.core import atomic
+from pipeline.core.catalog import Manifest
 from pipeline.core.errors import ArtifactError
 from pipeline.core.provenance import sha256_bytes
 from pipeline.models.tasks import task_from
@@ -198,8 +200,8 @@ TfLiteStatus RegisterOps(OpResolver& resolver) {{
     return source
 
 
-def readme(manifest: dict[str, Any]) -> str:
-    m = manifest
+def readme(manifest: Manifest) -> str:
+    m = manifest.model_dump(mode="json")
     lines = [
         f"# tinyops bundle for `{m['device']}`",
         "",
@@ -286,8 +288,8 @@ def _firmware_readme(firmware: dict[str, Any]) -> list[str]:
 
 
 def build_bundle(
-    folder: Path, model: bytes, manifest: dict[str, Any], cpp: dict[str, str] | None
-) -> dict[str, Any]:
+    folder: Path, model: bytes, manifest: Manifest, cpp: dict[str, str] | None
+) -> Manifest:
     """Write every file of a bundle into an empty folder (callers swap it in atomically). The
     manifest lists each other file's sha256, so no part of a bundle can change unnoticed."""
     files = {
@@ -297,23 +299,30 @@ def build_bundle(
     }
     for name, data in files.items():
         (folder / name).write_bytes(data)
-    manifest = {**manifest, "files": {n: sha256_bytes(d) for n, d in sorted(files.items())}}
-    atomic.write_json(folder / MANIFEST_FILE, manifest)
+    digests = {n: sha256_bytes(d) for n, d in sorted(files.items())}
+    manifest = manifest.model_copy(update={"files": digests})
+    atomic.write_json(folder / MANIFEST_FILE, manifest.dump())
     return manifest
 
 
-def verify_bundle(folder: Path) -> dict[str, Any]:
+def read_manifest(path: Path) -> Manifest:
+    """A bundle's manifest, validated; a malformed one is an ArtifactError naming the file."""
+    try:
+        return Manifest.model_validate(json.loads(path.read_text()))
+    except ValueError as exc:  # pydantic's ValidationError included
+        first = " ".join(str(exc).splitlines()[:3])
+        raise ArtifactError(f"{path}: not a valid tinyops manifest ({first}).") from None
+
+
+def verify_bundle(folder: Path) -> Manifest:
     """The bundle's manifest, after checking the model and every listed file against it."""
     manifest_path = folder / MANIFEST_FILE
     if not manifest_path.is_file():
         raise ArtifactError(f"{folder}: no {MANIFEST_FILE}; not a tinyops bundle.")
-    try:
-        manifest = json.loads(manifest_path.read_text())
-        expected = {manifest["model_file"]: manifest["model_sha256"], **manifest.get("files", {})}
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ArtifactError(f"{manifest_path}: not a valid tinyops manifest ({exc}).") from None
-    model = folder / manifest["model_file"]
-    sizes_ok = model.is_file() and model.stat().st_size == manifest.get("model_bytes")
+    manifest = read_manifest(manifest_path)
+    expected = {manifest.model_file: manifest.model_sha256, **manifest.files}
+    model = folder / manifest.model_file
+    sizes_ok = model.is_file() and model.stat().st_size == manifest.model_bytes
     for name, digest in sorted(expected.items()):
         path = folder / name
         if (
@@ -328,3 +337,14 @@ def verify_bundle(folder: Path) -> dict[str, Any]:
     if not sizes_ok:
         raise ArtifactError(f"{model}: size differs from {manifest_path}; refusing to use it.")
     return manifest
+
+
+def replace_bundle(source: Path | None, target: Path, extra: dict[str, Any] | None = None) -> None:
+    """Swap `target` (deploy/<device>/) whole and atomically for `source`'s files, less any
+    rejected.json, plus `extra` JSON files by name: the one way a bundle folder changes."""
+    with atomic.atomic_dir(target) as staged:
+        for f in sorted(source.iterdir()) if source is not None else []:
+            if f.name != REJECTED_FILE:
+                shutil.copy2(f, staged / f.name)
+        for name, obj in (extra or {}).items():
+            atomic.write_json(staged / name, obj)

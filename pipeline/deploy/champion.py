@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.core.catalog import DatasetMeta
+from pipeline.core.catalog import DatasetMeta, Manifest
 from pipeline.models.tasks import task_from
 from pipeline.tflite import litert, tflm
 from pipeline.tflite.flatbuffer import read_model
@@ -59,12 +59,13 @@ class Decision:
     previous_version: str | None
 
 
-def describe(manifest: dict[str, Any], decision: Decision) -> str:
+def describe(manifest: Manifest, decision: Decision) -> str:
     """The version's description in the MLflow UI: what it is and how it compared."""
-    arena = f", arena {manifest['arena_bytes']:,} B" if manifest.get("arena_bytes") else ""
+    m = manifest
+    arena = f", arena {m.arena_bytes:,} B" if m.arena_bytes else ""
     return (
-        f"{manifest['device']}: {manifest['variant']} for {manifest['runtime']}, "
-        f"{manifest['model_bytes']:,} B{arena}, test accuracy {manifest['accuracy']:.4f}. "
+        f"{m.device}: {m.variant} for {m.runtime}, "
+        f"{m.model_bytes:,} B{arena}, test accuracy {m.accuracy:.4f}. "
         f"{'Promoted' if decision.promote else 'Not promoted'}: {decision.reason}."
     )
 
@@ -128,33 +129,28 @@ def lineage_difference(champion: Signature, challenger: Signature, version: str)
     )
 
 
-def _renormalised(x: np.ndarray, meta: DatasetMeta, manifest: dict[str, Any]) -> np.ndarray:
+def _renormalised(x: np.ndarray, meta: DatasetMeta, manifest: Manifest) -> np.ndarray:
     """This run's normalised inputs, normalised the champion's way instead."""
     mean_now = np.asarray(meta.normalization["mean"], dtype=np.float64)
     std_now = np.asarray(meta.normalization["std"], dtype=np.float64)
-    mean_then = np.asarray(manifest["normalization"]["mean"], dtype=np.float64)
-    std_then = np.asarray(manifest["normalization"]["std"], dtype=np.float64)
+    mean_then = np.asarray(manifest.normalization["mean"], dtype=np.float64)
+    std_then = np.asarray(manifest.normalization["std"], dtype=np.float64)
     raw = x.astype(np.float64) * std_now + mean_now
     return ((raw - mean_then) / std_then).astype(np.float32)
 
 
-def _host_arena(manifest: dict[str, Any]) -> int:
-    """The arena for Python's TFLite Micro: a bundle reserves what the MCU build needs, less."""
-    return int(max(manifest["arena_bytes"], manifest.get("arena_host_bytes") or 0))
-
-
 def score(
-    model: bytes, manifest: dict[str, Any], x: np.ndarray, y: np.ndarray, meta: DatasetMeta
+    model: bytes, manifest: Manifest, x: np.ndarray, y: np.ndarray, meta: DatasetMeta
 ) -> float:
     """Accuracy of a bundle's model on this test split, in the bundle's own runtime, decided
     the way its manifest's task says (argmax; an autoencoder's threshold)."""
     x = _renormalised(x, meta, manifest)
-    if manifest["runtime"] == "tflm":
-        scale, zp = manifest["input_scale"], manifest["input_zero_point"]
-        outputs = tflm.predict(model, litert.quantize_input(x, scale, zp), _host_arena(manifest))
+    if manifest.runtime == "tflm":
+        scale, zp = manifest.input_scale or 1.0, manifest.input_zero_point or 0
+        outputs = tflm.predict(model, litert.quantize_input(x, scale, zp), manifest.host_arena())
     else:
         outputs, _ = litert.run_batch(model, x)
-    task, threshold = task_from(manifest.get("task"))
+    task, threshold = task_from(manifest.task)
     predicted = task.predict(litert.dequantized(model, outputs), x, threshold)
     return round(float((predicted == task.labels(y)).mean()), 6)
 
@@ -171,10 +167,9 @@ def assess_production(
         return None
     with tempfile.TemporaryDirectory() as tmp:
         manifest = registry.download_bundle(client, current, Path(tmp))
-        folder = Path(tmp) / "bundle" if (Path(tmp) / "bundle").is_dir() else Path(tmp)
-        model = (folder / manifest["model_file"]).read_bytes()
+        model = (registry.bundle_folder(Path(tmp)) / manifest.model_file).read_bytes()
     recorded = float(current.tags.get("accuracy", "nan"))
-    theirs = signature(model, list(manifest["labels"]))
+    theirs = signature(model, list(manifest.labels))
     different = lineage_difference(theirs, challenger, str(current.version))
     if different:
         return Champion(str(current.version), None, recorded, different)

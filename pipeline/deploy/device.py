@@ -9,27 +9,25 @@ worse stays in the registry, unpromoted, and the report says why.
 
 from __future__ import annotations
 
-import json
-import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.core import atomic, catalog, interrupt
-from pipeline.core.catalog import DatasetMeta, DeployStatus, VariantInfo, Variants
-from pipeline.core.config import Params, require_device
+from pipeline.core import catalog, interrupt
+from pipeline.core.catalog import DatasetMeta, DeployStatus, Manifest, VariantInfo, Variants
+from pipeline.core.config import DeviceProfile, Params, require_device
 from pipeline.core.errors import ArtifactError, DeviceBudgetError
 from pipeline.core.provenance import git_commit, sha256_bytes
 from pipeline.core.tracking import Run
-from pipeline.data.prepare import load_meta, load_processed
+from pipeline.data.prepare import Splits, load_processed
 from pipeline.deploy import champion, mcu, registry
 from pipeline.deploy.bundle import (
-    MANIFEST_FILE,
     MODEL_FILE,
     REJECTED_FILE,
     build_bundle,
     cpp_sources,
+    replace_bundle,
     reserved_arena,
     verify_bundle,
 )
@@ -39,6 +37,51 @@ from pipeline.models.tasks import task_from
 from pipeline.tflite import tflm
 from pipeline.tflite.flatbuffer import read_model
 from pipeline.tflite.litert import quantize_input
+
+
+@dataclass(frozen=True)
+class DeployContext:
+    """Everything one device's deploy reads, built once (`deploy_context`): the helpers below
+    take it whole, so none looks a profile or a default path up again."""
+
+    params: Params
+    device: str
+    run: Run
+    export_dir: Path
+    target: Path  # deploy/<device>/
+    status_file: Path  # metrics/deploy/<device>.json
+    data: Splits  # the prepared splits (the test split, meta)
+    variants: Variants
+
+    @property
+    def profile(self) -> DeviceProfile:
+        return self.params.devices[self.device]
+
+    @property
+    def meta(self) -> DatasetMeta:
+        return self.data.meta
+
+    def model(self, variant: str) -> bytes:
+        return catalog.variant_file(variant, self.export_dir).read_bytes()
+
+
+def deploy_context(
+    params: Params,
+    device: str,
+    run: Run,
+    export_dir: Path = catalog.EXPORT_DIR,
+    deploy_root: Path = catalog.DEPLOY_ROOT,
+    status_dir: Path = catalog.DEPLOY_STATUS_DIR,
+    processed_dir: Path = catalog.PROCESSED_DIR,
+    variants_file: Path = catalog.VARIANTS_FILE,
+) -> DeployContext:
+    """The device checked against params, its paths, the prepared data and evaluate's variants."""
+    require_device(params, device)
+    variants = catalog.read(variants_file, catalog.Variants, "evaluate")
+    return DeployContext(
+        params, device, run, export_dir, deploy_root / device,
+        catalog.deploy_status_file(device, status_dir), load_processed(processed_dir), variants,
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -87,39 +130,36 @@ def _task(figures: VariantInfo) -> dict[str, Any] | None:
     return getattr(figures, "task", None)
 
 
-def firmware_check(
-    params: Params, device: str, variant: str, model: bytes, figures: VariantInfo, meta: DatasetMeta
-) -> Firmware:
+def firmware_check(ctx: DeployContext, variant: str, model: bytes) -> Firmware:
     """Build and run the bundle on the device's core; compare with Python's TFLite Micro."""
-    reason = mcu.skip_reason(params, device)
+    reason = mcu.skip_reason(ctx.params, ctx.device)
     if reason is not None:
         return Firmware(skipped=reason)
-    x = load_processed().x["test"][: params.firmware.samples]
+    figures: VariantInfo = getattr(ctx.variants, variant)
+    x = ctx.data.x["test"][: ctx.params.firmware.samples]
     xq = quantize_input(x, figures.input_scale or 1.0, figures.input_zero_point or 0)
     arena = figures.tflm_arena_bytes or 0
     expected = tflm.predict(model, xq, reserved_arena(arena))
-    info = cpp_info(model, variant, arena, meta, list(figures.ops or []), _task(figures))
-    return mcu.prove(params, device, model, info, xq, expected)
+    info = cpp_info(model, variant, arena, ctx.meta, list(figures.ops or []), _task(figures))
+    return mcu.prove(ctx.params, ctx.device, model, info, xq, expected)
 
 
-def assess_device(
-    params: Params, device: str, variants: Variants, export_dir: Path
-) -> tuple[list[Candidate], dict[str, Firmware]]:
+def assess_device(ctx: DeployContext) -> tuple[list[Candidate], dict[str, Firmware]]:
     """Every check of every variant the device accepts, and each TFLite Micro variant's firmware
     check (its sources are what the bundle ships)."""
-    profile = params.devices[device]
+    profile = ctx.profile
     candidates, proofs = [], {}
     for variant in profile.variants:
-        model = catalog.variant_file(variant, export_dir).read_bytes()
-        figures: VariantInfo = getattr(variants, variant)
+        model = ctx.model(variant)
+        figures: VariantInfo = getattr(ctx.variants, variant)
         runs = firmware = None
         if profile.runtime == "tflm":
             runs = tflm.runs_with_arena(model, reserved_arena(figures.tflm_arena_bytes or 0))
             if runs:
-                firmware = proofs[variant] = firmware_check(
-                    params, device, variant, model, figures, load_meta()
-                )
-        candidates.append(assess(variant, model, figures, profile, params.deploy, runs, firmware))
+                firmware = proofs[variant] = firmware_check(ctx, variant, model)
+        candidates.append(
+            assess(variant, model, figures, profile, ctx.params.deploy, runs, firmware)
+        )
     return candidates, proofs
 
 
@@ -128,19 +168,11 @@ def _mac_estimate(chosen: Candidate) -> float:
     return float((chosen.firmware or {}).get("estimated", {}).get("latency_ms", chosen.latency_ms))
 
 
-def manifest_for(
-    params: Params,
-    device: str,
-    chosen: Candidate,
-    model: bytes,
-    meta: DatasetMeta,
-    variants: Variants,
-    run_id: str,
-) -> dict[str, Any]:
-    profile = params.devices[device]
+def manifest_for(ctx: DeployContext, chosen: Candidate, model: bytes) -> Manifest:
+    profile, meta, variants = ctx.profile, ctx.meta, ctx.variants
     task_info = _task(getattr(variants, chosen.variant))
-    manifest: dict[str, Any] = {
-        "device": device,
+    fields: dict[str, Any] = {
+        "device": ctx.device,
         "description": profile.description,
         "runtime": profile.runtime,
         "variant": chosen.variant,
@@ -158,12 +190,12 @@ def manifest_for(
         "layout": meta.layout[1:],  # HWC or TC, the batch left out
         "channels": meta.channels,
         "normalization": {k: meta.normalization[k] for k in ("mean", "std")},
-        "mlflow_run_id": run_id,
+        "mlflow_run_id": ctx.run.run_id,
         "git_commit": git_commit(),
         "data_sha256": meta.data_sha256,
     }
     if profile.runtime == "tflm":
-        manifest |= {
+        fields |= {
             "arena_bytes": reserved_arena(int(chosen.arena_measured or 0)),
             "arena_measured_bytes": chosen.arena_measured,
             # Python's TFLite Micro (64-bit pointers) needs more than the MCU: host runs use this
@@ -174,32 +206,27 @@ def manifest_for(
             "firmware": chosen.firmware,
             **_io_quantization(model),
         }
-    return manifest
+    return Manifest.model_validate(fields)
 
 
-def _keep_production(client: Any, device: str, target: Path) -> dict[str, Any] | None:
+def _keep_production(ctx: DeployContext) -> Manifest | None:
     """Make sure deploy/<device>/ holds the production bundle (restoring it when missing or
     altered); returns its manifest, or None when the device has no production version."""
-    current = registry.production(client, device)
+    current = registry.production(ctx.run.client, ctx.device)
     if current is None:
         return None
     try:
-        manifest = verify_bundle(target)
-        if manifest.get("model_sha256") == current.tags.get("model_sha256"):
-            if (target / REJECTED_FILE).exists():  # from an earlier candidate: stale now
-                with atomic.atomic_dir(target) as staged:
-                    for f in sorted(target.iterdir()):
-                        if f.name != REJECTED_FILE:
-                            shutil.copy2(f, staged / f.name)
+        manifest = verify_bundle(ctx.target)
+        if manifest.model_sha256 == current.tags.get("model_sha256"):
+            if (ctx.target / REJECTED_FILE).exists():  # from an earlier candidate: stale now
+                replace_bundle(ctx.target, ctx.target)
             return manifest
     except (ArtifactError, OSError, ValueError, KeyError):
         pass
-    return registry.restore(client, current, target)
+    return registry.restore(ctx.run.client, current, ctx.target)
 
 
-def reject(
-    params: Params, device: str, candidates: list[Candidate], run: Run, target: Path
-) -> DeployStatus:
+def reject(ctx: DeployContext, candidates: list[Candidate]) -> DeployStatus:
     """No variant fits: write rejected.json beside the production bundle (kept as it is)."""
     failed = [
         f"{c.variant}: {ch.name}: {ch.reason}"
@@ -209,28 +236,24 @@ def reject(
     ]
     listed = [c.to_dict() for c in candidates]
     rejection = {
-        "device": device,
+        "device": ctx.device,
         "reason": "no variant passes every check",
         "failed_checks": failed,
         "candidates": listed,
-        "mlflow_run_id": run.run_id,
+        "mlflow_run_id": ctx.run.run_id,
     }
-    prod = _keep_production(run.client, device, target)
-    with atomic.atomic_dir(target) as staged:
-        if prod is not None:
-            for f in sorted(target.iterdir()):
-                if f.name != REJECTED_FILE:
-                    shutil.copy2(f, staged / f.name)
-        atomic.write_json(staged / REJECTED_FILE, rejection)
-    current = registry.production(run.client, device)
-    run.set_tags({"device": device, "deploy.status": "rejected"})
-    if params.deploy.require_all:
+    prod = _keep_production(ctx)
+    replace_bundle(ctx.target if prod is not None else None, ctx.target, {REJECTED_FILE: rejection})
+    current = registry.production(ctx.run.client, ctx.device)
+    ctx.run.set_tags({"device": ctx.device, "deploy.status": "rejected"})
+    if ctx.params.deploy.require_all:
         raise DeviceBudgetError(
-            f"device '{device}': no variant fits ({'; '.join(failed)}). deploy.require_all is set."
+            f"device '{ctx.device}': no variant fits ({'; '.join(failed)}). "
+            "deploy.require_all is set."
         )
     return DeployStatus(
-        device=device,
-        runtime=params.devices[device].runtime,
+        device=ctx.device,
+        runtime=ctx.profile.runtime,
         candidates=listed,
         status="rejected",
         reason="; ".join(failed),
@@ -239,46 +262,32 @@ def reject(
 
 
 def build_and_verify(
-    params: Params,
-    device: str,
-    chosen: Candidate,
-    variants: Variants,
-    run: Run,
-    staged: Path,
-    export_dir: Path,
-    firmware: Firmware | None = None,
-) -> tuple[bytes, dict[str, Any]]:
+    ctx: DeployContext, chosen: Candidate, staged: Path, firmware: Firmware | None = None
+) -> tuple[bytes, Manifest]:
     """The bundle in `staged`, verified, then logged to the stage's MLflow run. A TFLite Micro
     bundle ships the very sources its firmware check built and ran."""
-    model = catalog.variant_file(chosen.variant, export_dir).read_bytes()
-    meta = load_meta()
-    manifest = manifest_for(params, device, chosen, model, meta, variants, run.run_id)
+    model = ctx.model(chosen.variant)
+    manifest = manifest_for(ctx, chosen, model)
     cpp = firmware.sources if firmware else None
-    if cpp is None and params.devices[device].runtime == "tflm":
-        info = cpp_info(
-            model,
-            chosen.variant,
-            int(chosen.arena_measured or 0),
-            meta,
-            manifest["ops"],
-            manifest["task"],
-        )
-        cpp = cpp_sources(model, info, device, manifest["model_sha256"])
+    if cpp is None and ctx.profile.runtime == "tflm":
+        arena = int(chosen.arena_measured or 0)
+        info = cpp_info(model, chosen.variant, arena, ctx.meta, manifest.ops or [], manifest.task)
+        cpp = cpp_sources(model, info, ctx.device, manifest.model_sha256)
     manifest = build_bundle(staged, model, manifest, cpp)
     verify_bundle(staged)  # what gets registered and promoted is exactly what was built
-    run.client.log_artifacts(run.run_id, str(staged), "bundle")
+    ctx.run.client.log_artifacts(ctx.run.run_id, str(staged), "bundle")
     return model, manifest
 
 
-def face_champion(run: Run, device: str, staged: Path) -> tuple[Champion | None, dict[str, str]]:
+def face_champion(
+    ctx: DeployContext, manifest: Manifest, staged: Path
+) -> tuple[Champion | None, dict[str, str]]:
     """Production scored on the current test split beside the challenger, and what the new
     version records of the match."""
-    manifest = json.loads((staged / MANIFEST_FILE).read_text())
-    data = load_processed()
-    x, y = data.x["test"], data.y["test"]
-    model = (staged / manifest["model_file"]).read_bytes()
-    challenger = champion.signature(model, list(manifest["labels"]))
-    champ = champion.assess_production(run.client, device, challenger, x, y, data.meta)
+    x, y = ctx.data.x["test"], ctx.data.y["test"]
+    model = (staged / manifest.model_file).read_bytes()
+    challenger = champion.signature(model, list(manifest.labels))
+    champ = champion.assess_production(ctx.run.client, ctx.device, challenger, x, y, ctx.meta)
     facts = {"test_split_sha256": champion.split_sha256(x, y)}
     if champ is not None:
         facts |= {"champion_version": champ.version, "champion_lineage": champ.lineage or "same"}
@@ -288,72 +297,50 @@ def face_champion(run: Run, device: str, staged: Path) -> tuple[Champion | None,
 
 
 def register_and_promote(
-    params: Params, device: str, chosen: Candidate, run: Run, staged: Path, target: Path
+    ctx: DeployContext, chosen: Candidate, manifest: Manifest, staged: Path
 ) -> tuple[str, champion.Decision, dict[str, str]]:
     """Register the bundle; move `production` and deploy/<device>/ together only when the
     candidate is no worse than production on the same test split."""
-    manifest = json.loads((staged / MANIFEST_FILE).read_text())
-    champ, facts = face_champion(run, device, staged)
+    champ, facts = face_champion(ctx, manifest, staged)
     # The manifest's scalar fields, as the version's tags (lists stay in manifest.json).
-    tags = {k: str(v) for k, v in manifest.items() if isinstance(v, str | int | float)} | facts
+    scalars = {k: v for k, v in manifest.dump().items() if isinstance(v, str | int | float)}
+    tags = {k: str(v) for k, v in scalars.items()} | facts
+    deploy = ctx.params.deploy
     decision = champion.decide(
-        chosen.accuracy, champ, params.deploy.promotion_tolerance, params.deploy.new_lineage
+        chosen.accuracy, champ, deploy.promotion_tolerance, deploy.new_lineage
     )
     description = champion.describe(manifest, decision)
-    version = registry.register(run.client, device, run.run_id, tags, description)
+    version = registry.register(ctx.run.client, ctx.device, ctx.run.run_id, tags, description)
     if decision.promote:
         with interrupt.deferred():  # the alias and the bundle move together, or neither
-            registry.promote(run.client, device, version.version)
-            with atomic.atomic_dir(target) as swap:
-                for f in sorted(staged.iterdir()):
-                    shutil.copy2(f, swap / f.name)
+            registry.promote(ctx.run.client, ctx.device, version.version)
+            replace_bundle(staged, ctx.target)
     else:
-        _keep_production(run.client, device, target)
+        _keep_production(ctx)
     return version.version, decision, facts
 
 
-def deploy_device(
-    params: Params,
-    device: str,
-    run: Run,
-    export_dir: Path = catalog.EXPORT_DIR,
-    deploy_root: Path = catalog.DEPLOY_ROOT,
-    status_dir: Path = catalog.DEPLOY_STATUS_DIR,
-) -> DeployResult:
+def deploy_device(ctx: DeployContext) -> DeployResult:
     """Choose the best fitting variant; reject, or bundle, register and maybe promote it."""
-    require_device(params, device)
     interrupt.import_modules(
         "ai_edge_litert.interpreter", "tflite_micro.python.tflite_micro.runtime"
     )
-    variants = catalog.read(catalog.VARIANTS_FILE, catalog.Variants, "evaluate")
-    candidates, proofs = assess_device(params, device, variants, export_dir)
+    candidates, proofs = assess_device(ctx)
     chosen = choose(candidates)
-    target = deploy_root / device
     if chosen is None:
-        record = reject(params, device, candidates, run, target)
+        record = reject(ctx, candidates)
     else:
         with tempfile.TemporaryDirectory() as tmp:
-            model, manifest = build_and_verify(
-                params,
-                device,
-                chosen,
-                variants,
-                run,
-                Path(tmp),
-                export_dir,
-                proofs.get(chosen.variant),
-            )
-            version, decision, facts = register_and_promote(
-                params, device, chosen, run, Path(tmp), target
-            )
-        record = _promoted_record(params, device, candidates, chosen, model, manifest)
+            model, manifest = build_and_verify(ctx, chosen, Path(tmp), proofs.get(chosen.variant))
+            version, decision, facts = register_and_promote(ctx, chosen, manifest, Path(tmp))
+        record = _promoted_record(ctx, candidates, chosen, model, manifest)
         record = DeployStatus.model_validate(  # validated: versions come as text
             record.model_dump() | _decision_fields(version, decision, facts)
         )
-        _log_decision(run, device, record, manifest)
-        _link_logged_model(run, device, record)
-    catalog.write(catalog.deploy_status_file(device, status_dir), record)
-    return DeployResult(device, record.status, record)
+        _log_decision(ctx.run, ctx.device, record, manifest)
+        _link_logged_model(ctx.run, ctx.device, record)
+    catalog.write(ctx.status_file, record)
+    return DeployResult(ctx.device, record.status, record)
 
 
 def _decision_fields(
@@ -372,21 +359,20 @@ def _decision_fields(
 
 
 def _promoted_record(
-    params: Params,
-    device: str,
+    ctx: DeployContext,
     candidates: list[Candidate],
     chosen: Candidate,
     model: bytes,
-    manifest: dict[str, Any],
+    manifest: Manifest,
 ) -> DeployStatus:
     return DeployStatus(
-        device=device,
-        runtime=params.devices[device].runtime,
+        device=ctx.device,
+        runtime=ctx.profile.runtime,
         candidates=[c.to_dict() for c in candidates],
         status="registered",
         variant=chosen.variant,
         model_bytes=len(model),
-        arena_bytes=manifest.get("arena_bytes"),
+        arena_bytes=manifest.arena_bytes,
         accuracy=chosen.accuracy,
         latency_ms=chosen.latency_ms,
     )
@@ -405,22 +391,22 @@ def _link_logged_model(run: Run, device: str, record: DeployStatus) -> None:
     run.client.set_logged_model_tags(model_id, {f"bundle.{device}": tag})
 
 
-def _log_decision(run: Run, device: str, record: DeployStatus, manifest: dict[str, Any]) -> None:
+def _log_decision(run: Run, device: str, record: DeployStatus, manifest: Manifest) -> None:
     run.set_tags({"device": device, "deploy.status": record.status, "deploy.reason": record.reason})
     run.log_metrics(
         {
             "accuracy": record.accuracy or 0.0,
             "model_bytes": record.model_bytes or 0,
             "latency_ms": record.latency_ms or 0.0,
-            **({"arena_bytes": manifest["arena_bytes"]} if "arena_bytes" in manifest else {}),
+            **({"arena_bytes": manifest.arena_bytes} if manifest.arena_bytes is not None else {}),
             **_firmware_metrics(manifest),
         }
     )
 
 
-def _firmware_metrics(manifest: dict[str, Any]) -> dict[str, float]:
+def _firmware_metrics(manifest: Manifest) -> dict[str, float]:
     """The measured firmware figures, as the deploy run's metrics (none when estimated)."""
-    measured = (manifest.get("firmware") or {}).get("measured") or {}
+    measured = (manifest.firmware or {}).get("measured") or {}
     keys = (
         "flash_bytes",
         "ram_bytes",

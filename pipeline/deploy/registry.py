@@ -7,14 +7,14 @@ bundle byte for byte. MLflow I/O only: whether to promote is the champion's rule
 from __future__ import annotations
 
 import contextlib
-import shutil
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline.core import atomic, interrupt
+from pipeline.core import interrupt
+from pipeline.core.catalog import Manifest
 from pipeline.core.errors import ArtifactError, RegistryError
-from pipeline.deploy.bundle import verify_bundle
+from pipeline.deploy.bundle import replace_bundle, verify_bundle
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -58,33 +58,34 @@ def promote(client: MlflowClient, device: str, version: str) -> None:
     client.set_registered_model_alias(model_name(device), ALIAS, version)
 
 
-def download_bundle(client: MlflowClient, version: Any, dest: Path) -> dict[str, Any]:
+def download_bundle(client: MlflowClient, version: Any, dest: Path) -> Manifest:
     """Fetch a version's bundle files into dest and verify them against their manifest."""
     import mlflow.artifacts
 
     mlflow.artifacts.download_artifacts(artifact_uri=version.source, dst_path=str(dest))
-    folder = dest / "bundle" if (dest / "bundle").is_dir() else dest
     try:
-        manifest = verify_bundle(folder)
+        manifest = verify_bundle(bundle_folder(dest))
     except ArtifactError as exc:
         raise RegistryError(f"{version.name} v{version.version}: {exc}") from None
-    if manifest["model_sha256"] != version.tags.get("model_sha256"):
+    if manifest.model_sha256 != version.tags.get("model_sha256"):
         raise RegistryError(
             f"{version.name} v{version.version}: the stored bundle's model (sha256 "
-            f"{manifest['model_sha256'][:12]}…) is not the one registered "
+            f"{manifest.model_sha256[:12]}…) is not the one registered "
             f"({str(version.tags.get('model_sha256'))[:12]}…); refusing to restore it."
         )
     return manifest
 
 
-def restore(client: MlflowClient, version: Any, target: Path) -> dict[str, Any]:
+def bundle_folder(dest: Path) -> Path:
+    """Where a downloaded version's files are: MLflow keeps the `bundle/` artifact folder."""
+    return dest / "bundle" if (dest / "bundle").is_dir() else dest
+
+
+def restore(client: MlflowClient, version: Any, target: Path) -> Manifest:
     """Replace `target` with the version's bundle, verified first; byte for byte as registered."""
     with tempfile.TemporaryDirectory(dir=target.parent if target.parent.exists() else None) as tmp:
         manifest = download_bundle(client, version, Path(tmp))
-        folder = Path(tmp) / "bundle" if (Path(tmp) / "bundle").is_dir() else Path(tmp)
-        with atomic.atomic_dir(target) as staged:
-            for f in sorted(folder.iterdir()):
-                shutil.copy2(f, staged / f.name)
+        replace_bundle(bundle_folder(Path(tmp)), target)
     return manifest
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.core.catalog import Manifest
 from pipeline.core.errors import ArtifactError
 from pipeline.deploy.bundle import (
     CPP_HEADER,
@@ -33,38 +34,41 @@ INFO = {
 }
 
 
-def _manifest() -> dict:
-    return {
-        "device": "dev",
-        "description": "a test board",
-        "runtime": "tflm",
-        "variant": "int8",
-        "model_file": "model.tflite",
-        "model_sha256": __import__("hashlib").sha256(MODEL).hexdigest(),
-        "model_bytes": len(MODEL),
-        "accuracy": 0.99,
-        "latency_ms": 1.0,
-        "latency_kind": "estimate",
-        "checks": [],
-        "arena_bytes": INFO["arena_bytes"],
-        "arena_measured_bytes": INFO["arena_measured"],
-        "normalization": {"mean": [0.0], "std": [1.0]},
-        "labels": INFO["labels"],
-        "input_shape": INFO["input_shape"],
-    }
+def _manifest() -> Manifest:
+    return Manifest.model_validate(
+        {
+            "device": "dev",
+            "description": "a test board",
+            "runtime": "tflm",
+            "variant": "int8",
+            "model_file": "model.tflite",
+            "model_sha256": __import__("hashlib").sha256(MODEL).hexdigest(),
+            "model_bytes": len(MODEL),
+            "accuracy": 0.99,
+            "latency_ms": 1.0,
+            "latency_kind": "estimate",
+            "checks": [],
+            "arena_bytes": INFO["arena_bytes"],
+            "arena_measured_bytes": INFO["arena_measured"],
+            "normalization": {"mean": [0.0], "std": [1.0]},
+            "labels": INFO["labels"],
+            "input_shape": INFO["input_shape"],
+        }
+    )
 
 
 @pytest.fixture()
 def bundle(tmp_path: Path) -> Path:
-    cpp = cpp_sources(MODEL, INFO, "dev", _manifest()["model_sha256"])
+    cpp = cpp_sources(MODEL, INFO, "dev", _manifest().model_sha256)
     build_bundle(tmp_path, MODEL, _manifest(), cpp)
     return tmp_path
 
 
 def test_a_built_bundle_verifies_and_lists_every_file(bundle: Path) -> None:
     manifest = verify_bundle(bundle)
-    assert set(manifest["files"]) == {"model.tflite", CPP_HEADER, CPP_SOURCE, "README.md"}
-    assert sorted(p.name for p in bundle.iterdir()) == sorted([*manifest["files"], MANIFEST_FILE])
+    assert set(manifest.files) == {"model.tflite", CPP_HEADER, CPP_SOURCE, "README.md"}
+    assert sorted(p.name for p in bundle.iterdir()) == sorted([*manifest.files, MANIFEST_FILE])
+    assert manifest.dump() == json.loads((bundle / MANIFEST_FILE).read_text())  # keys as written
 
 
 @pytest.mark.parametrize("victim", ["model.tflite", CPP_SOURCE, "README.md"])

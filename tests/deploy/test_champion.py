@@ -49,11 +49,11 @@ def _params(tiny_run: TinyRun, **deploy: object) -> Params:
 
 
 def _deploy(params: Params) -> catalog.DeployStatus:
-    from pipeline.deploy.device import deploy_device
+    from pipeline.deploy.device import deploy_context, deploy_device
 
     client = tracking.client()
     run = tracking.start_parent(client, "deploy@mcu", {})
-    return deploy_device(params, "mcu", run).record
+    return deploy_device(deploy_context(params, "mcu", run)).record
 
 
 def _set_tflm_accuracy(value: float) -> None:

@@ -180,7 +180,7 @@ def test_every_device_has_a_verified_bundle_or_a_rejection(pipeline_ws: Path) ->
         folder = pipeline_ws / "deploy" / name
         assert (folder / "manifest.json").is_file() or (folder / "rejected.json").is_file(), name
     for name in MCUS:
-        manifest = verify_bundle(pipeline_ws / "deploy" / name)  # sha256 and size against the file
+        manifest = verify_bundle(pipeline_ws / "deploy" / name).dump()  # sha256 and size checked
         model = (pipeline_ws / "deploy" / name / "model.tflite").read_bytes()
         assert manifest["model_sha256"] == hashlib.sha256(model).hexdigest()
         assert manifest["variant"] == "int8" and manifest["runtime"] == "tflm"
