@@ -22,8 +22,12 @@ KERAS_TRAIN = {"epochs": 4}
 
 @pytest.fixture(scope="module")
 def keras_run(tmp_path_factory: pytest.TempPathFactory, prefect_api: str) -> Path:
-    ws = make_workspace(
-        tmp_path_factory.mktemp("keras"), KERAS_TRAIN, {"framework": "keras"}, TWO_DEVICES
+    ws = make_workspace(  # proves the training path: the firmware check has its own tests
+        tmp_path_factory.mktemp("keras"),
+        KERAS_TRAIN,
+        {"framework": "keras"},
+        TWO_DEVICES,
+        sections={"firmware": {"enabled": False}},
     )
     proc = run_cmd(["tinyops", "run"], ws)
     (ws / "run.log").write_text(proc.stdout + proc.stderr)

@@ -27,7 +27,12 @@ PIPELINE = {"parallelism": "pipeline", "schedule": "1f1b", "microbatches": 4, "e
 
 @pytest.fixture(scope="module")
 def pipeline_run(tmp_path_factory: pytest.TempPathFactory, prefect_api: str) -> Path:
-    ws = make_workspace(tmp_path_factory.mktemp("pp"), PIPELINE, devices=TWO_DEVICES)
+    ws = make_workspace(  # proves the training path: the firmware check has its own tests
+        tmp_path_factory.mktemp("pp"),
+        PIPELINE,
+        devices=TWO_DEVICES,
+        sections={"firmware": {"enabled": False}},
+    )
     proc = run_cmd(["tinyops", "run"], ws)
     (ws / "run.log").write_text(proc.stdout + proc.stderr)
     return ws
