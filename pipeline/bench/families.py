@@ -1,7 +1,7 @@
 """Model families side by side on the bundled sensor datasets (`tinyops bench --only families`):
 for each example in examples/ and each sequence family, the real stages in a scratch workspace
 (prepare → train → export → evaluate → deploy to every microcontroller of params.yaml), and
-what the README's family table shows: fully int8 or not, the TFLite Micro ops, the int8 size,
+what docs/sequences.md's family table shows: fully int8 or not, the TFLite Micro ops, the int8 size,
 the arena, accuracy at every level, and each MCU's verdict (bundled, or rejected and why).
 """
 

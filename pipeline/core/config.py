@@ -143,7 +143,7 @@ class TrainParams(_Section):
     threads_per_proc: PositiveInt = 1
     """OMP/torch threads per worker; nproc_per_node × threads_per_proc must not exceed the cores."""
     nnodes: PositiveInt = 1
-    """Machines in the job; above 1, rdzv_endpoint is required (see README, multi-node)."""
+    """Machines in the job; above 1, rdzv_endpoint is required (see docs/distributed.md)."""
     rdzv_endpoint: str | None = None
     """host:port of the rendezvous (c10d) when nnodes > 1."""
     backend: Literal["auto", "gloo", "nccl"] = "auto"

@@ -3,7 +3,7 @@
 gloo moves a 2-worker all-reduce over TCP loopback as several messages, each handed between its
 I/O thread and the worker by sleeping and waking. On a 2-core VM that cost more than the default
 CNN's backward pass and slowed the forward pass running beside it (33 ms a step, against 16 ms
-here; README, Performance). Here each worker copies its bucket into its own slot of one shared
+here; docs/performance-notes.md). Here each worker copies its bucket into its own slot of one shared
 mapping, publishes a call counter, waits for the others' counters, and sums every slot in rank
 order: all workers compute the same bytes, whatever the timing.
 
