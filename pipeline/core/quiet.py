@@ -15,6 +15,17 @@ QUIET_ENV = {
 }
 QUIET_LOGGERS = ("torchao", "torch.utils._pytree")
 QUIET_WARNINGS = ("The specified dataset source can be interpreted in multiple ways",)
+# Lines TensorFlow's C++ runtime prints while it loads, before TF_CPP_MIN_LOG_LEVEL is read:
+# the run path leaves them out of the log it shows (pipeline/orchestration/dvc.py). Turning
+# oneDNN off instead (TF_ENABLE_ONEDNN_OPTS=0) would change the numerics of the export.
+NOISE_LINES = (
+    "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
+    "oneDNN custom operations are on.",
+)
+
+
+def is_noise(line: str) -> bool:
+    return any(text in line for text in NOISE_LINES)
 
 
 def quiet_third_party() -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from pipeline.core import catalog, tracking
 from pipeline.core.errors import ArtifactError, DvcRefusal, PipelineError, retryable
+from pipeline.core.quiet import is_noise
 
 DVC_YAML = Path("dvc.yaml")
 _DVC_LOCK = threading.Lock()  # mapped deploy tasks share one DVC repo: one repro at a time
@@ -33,9 +34,10 @@ DVC_HINTS = (
 
 
 def is_hint(line: str) -> bool:
-    """One of DVC's after-stage hints, or a blank line (DVC frames its hints with them)."""
+    """One of DVC's after-stage hints, a blank line (DVC frames its hints with them), or a line
+    a library prints that no user can act on (pipeline/core/quiet.py)."""
     text = line.strip()
-    return not text or any(text.startswith(hint) for hint in DVC_HINTS)
+    return not text or any(text.startswith(hint) for hint in DVC_HINTS) or is_noise(text)
 
 
 class StageFailed(PipelineError):

@@ -90,3 +90,20 @@ def test_dvc_refusals_are_never_retried(tmp_path: Path, monkeypatch) -> None:  #
         assert err.value.code == 12 and not err.value.retryable, str(err.value)
         assert says in str(err.value)
     assert failure_code(None, 255, "ERROR: Unable to acquire lock") == 255
+
+
+def test_the_run_log_leaves_out_what_no_user_can_act_on() -> None:
+    from pipeline.orchestration.dvc import is_hint
+
+    for line in (
+        "To track the changes with git, run:",
+        "    git add dvc.lock",
+        "    dvc config core.autostage true",
+        "Use `dvc push` to send your updates to remote storage.",
+        "",
+        "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
+        "I0000 00:00:1 12 port.cc:153] oneDNN custom operations are on. You may see ...",
+    ):
+        assert is_hint(line), line
+    for line in ("Running stage 'train':", "epoch   1/40  train_loss 0.8", "error: bad.npz"):
+        assert not is_hint(line), line
