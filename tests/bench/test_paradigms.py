@@ -6,7 +6,9 @@ import sys
 
 import pytest
 
-from pipeline.bench.runner import _paradigm_row, _run_json, paradigm_targets
+from pipeline.bench.harness import run_json as _run_json
+from pipeline.bench.sections.paradigms import _paradigm_row
+from pipeline.bench.sections.paradigms import targets as paradigm_targets
 
 
 @pytest.mark.slow

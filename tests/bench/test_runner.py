@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from pipeline.bench.runner import FLOW_SERVER, SECTIONS, TARGET_DDP, interleave, listing, summary
+from pipeline.bench.harness import interleave, summary
+from pipeline.bench.runner import SECTIONS, listing
+from pipeline.bench.sections.overhead import FLOW_SERVER
+from pipeline.bench.sections.throughput import TARGET_DDP
 
 
 def targets(results: dict) -> list[dict]:
