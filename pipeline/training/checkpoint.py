@@ -7,6 +7,7 @@ continues. They are DVC outputs, so they pickle to the same bytes on every run.
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -79,11 +80,16 @@ def remove_all(ckpt_dir: Path) -> None:
             old.unlink(missing_ok=True)
 
 
+COMPLETE = re.compile(r"epoch-\d{4}(\.pt)?")  # a published checkpoint, not a scratch copy
+
+
 def prune(ckpt_dir: Path, keep: int) -> None:
-    """Keep the newest `keep` epoch checkpoints (files or shard folders)."""
+    """Keep the newest `keep` epoch checkpoints (files or shard folders). Scratch copies being
+    written beside them (`.partial`, a Keras worker's `.worker-N`) are no checkpoints: counting
+    one would push out a complete checkpoint that a resumed run must reproduce."""
     import shutil
 
-    done = sorted(p for p in ckpt_dir.glob("epoch-*") if not p.name.endswith(".partial"))
+    done = sorted(p for p in ckpt_dir.glob("epoch-*") if COMPLETE.fullmatch(p.name))
     for old in done[:-keep]:
         if old.is_dir():
             shutil.rmtree(old, ignore_errors=True)

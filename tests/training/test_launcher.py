@@ -100,3 +100,17 @@ def test_two_nodes_by_rendezvous(tmp_path: Path) -> None:
     assert json.loads((ws / "metrics/train.json").read_text())["world_size"] == 2
     assert "epoch   2/2" in out.stdout + out.stderr
     assert "epoch" not in b_log, "only the tinyops node prints"
+
+
+def test_pruning_keeps_complete_checkpoints_and_ignores_scratch_copies(tmp_path: Path) -> None:
+    """A Keras worker's scratch copy (epoch-0004.worker-1) present while the chief prunes once
+    pushed out epoch-0003, so a resumed run ended with other checkpoint bytes."""
+    from pipeline.training.checkpoint import prune
+
+    for name in ("epoch-0002", "epoch-0003", "epoch-0004", "epoch-0004.worker-1"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "epoch-0005.partial").mkdir()
+    prune(tmp_path, 2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "epoch-0003", "epoch-0004", "epoch-0004.worker-1", "epoch-0005.partial",
+    ]  # fmt: skip
