@@ -356,7 +356,11 @@ def docs() -> None:
     docs/exit-codes.md from the error families, docs/performance.md from bench/results.json."""
     from pipeline.core import atomic
 
-    for path, text in generated_pages().items():
+    try:
+        pages = generated_pages()
+    except TinyopsError as exc:
+        _fail(exc)
+    for path, text in pages.items():
         atomic.write_text(path, text)
         typer.echo(f"wrote {path}")
 
@@ -367,9 +371,16 @@ def generated_pages() -> dict[Path, str]:
 
     from pipeline.bench.page import markdown as performance
     from pipeline.core import catalog, errors
+    from pipeline.core.errors import ArtifactError
     from pipeline.core.params_doc import markdown as params_reference
 
-    results = json.loads(catalog.BENCH_RESULTS.read_text())
+    try:
+        results = json.loads(catalog.BENCH_RESULTS.read_text())
+    except (OSError, ValueError) as exc:
+        raise ArtifactError(
+            f"{catalog.BENCH_RESULTS}: unreadable ({exc}); run `tinyops bench` (or restore it "
+            "with git) before `tinyops docs`."
+        ) from None
     return {
         catalog.PARAMS_DOC: params_reference(),
         catalog.EXIT_CODES_DOC: errors.markdown(),
@@ -407,7 +418,7 @@ def bench(
 
         close = difflib.get_close_matches(only, list(SECTIONS), n=1)
         hint = f"; did you mean '{close[0]}'?" if close else ""
-        _fail(ConfigError(f"no bench section '{only}'{hint} Sections: {', '.join(SECTIONS)}"))
+        _fail(ConfigError(f"no bench section '{only}'{hint} (sections: {', '.join(SECTIONS)})"))
 
     progress = lambda s: typer.echo(s, err=True)  # noqa: E731
     results = bench_only(only, rounds, progress) if only else run_bench(rounds, progress)
