@@ -69,15 +69,20 @@ def progress_fields(ckpt: dict[str, Any]) -> dict[str, Any]:
     return {k: ckpt[k] for k in ("epoch", "history", "best", "stale", "scheduler")}
 
 
-def remove_all(ckpt_dir: Path) -> None:
-    """A fresh run: every epoch checkpoint of any other run goes (files and shard folders)."""
+def _remove(path: Path) -> None:
+    """A checkpoint file or shard folder."""
     import shutil
 
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def remove_all(ckpt_dir: Path) -> None:
+    """A fresh run: every epoch checkpoint of any other run goes (files and shard folders)."""
     for old in ckpt_dir.glob("epoch-*"):
-        if old.is_dir():
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            old.unlink(missing_ok=True)
+        _remove(old)
 
 
 COMPLETE = re.compile(r"epoch-\d{4}(\.pt)?")  # a published checkpoint, not a scratch copy
@@ -87,14 +92,17 @@ def prune(ckpt_dir: Path, keep: int) -> None:
     """Keep the newest `keep` epoch checkpoints (files or shard folders). Scratch copies being
     written beside them (`.partial`, a Keras worker's `.worker-N`) are no checkpoints: counting
     one would push out a complete checkpoint that a resumed run must reproduce."""
-    import shutil
-
     done = sorted(p for p in ckpt_dir.glob("epoch-*") if COMPLETE.fullmatch(p.name))
     for old in done[:-keep]:
-        if old.is_dir():
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            old.unlink(missing_ok=True)
+        _remove(old)
+
+
+def remove_scratch(ckpt_dir: Path) -> None:
+    """Scratch copies a killed worker left half-written (`.partial`, `.worker-N`): called by the
+    writer after the last collective, when no worker can still be writing one."""
+    for stale in ckpt_dir.glob("epoch-*"):
+        if not COMPLETE.fullmatch(stale.name):
+            _remove(stale)
 
 
 class FileCheckpoints:

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 from pipeline.core import atomic, catalog
 from pipeline.core.config import Params
-from pipeline.training.checkpoint import RUN_FILE, prune, remove_all
+from pipeline.training.checkpoint import RUN_FILE, prune, remove_all, remove_scratch
 from pipeline.training.reporting import Reporter, record_seconds, seconds_before, write_history
 
 WRITER_ENV = "TINYOPS_WRITER_NODE"  # set by the launcher on the node whose local rank 0 writes
@@ -229,6 +229,7 @@ class Loop:
             **done.summary,
         })  # fmt: skip
         metrics_dir = Path(self.args.metrics_dir)
+        remove_scratch(self.ckpt_dir)
         atomic.write_json(metrics_dir / "train.json", summary.model_dump(mode="json"))
         atomic.write_json(self.ckpt_dir / RUN_FILE, {"key": self.engine.key, "complete": True})
         write_history(metrics_dir / "train_history.csv", progress.history)

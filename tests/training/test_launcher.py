@@ -114,3 +114,18 @@ def test_pruning_keeps_complete_checkpoints_and_ignores_scratch_copies(tmp_path:
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "epoch-0003", "epoch-0004", "epoch-0004.worker-1", "epoch-0005.partial",
     ]  # fmt: skip
+
+
+def test_scratch_copies_a_killed_worker_left_are_removed_and_checkpoints_stay(
+    tmp_path: Path,
+) -> None:
+    """A Keras worker killed while writing left epoch-0002.worker-1 behind (CI, run 31): the
+    resumed run's checkpoints then differed from an uninterrupted run's by that folder."""
+    from pipeline.training.checkpoint import remove_scratch
+
+    for name in ("epoch-0003", "epoch-0002.worker-1", "epoch-0004.partial"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "epoch-0005.pt").write_bytes(b"x")
+    (tmp_path / "epoch-0006.pt.partial").write_bytes(b"x")
+    remove_scratch(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch-0003", "epoch-0005.pt"]
