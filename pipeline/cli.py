@@ -68,10 +68,12 @@ def run(
     from flows.schedule import configured_api_url, prefect_defaults
     from pipeline.core.config import load_params
     from pipeline.core.preflight import preflight
+    from pipeline.orchestration.dvc import require_tracked
     from pipeline.orchestration.run import nothing_new
 
     try:  # bad config, no MLflow store, a full disk, too many workers: fail now, not mid-run
         loaded = load_params(params)
+        require_tracked(params)
         if not force and configured_api_url() is None:
             reason = nothing_new(params)
             if reason:
@@ -320,6 +322,13 @@ def check(
             help="Print what a key (train.lr) or a section (train) means; `all`: every key."
         ),
     ] = None,
+    write: Annotated[
+        bool,
+        typer.Option(
+            help="Fill in the keys dvc.yaml tracks that the file leaves out, with their defaults "
+            "(the old file is kept as params.yaml.bak)."
+        ),
+    ] = False,
 ) -> None:
     """Validate params.yaml and print the resolved configuration, doing no work."""
     if explain is not None:
@@ -328,12 +337,40 @@ def check(
     import yaml
 
     from pipeline.core.config import load_params
+    from pipeline.orchestration.dvc import require_tracked
 
     try:
         parsed = load_params(params)
+        if write:
+            _fill_tracked(params)
+        require_tracked(params)
     except TinyopsError as exc:
         _fail(exc)
     typer.echo(yaml.safe_dump(parsed.model_dump(mode="json"), sort_keys=False))
+
+
+def _fill_tracked(params: Path) -> None:
+    """Write the defaults of the tracked keys the file leaves out (none left out: no write);
+    the file's leading comments stay, the rest is rewritten as plain YAML."""
+    import itertools
+    import shutil
+
+    import yaml
+
+    from pipeline.core import atomic
+    from pipeline.core.config import missing_keys, read_params, with_defaults
+    from pipeline.orchestration.dvc import tracked_params
+
+    raw = read_params(params) or {}
+    missing = missing_keys(raw, tracked_params())
+    if not missing:
+        return
+    shutil.copyfile(params, params.with_name(params.name + ".bak"))
+    lines = params.read_text(encoding="utf-8").splitlines(True)
+    header = "".join(itertools.takewhile(lambda ln: ln.startswith("#") or not ln.strip(), lines))
+    filled = yaml.safe_dump(with_defaults(raw, missing), sort_keys=False)
+    atomic.write_text(params, header + filled)
+    typer.echo(f"{params}: filled in {', '.join(missing)} (previous file: {params.name}.bak)")
 
 
 def _explain(key: str) -> None:

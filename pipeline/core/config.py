@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
 
@@ -544,8 +545,8 @@ def parse_params(data: Any, source: str = "params.yaml") -> Params:
         raise ConfigError("Invalid configuration:\n  " + "\n  ".join(lines)) from None
 
 
-def load_params(path: Path | str = DEFAULT_PARAMS) -> Params:
-    """Read and validate params.yaml."""
+def read_params(path: Path | str = DEFAULT_PARAMS) -> dict[str, Any]:
+    """params.yaml as written (unvalidated): what DVC reads."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(
@@ -555,7 +556,49 @@ def load_params(path: Path | str = DEFAULT_PARAMS) -> Params:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    return parse_params(data, source=str(path))
+    return data
+
+
+def load_params(path: Path | str = DEFAULT_PARAMS) -> Params:
+    """Read and validate params.yaml."""
+    return parse_params(read_params(path), source=str(path))
+
+
+def missing_keys(raw: dict[str, Any], tracked: Sequence[str]) -> list[str]:
+    """The keys DVC tracks (dvc.yaml's `params`: a section, or section.key) that the file
+    leaves out. A tracked section counts as every one of its fields: DVC hashes the section as
+    written, so a key left to its default would change no hash if the default changed."""
+    missing: list[str] = []
+    for key in tracked:
+        section, _, leaf = key.partition(".")
+        block = raw.get(section)
+        if leaf:
+            absent = not isinstance(block, dict) or leaf not in block
+            missing += [key] if absent else []
+        elif not isinstance(block, dict):
+            missing.append(section)
+        elif (model := _model_for((section, ""))) and get_origin(_field(section)) is not dict:
+            missing += [f"{section}.{f}" for f in model.model_fields if f not in block]
+    return list(dict.fromkeys(missing))
+
+
+def _field(section: str) -> Any:
+    field = Params.model_fields.get(section)
+    return field.annotation if field else None
+
+
+def with_defaults(raw: dict[str, Any], keys: Sequence[str]) -> dict[str, Any]:
+    """`raw` with each of `keys` (section or section.key) filled in from the validated values:
+    the defaults, for keys the file leaves out."""
+    resolved = parse_params(raw).model_dump(mode="json")
+    filled = {name: dict(v) if isinstance(v, dict) else v for name, v in raw.items()}
+    for key in keys:
+        section, _, leaf = key.partition(".")
+        if leaf:
+            filled.setdefault(section, {})[leaf] = resolved[section][leaf]
+        else:
+            filled[section] = resolved[section]
+    return filled
 
 
 def with_example(

@@ -86,6 +86,34 @@ def stage_targets(devices: list[str], dvc_yaml: Path = DVC_YAML) -> list[str]:
     return targets
 
 
+def tracked_params(dvc_yaml: Path = DVC_YAML) -> list[str]:
+    """The params.yaml keys dvc.yaml's stages track (a section, or section.key), in order; a
+    foreach stage's per-item keys (devices.${key}) exist by construction and are left out."""
+    import yaml
+
+    keys: list[str] = []
+    for body in yaml.safe_load(dvc_yaml.read_text())["stages"].values():
+        for key in body.get("do", body).get("params") or []:
+            if isinstance(key, str) and "${" not in key:
+                keys.append(key)
+    return list(dict.fromkeys(keys))
+
+
+def require_tracked(params_path: Path, dvc_yaml: Path = DVC_YAML) -> None:
+    """Refuse a params file without every key DVC tracks, before any stage: DVC would refuse
+    the first stage that tracks one, after the ones before it had run."""
+    from pipeline.core.config import missing_keys, read_params
+    from pipeline.core.errors import ConfigError
+
+    missing = missing_keys(read_params(params_path) or {}, tracked_params(dvc_yaml))
+    if missing:
+        raise ConfigError(
+            f"{params_path} leaves out keys that dvc.yaml tracks: {', '.join(missing)}. DVC "
+            "would refuse the stage that reads them after the earlier stages had run. Run "
+            "`tinyops check --write` to fill them in with their defaults."
+        )
+
+
 def tool(name: str) -> str:
     """The executable from this interpreter's environment, so a bare checkout needs no activation."""
     local = Path(sys.executable).parent / name

@@ -22,7 +22,13 @@ from pipeline.core import catalog, tracking
 from pipeline.core.config import Params, load_params
 from pipeline.core.errors import PipelineBusyError
 from pipeline.orchestration import freshness
-from pipeline.orchestration.dvc import StageOutcome, repro_stage, stage_env, stale_stages
+from pipeline.orchestration.dvc import (
+    StageOutcome,
+    repro_stage,
+    require_tracked,
+    stage_env,
+    stale_stages,
+)
 
 
 def run_name(params: Params, params_sha256: str) -> str:
@@ -120,6 +126,7 @@ class PipelineRun:
         ingest: Callable[[], Any] = _default_ingest,
     ) -> None:
         self.params: Params = load_params(params_path)  # a bad config stops before any work
+        require_tracked(params_path)
         self.force, self.wait, self.extra_tags, self.ingest = force, wait, tags or {}, ingest
         self.skipped, self.reason = False, ""
         self.parent: tracking.Run | None = None

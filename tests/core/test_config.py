@@ -247,3 +247,45 @@ def test_keras_workers_get_a_cluster_from_the_worker_hosts() -> None:
 def test_a_worker_host_without_a_port_is_named() -> None:
     with pytest.raises(ConfigError, match=r"train\.worker_hosts.*'node-b' is not host:port"):
         parse_params({"train": {"worker_hosts": ["node-a:23456", "node-b"]}})
+
+
+def test_the_shipped_params_yaml_holds_every_key_dvc_tracks() -> None:
+    """It lacked deploy.new_lineage, so a later default change would have moved no DVC hash."""
+    from pipeline.core.config import missing_keys, read_params
+    from pipeline.orchestration.dvc import tracked_params
+
+    tracked = tracked_params(REPO / "dvc.yaml")
+    assert {"train", "model", "train.seed", "evaluate.max_int8_drop", "deploy"} <= set(tracked)
+    assert missing_keys(read_params(REPO / "params.yaml"), tracked) == []
+
+
+def test_check_write_fills_in_the_left_out_tracked_keys_and_keeps_the_rest(
+    tmp_path: Path,
+) -> None:
+    from pipeline.core.config import missing_keys, read_params
+    from pipeline.orchestration.dvc import tracked_params
+
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    del raw["train"]["lr"], raw["evaluate"], raw["export"]["calibration_samples"]
+    raw["train"]["epochs"] = 7
+    path = tmp_path / "params.yaml"
+    path.write_text("# my notes\n\n" + yaml.safe_dump(raw, sort_keys=False))
+    tracked = tracked_params(REPO / "dvc.yaml")
+    assert missing_keys(read_params(path), tracked)[:2] == [
+        "train.lr",
+        "export.calibration_samples",
+    ]
+    argv = ["check", "--params", str(path)]
+    refused = subprocess.run([BIN / "tinyops", *argv], capture_output=True, text=True, cwd=REPO)
+    assert refused.returncode == 2 and "train.lr, export.calibration_samples, evaluate" in " ".join(
+        refused.stderr.split()
+    ), refused.stderr
+    written = subprocess.run(
+        [BIN / "tinyops", *argv, "--write"], capture_output=True, text=True, cwd=REPO
+    )
+    assert written.returncode == 0, written.stderr
+    assert missing_keys(read_params(path), tracked) == []
+    assert path.read_text().startswith("# my notes\n\n")
+    filled = load_params(path)
+    assert filled.train.epochs == 7 and filled.train.lr == Params().train.lr
+    assert (tmp_path / "params.yaml.bak").read_text().count("lr:") == 0

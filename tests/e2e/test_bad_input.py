@@ -164,6 +164,14 @@ def unknown_section(ws: Path) -> list[str]:
     return ["run"]
 
 
+def untracked_keys(ws: Path) -> list[str]:
+    """DVC refused this only after prepare and train had run (issue 29)."""
+    params = yaml.safe_load((ws / "params.yaml").read_text())
+    del params["train"]["lr"], params["train"]["seed"], params["evaluate"]["max_int8_drop"]
+    (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return ["run", "--force"]
+
+
 def too_big_batch(ws: Path) -> list[str]:
     _params(ws, train={"batch_size": 4096})
     return ["stage", "train"]
@@ -223,6 +231,14 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], int, list[str]]] = {
         misspelled_key,
         2,
         ["params.yaml", "'train.epoch'", "Did you mean 'epochs'"],
+    ),
+    "tracked_keys_missing": (
+        untracked_keys,
+        2,
+        [
+            "leaves out keys that dvc.yaml tracks: train.lr, train.seed, evaluate.max_int8_drop",
+            "tinyops check --write",
+        ],
     ),
     "unknown_section": (unknown_section, 2, ["params.yaml", "'turbo'", "Allowed keys"]),
     "zero_epochs": (_edit(train={"epochs": 0}), 2, ["train.epochs", "greater than 0"]),
