@@ -58,7 +58,7 @@ def make_workspace(
     """A copy of the project (code, params, dvc.yaml) in its own git repo, as a user's clone;
     `devices` keeps only those profiles; `sections` overlays keys of any section."""
     dest.mkdir(parents=True, exist_ok=True)
-    for name in ("pipeline", "flows", "data/raw", ".dvc"):
+    for name in ("pipeline", "flows", "user_models", "data/raw", ".dvc"):
         shutil.copytree(
             REPO / name, dest / name, ignore=shutil.ignore_patterns("__pycache__", "tmp", "cache")
         )

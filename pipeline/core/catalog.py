@@ -16,6 +16,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from pipeline.core.errors import ArtifactError
 
+# model.arch custom: the project's own networks (a DVC dep of train, export and evaluate)
+USER_MODELS = Path("user_models")
 # prepare
 RAW_DIR = Path("data/raw")
 PROCESSED_DIR = Path("data/processed")

@@ -30,9 +30,13 @@ Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]
 
 SEQUENCE_SOURCES = ("basicmotions", "japanesevowels", "series_npz", "series_csv")
 PATH_SOURCES = ("npz", "imagefolder", "series_npz", "series_csv")
-Arch = Literal["cnn2d", "cnn1d", "dscnn1d", "tcn", "gru", "lstm", "transformer", "autoencoder"]
+Arch = Literal[
+    "cnn2d", "cnn1d", "dscnn1d", "tcn", "gru", "lstm", "transformer", "autoencoder", "custom"
+]
 SEQUENCE_ARCHS = ("cnn1d", "dscnn1d", "tcn", "gru", "lstm", "transformer", "autoencoder")
-KERAS_ARCHS = ("cnn2d", "cnn1d", "dscnn1d", "tcn")  # pipeline/models/architecture.KERAS_FAMILIES
+KERAS_ARCHS = ("cnn2d", "cnn1d", "dscnn1d", "tcn", "custom")  # models/architecture.KERAS_FAMILIES
+# model.module: a factory in a module of the project's user_models/ folder (catalog.USER_MODELS).
+USER_MODULE = re.compile(r"user_models(\.[A-Za-z_]\w*)+:[A-Za-z_]\w*")
 
 
 class PrepareParams(_Section):
@@ -117,11 +121,33 @@ class ModelParams(_Section):
     """Sequence families: the first layer reads frames of this many steps (stride = kernel),
     so an RNN unrolls T / stride steps and a transformer attends over as many."""
     normal_class: str | None = None
-    """autoencoder: the class it learns as normal (every other class is an anomaly); null is
-    the dataset's first class."""
+    """autoencoder (or a custom model with task reconstruction): the class it learns as normal
+    (every other class is an anomaly); null is the dataset's first class."""
+    module: str | None = None
+    """custom: the factory that builds your network, `user_models.NAME:FUNCTION`, called with
+    the input shape ((H, W, C) images, (T, C) series) and the class count; it returns an
+    nn.Module (torch) or a keras.Model (keras). Importing it runs its code, as any import does."""
+    task: Literal["classification", "reconstruction"] = "classification"
+    """custom: what the outputs are: class logits, or the rebuilt input (anomaly detection,
+    trained on model.normal_class alone). The bundled families know their own task."""
 
     @model_validator(mode="after")
     def _check(self) -> ModelParams:
+        if (self.arch == "custom") != (self.module is not None):
+            raise ValueError(
+                "model.module names the factory of model.arch custom (user_models.NAME:FUNCTION)"
+                f"; with model.arch {self.arch} " + ("set it to null" if self.module else "set it")
+            )
+        if self.module is not None and not USER_MODULE.fullmatch(self.module):
+            raise ValueError(
+                f"model.module {self.module!r} must be user_models.NAME:FUNCTION, a function in "
+                "a module of the project's user_models/ folder (which DVC tracks)"
+            )
+        if self.task != "classification" and self.arch != "custom":
+            raise ValueError(
+                f"model.task is for model.arch custom; {self.arch} knows its own task (set it to "
+                "classification)"
+            )
         if self.arch == "transformer" and self.hidden_size % self.heads:
             raise ValueError(
                 f"transformer hidden_size {self.hidden_size} must be a multiple of heads "
@@ -417,7 +443,7 @@ def _check_framework(tp: TrainParams, model: ModelParams) -> None:
 def _check_family(prep: PrepareParams, model: ModelParams, tp: TrainParams) -> None:
     """Refused before any work: a family that does not fit the data, or a model-parallel
     strategy on a family that has no block boundaries to cut at."""
-    if prep.is_sequence != (model.arch in SEQUENCE_ARCHS):
+    if model.arch != "custom" and prep.is_sequence != (model.arch in SEQUENCE_ARCHS):
         kind = "time series" if prep.is_sequence else "images"
         fits = ", ".join(SEQUENCE_ARCHS) if prep.is_sequence else "cnn2d"
         raise ValueError(
@@ -428,6 +454,7 @@ def _check_family(prep: PrepareParams, model: ModelParams, tp: TrainParams) -> N
         raise ValueError(
             f"train.parallelism {tp.parallelism} cuts cnn2d at its conv blocks; model.arch "
             f"{model.arch} trains with parallelism data or fsdp"
+            + (" (a custom model has no blocks tinyops can cut)" if model.arch == "custom" else "")
         )
 
 

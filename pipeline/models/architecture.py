@@ -28,6 +28,7 @@ FAMILIES = {
     "lstm": "recurrent",
     "transformer": "transformer",
     "autoencoder": "autoencoder",
+    "custom": "custom",
 }
 
 
@@ -46,6 +47,7 @@ KERAS_FAMILIES = {
     "cnn1d": "keras_conv1d",
     "dscnn1d": "keras_conv1d",
     "tcn": "keras_conv1d",
+    "custom": "keras_custom",
 }
 
 

@@ -28,11 +28,17 @@ class Architecture:
     heads: int = 2
     stride: int = 1
     normal_class: int = 0  # autoencoder: index of the class it learns as normal
+    module: str = ""  # custom: user_models.NAME:FUNCTION, the factory that builds it
+    task: str = "classification"  # custom: classification or reconstruction
 
     def to_dict(self) -> dict[str, Any]:
+        """The stored form; a bundled family's has no module or task, as before they existed,
+        so its model.pt bytes stay what they were."""
         d = asdict(self)
         d["input_shape"] = list(self.input_shape)
         d["channels"] = list(self.channels)
+        if self.arch != "custom":
+            del d["module"], d["task"]
         return d
 
     @classmethod
@@ -48,6 +54,8 @@ class Architecture:
             heads=int(d.get("heads", 2)),
             stride=int(d.get("stride", 1)),
             normal_class=int(d.get("normal_class", 0)),
+            module=str(d.get("module", "")),
+            task=str(d.get("task", "classification")),
         )
 
 
@@ -68,6 +76,8 @@ def architecture_for(
         heads=m.heads,
         stride=m.stride,
         normal_class=normal_index(m.normal_class, classes),
+        module=m.module or "",
+        task=m.task,
     )
 
 

@@ -222,7 +222,8 @@ def best_threshold(scores: np.ndarray, anomalous: np.ndarray) -> float:
 
 def task_for(arch: Architecture) -> Classification:
     """The task of `arch`'s family."""
-    return Reconstruction(arch.normal_class) if arch.arch == "autoencoder" else Classification()
+    rebuilds = arch.arch == "autoencoder" or arch.task == "reconstruction"
+    return Reconstruction(arch.normal_class) if rebuilds else Classification()
 
 
 def task_from(description: dict[str, Any] | None) -> tuple[Classification, float | None]:

@@ -20,7 +20,7 @@ from pipeline.core.catalog import RAW_DIR
 from pipeline.core.config import Params
 from pipeline.core.provenance import sha256_file
 
-CODE = ("pipeline", "flows")  # every .py under these, plus dvc.yaml
+CODE = ("pipeline", "flows", "user_models")  # every .py under these, plus dvc.yaml
 # Written by `dvc add` beside the data: they follow the data, so they are not data themselves.
 NOT_DATA_SUFFIXES = (".dvc",)
 NOT_DATA_NAMES = {".gitignore"}

@@ -33,13 +33,15 @@ from pipeline.orchestration.dvc import (
 
 def run_name(params: Params, params_sha256: str) -> str:
     """Dataset, family, framework, strategy and params hash: `basicmotions-gru-torch-ddp2 · 3f2a1c`
-    (pp2 for a 2-stage pipeline, fsdp2, dp2pp2 for a hybrid mesh), so the MLflow UI's run list
+    (pp2 for a 2-stage pipeline, fsdp2, dp2pp2 for a hybrid mesh; a custom model's module name
+    for the family), so the MLflow UI's run list
     says what each parent trained without opening it."""
     from pipeline.core.config import parallel_plan
 
     shape = parallel_plan(params, batch_size=False).tag()
     model = params.model
-    return f"{params.prepare.source}-{model.arch}-{model.framework}-{shape} · {params_sha256[:6]}"
+    family = model.module.partition(":")[0].rsplit(".", 1)[-1] if model.module else model.arch
+    return f"{params.prepare.source}-{family}-{model.framework}-{shape} · {params_sha256[:6]}"
 
 
 @contextlib.contextmanager

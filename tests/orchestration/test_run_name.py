@@ -35,6 +35,13 @@ def _params(example: str | None, arch: str | None, model: dict[str, str]) -> Par
             "basicmotions-tcn-keras-ddp2 · 3f2a1c",
         ),
         ("japanesevowels_anomaly.yaml", None, {}, "japanesevowels-autoencoder-torch-ddp2 · 3f2a1c"),
+        ("mobilenet_tiny.yaml", None, {}, "digits-mobilenet_tiny-torch-ddp2 · 3f2a1c"),
+        (
+            "mobilenet_tiny.yaml",
+            None,
+            {"framework": "keras", "module": "user_models.keras_mobilenet_tiny:build"},
+            "digits-keras_mobilenet_tiny-keras-ddp2 · 3f2a1c",
+        ),
     ],
 )
 def test_run_name_names_family_and_framework(
