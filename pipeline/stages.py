@@ -94,7 +94,8 @@ def run_train(params_path: Path) -> dict[str, Any]:
     params = load_params(params_path)
     meta = load_meta()
     blocks = block_parameters(
-        architecture_for(params, meta.input_shape, meta.num_classes, meta.classes)
+        architecture_for(params, meta.input_shape, meta.num_classes, meta.classes),
+        params.model.framework,
     )
     with tracking.stage_run(
         "train", stage_params(params, "train"), tracking.run_tags("train")

@@ -14,7 +14,9 @@ def _conv(x, filters: int, kernel: int, stride: int = 1, depthwise: bool = False
         x = layers.DepthwiseConv2D(kernel, stride, padding="same", use_bias=False)(x)
     else:
         x = layers.Conv2D(filters, kernel, stride, padding="same", use_bias=False)(x)
-    return layers.ReLU(6.0)(layers.BatchNormalization()(x))
+    # torch's BatchNorm defaults: Keras's momentum 0.99 leaves the moving statistics far from
+    # the batch ones after a short training, and validation at chance.
+    return layers.ReLU(6.0)(layers.BatchNormalization(momentum=0.9, epsilon=1e-5)(x))
 
 
 def build(input_shape: tuple[int, ...], num_classes: int, widths=(16, 32, 64)) -> keras.Model:

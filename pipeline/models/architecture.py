@@ -58,13 +58,19 @@ def build_keras_model(arch: Architecture) -> Any:
     return importlib.import_module(f"pipeline.models.{KERAS_FAMILIES[arch.arch]}").build(arch)
 
 
-def block_parameters(arch: Architecture) -> list[int]:
+def block_parameters(arch: Architecture, framework: str = "torch") -> list[int]:
     """Parameters per splittable block, in order: what pipeline stages are balanced by and what
-    the per-worker memory check adds up (no torch needed for cnn2d). A sequence family is one
-    block: its count comes from building it."""
+    the per-worker memory check adds up (no torch needed for cnn2d). Any other family is one
+    block, counted by building it in its framework (a custom Keras model has no torch twin)."""
     if arch.arch == "cnn2d":
         return cnn2d_block_parameters(arch)
-    return [count_parameters(build_model(arch))]
+    return [PARAMETER_COUNTS[framework](arch)]
+
+
+PARAMETER_COUNTS = {
+    "torch": lambda arch: count_parameters(build_model(arch)),
+    "keras": lambda arch: int(build_keras_model(arch).count_params()),
+}
 
 
 def prune_to_blocks(model: torch.nn.Module, blocks: set[int]) -> torch.nn.Module:

@@ -1,0 +1,64 @@
+"""Your own model end to end (issue 29): a factory in user_models/, in torch and in Keras,
+through `tinyops run` to a verified MCU bundle whose firmware ran under QEMU."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.deploy.bundle import verify_bundle
+from pipeline.tflite.flatbuffer import check_full_int8
+from tests.conftest import FAST_TRAIN, make_workspace, run_cmd, workspace_env
+
+pytestmark = pytest.mark.slow  # trains, exports and builds firmware
+
+MODULES = {
+    "torch": "user_models.mobilenet_tiny:build",
+    "keras": "user_models.keras_mobilenet_tiny:build",
+}
+
+
+def _custom_run(dest: Path, framework: str) -> Path:
+    model = {"arch": "custom", "framework": framework, "module": MODULES[framework]}
+    ws = make_workspace(dest, FAST_TRAIN, model, devices=("raspberry_pi_pico",))
+    params = yaml.safe_load((ws / "params.yaml").read_text())
+    params["devices"]["raspberry_pi_pico"]["min_accuracy"] = 0.85  # the path, not the accuracy
+    (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    proc = run_cmd(["tinyops", "run"], ws)
+    (ws / "run.log").write_text(proc.stdout + proc.stderr)
+    return ws
+
+
+@pytest.fixture(scope="module", params=sorted(MODULES))
+def custom_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _custom_run(tmp_path_factory.mktemp(f"custom-{request.param}"), request.param)
+
+
+def test_a_custom_model_ends_in_a_verified_mcu_bundle_with_its_firmware_run(
+    custom_run: Path,
+) -> None:
+    folder = custom_run / "deploy/raspberry_pi_pico"
+    assert (folder / "manifest.json").is_file(), (custom_run / "run.log").read_text()[-3000:]
+    manifest = verify_bundle(folder).dump()
+    check_full_int8((folder / "model.tflite").read_bytes())
+    checks = {c["name"]: c for c in manifest["checks"]}
+    assert checks["firmware"]["passed"] and "byte-identical" in checks["firmware"]["reason"]
+    assert checks["flash"]["reason"].startswith("measured"), checks["flash"]
+    ops = json.loads((custom_run / "metrics/variants.json").read_text())["int8"]["ops"]
+    assert "DEPTHWISE_CONV_2D" in ops, ops  # the factory's network, not a bundled family
+
+
+def test_the_run_is_named_after_the_module_and_counts_its_parameters(custom_run: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    summary = json.loads((custom_run / "metrics/train.json").read_text())
+    framework = summary["framework"]
+    name = MODULES[framework].split(":")[0].split(".")[-1]
+    client = MlflowClient(tracking_uri=workspace_env(custom_run)["MLFLOW_TRACKING_URI"])
+    runs = client.search_runs([client.get_experiment_by_name("tinyops").experiment_id])
+    (parent,) = [r for r in runs if "tinyops.params_sha256" in r.data.tags]
+    assert parent.info.run_name.startswith(f"digits-{name}-{framework}-ddp2 · ")
+    assert summary["parameters"] == 4_106, summary  # widths 16-32-64, 10 classes: both twins
