@@ -9,14 +9,19 @@ import pytest
 
 from pipeline.models.architecture import FAMILIES, Architecture, build_model
 
-SHAPES = {"cnn2d": (8, 8, 1)}
+SHAPES = {"cnn2d": (8, 8, 1), "custom": (8, 8, 1)}
+USER_MODULE = "user_models.mobilenet_tiny:build"  # custom: the class lives in the user's module
 
 
 @pytest.mark.parametrize("arch", sorted(FAMILIES))
 def test_each_family_is_a_module_level_class(arch: str) -> None:
-    spec = Architecture(SHAPES.get(arch, (24, 3)), 4, (8, 8), arch=arch, hidden_size=8, stride=2)
+    user = USER_MODULE if arch == "custom" else ""
+    spec = Architecture(
+        SHAPES.get(arch, (24, 3)), 4, (8, 8), arch=arch, hidden_size=8, stride=2, module=user
+    )
     model = build_model(spec)
-    module = importlib.import_module(f"pipeline.models.{FAMILIES[arch]}")
+    where = user.partition(":")[0] or f"pipeline.models.{FAMILIES[arch]}"
+    module = importlib.import_module(where)
     assert "<locals>" not in type(model).__qualname__
     assert isinstance(model, getattr(module, type(model).__name__))
 
