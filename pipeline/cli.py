@@ -8,7 +8,7 @@ import enum
 import signal
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -58,6 +58,10 @@ def run(
         bool,
         typer.Option(help="If another run holds this workspace, wait for it instead of failing."),
     ] = False,
+    ignore_preflight: Annotated[
+        bool,
+        typer.Option(help="Train even when preflight finds that no device can take the model."),
+    ] = False,
 ) -> None:
     """Run the pipeline as the Prefect `retrain` flow and print the metrics.
 
@@ -80,6 +84,7 @@ def run(
                 typer.echo(f"skipped: {reason}")
                 return
         preflight(loaded)
+        _model_preflight(loaded, ignore_preflight)
     except TinyopsError as exc:
         _fail(exc)
     prefect_defaults()
@@ -93,6 +98,47 @@ def run(
         typer.echo(f"skipped: {result['reason']}")
         return
     _print_summary(result)
+
+
+@app.command("preflight")
+def preflight_command(params: ParamsOpt = Path("params.yaml")) -> None:
+    """Before training: will the model, on each device, run fully int8 in TensorFlow Lite Micro
+    and fit? Exits 2 when no device can take it. Writes metrics/preflight.json."""
+    from pipeline.core.config import load_params
+    from pipeline.orchestration.dvc import require_tracked
+
+    try:
+        loaded = load_params(params)
+        require_tracked(params)
+        _model_preflight(loaded, ignore=False)
+    except TinyopsError as exc:
+        _fail(exc)
+
+
+def _model_preflight(params: Any, ignore: bool) -> None:
+    """Print the preflight table; refuse (exit 2) a model no device can take unless `ignore`."""
+    import time
+
+    from rich.table import Table
+
+    from pipeline.core.errors import ConfigError
+    from pipeline.orchestration.preflight import refusal, rows, run_preflight
+
+    started = time.perf_counter()
+    report, cached = run_preflight(params)
+    took = "cached" if cached else f"{time.perf_counter() - started:.1f} s"
+    if "skipped" in report:
+        typer.echo(f"preflight: skipped: {report['skipped']}")
+        return
+    table = Table(title=f"preflight: {report['model']} ({took})")
+    for column in ("device", "runtime", "fits", "flash B", "RAM B", "latency ms", "why"):
+        table.add_column(column, overflow="fold")
+    for row in rows(report):
+        table.add_row(*row)
+    _console().print(table)
+    why = refusal(report)
+    if why and not ignore:
+        raise ConfigError(why)
 
 
 @app.command()

@@ -31,6 +31,7 @@ KERAS_WEIGHTS = TRAINED_DIR / "model.weights.npz"  # keras: the weights by varia
 FRAMEWORK_FILES = {"torch": MODEL_FILE.name, "keras": KERAS_CARD.name}
 CHECKPOINT_DIR = MODEL_DIR / "checkpoints"
 METRICS_DIR = Path("metrics")
+PREFLIGHT_METRICS = METRICS_DIR / "preflight.json"  # tinyops preflight: the answer per device
 TRAIN_METRICS = METRICS_DIR / "train.json"
 TRAIN_HISTORY = METRICS_DIR / "train_history.csv"
 # export
@@ -57,6 +58,7 @@ EXIT_CODES_DOC = Path("docs/exit-codes.md")
 
 # Workspace state: not DVC outputs, never committed (.tinyops/ is git-ignored).
 STATE_DIR = Path(".tinyops")
+PREFLIGHT_CACHE = STATE_DIR / "preflight"  # its answers, keyed by model, devices and code
 LOCK_FILE = STATE_DIR / "pipeline.lock"
 LAST_SUCCESS = STATE_DIR / "last_success.json"
 RSS_FILE = STATE_DIR / "stage_rss.json"  # the latest peak RSS of each stage, for `tinyops bench`

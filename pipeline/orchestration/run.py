@@ -169,7 +169,21 @@ class PipelineRun:
         tags = {**tracking.run_tags(), **freshness.tags(self.fingerprint), **self.extra_tags}
         self.parent = tracking.start_parent(c, self.run_name(), tags)
         self.parent.log_params(tracking.flatten("", self.params.model_dump(mode="json")))
+        self._log_preflight()
         self.env = stage_env(self.parent.run_id)
+
+    def _log_preflight(self) -> None:
+        """The answer `tinyops preflight` gave for this model, when this run's path asked."""
+        import json
+
+        path = catalog.PREFLIGHT_METRICS
+        if not path.is_file():
+            return
+        report = json.loads(path.read_text())
+        if "devices" in report:
+            fits = len(report["fits"])
+            self.parent.log_metrics({"preflight_devices_fit": fits})
+        self.parent.log_artifact(path)
 
     def stage(self, target: str, on_line: Callable[[str], None] = print) -> StageOutcome:
         """One DVC stage under this run's parent."""

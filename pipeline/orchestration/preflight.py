@@ -1,0 +1,298 @@
+"""Model preflight: before the first epoch, will this model, on each device of params.yaml, run
+fully int8 in TensorFlow Lite Micro, and fit? Answered in seconds from the untrained network
+(sizes do not depend on weights) calibrated on random inputs: export, the int8 audit, the op
+kernels of the TensorFlow Lite Micro tree the firmware is built from, the arena TensorFlow Lite
+Micro itself measures, and the flash, RAM and latency estimates deploy uses.
+
+The machine checks (MLflow store, disk, cores) live in pipeline/core/preflight.py; this part
+needs the exporter and the deploy estimates, which sit above core.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from pipeline.core import atomic, catalog
+from pipeline.core.config import DeviceProfile, Params
+from pipeline.core.errors import ConfigError
+from pipeline.orchestration import freshness
+
+CALIBRATION_SAMPLES = 8
+# Why an op cannot run, and what to use instead: the message a user acts on.
+REMEDIES = {
+    "GELU": "TensorFlow Lite Micro has no GELU kernel; use ReLU (as the bundled transformer "
+    "does) or nn.Hardswish (TFLite Micro's HARD_SWISH)",
+    "UNIDIRECTIONAL_SEQUENCE_LSTM": "nn.LSTM does not quantize to int8 here; unroll the cell "
+    "(model.arch lstm does)",
+    "UNIDIRECTIONAL_SEQUENCE_RNN": "nn.RNN / nn.GRU do not quantize to int8 here; unroll the "
+    "cell (model.arch gru does)",
+}
+# Module classes whose ops the quantizer leaves float, and what quantizes instead.
+FLOAT_REMEDIES = {
+    "LayerNorm": "nn.LayerNorm stays a float island; write it from mean, sub, mul and rsqrt "
+    "(pipeline/models/transformer.py does)",
+    "MultiheadAttention": "write attention out (reshape, matmul, softmax) as "
+    "pipeline/models/transformer.py does",
+    "GRU": "nn.GRU does not quantize; unroll the cell (model.arch gru does)",
+    "LSTM": "nn.LSTM does not quantize; unroll the cell (model.arch lstm does)",
+}
+_RESOLVER = "tensorflow/lite/micro/micro_mutable_op_resolver.h"
+_CMSIS = "tensorflow/lite/micro/kernels/cmsis_nn"
+
+
+@dataclass
+class Graph:
+    """What the untrained network exports to: the same for every device."""
+
+    exported: bool
+    error: str = ""
+    int8_bytes: int = 0
+    ops: list[str] = field(default_factory=list)
+    float_ops: list[str] = field(default_factory=list)  # "OP (layer a.b): why"
+    no_kernel: list[str] = field(default_factory=list)  # "OP (layer a.b): why"
+    reference_only: list[str] = field(default_factory=list)  # ops without a CMSIS-NN kernel
+    arena_bytes: int | None = None
+    macs: int = 0
+    streaming: bool = False
+    kernels_from: str = ""
+
+
+@dataclass
+class DeviceAnswer:
+    device: str
+    runtime: str
+    fits: bool
+    reasons: list[str]
+    flash_bytes: int
+    ram_bytes: int
+    latency_ms: float
+    sizes: str  # "estimate", with why
+
+
+def cache_key(params: Params, fp: freshness.Fingerprint) -> str:
+    """The model, its export and the devices (params) and the code that builds them."""
+    sections = ("prepare", "model", "export", "devices", "deploy", "tflm")
+    dumped = params.model_dump(mode="json")
+    text = json.dumps({s: dumped[s] for s in sections}, sort_keys=True) + fp.code
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def input_spec(params: Params) -> tuple[tuple[int, ...], list[str]]:
+    """Input shape and classes: prepare's meta.json when it is of this source, else the data."""
+    from pipeline.data.datasets import load_dataset
+    from pipeline.data.prepare import load_meta
+
+    if catalog.META_FILE.is_file():
+        meta = load_meta()
+        if meta.source == params.prepare.source:
+            return tuple(meta.input_shape), list(meta.classes)
+    ds = load_dataset(params.prepare)
+    return tuple(ds.x.shape[1:]), list(ds.classes)
+
+
+def _modules(tensor: str) -> list[tuple[str, str]]:
+    """(class, attribute) of each module on the path litert-torch writes into a tensor's name:
+    'M/torch.nn.modules.container.Sequential_ffn/torch.nn.modules.activation.GELU_1;2'
+    → [(Sequential, ffn), (GELU, 1)]."""
+    parts = [p.split(";")[0].split(".")[-1] for p in tensor.split("/")[1:]]
+    return [(c, a) for c, _, a in (p.partition("_") for p in parts) if a]
+
+
+def layer_of(tensor: str) -> str:
+    """The layer's attribute path, e.g. ffn.1 ("" when the name holds no module)."""
+    return ".".join(a for _, a in _modules(tensor))
+
+
+def float_islands(info: Any) -> list[str]:
+    """The layers whose ops stay float, one line each with the ops, why and what to do where
+    tinyops knows; model-level problems (float input, dynamic range) as the audit words them."""
+    from pipeline.tflite.flatbuffer import int8_violations
+
+    general: list[str] = []
+    layers: dict[str, tuple[list[str], str]] = {}
+    for problem in int8_violations(info):
+        m = re.match(r"op (\d+) (\w+)", problem)
+        if not m:
+            general.append(problem)
+            continue
+        op = info.ops[int(m.group(1))]
+        tensor = info.tensors[op.outputs[0]].name if op.outputs else ""
+        classes = [c for c, _ in _modules(tensor)]
+        why = next((FLOAT_REMEDIES[c] for c in reversed(classes) if c in FLOAT_REMEDIES), "")
+        ops, _ = layers.setdefault(layer_of(tensor), ([], why))
+        if m.group(2) not in ops:
+            ops.append(m.group(2))
+    lines = [
+        (f"layer {layer} ({', '.join(ops)})" if layer else ", ".join(ops))
+        + " stays float"
+        + (f": {why}" if why else "")
+        for layer, (ops, why) in layers.items()
+    ]
+    return general + lines
+
+
+def export_untrained(params: Params, shape: tuple[int, ...], classes: list[str]) -> bytes:
+    """The seeded, untrained torch network to int8, calibrated on random normalised inputs."""
+    import warnings
+
+    import torch
+
+    from pipeline.export.convert import _quiet_litert, convert_int8
+    from pipeline.models.architecture import architecture_for, build_model
+
+    _quiet_litert()
+    torch.manual_seed(params.train.seed)
+    arch = architecture_for(params, shape, len(classes), classes)
+    model = build_model(arch).eval()
+    rng = np.random.default_rng(params.train.seed)
+    calibration = rng.normal(size=(CALIBRATION_SAMPLES, *shape)).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return convert_int8(model, torch.zeros((1, *shape)), calibration)
+
+
+def tflm_kernels(params: Params) -> tuple[set[str] | None, set[str], str]:
+    """MicroMutableOpResolver's methods (one per op with a kernel) and the ops with a CMSIS-NN
+    kernel, from the tree the firmware is built from; no tree: None, and running the graph in
+    the Python TensorFlow Lite Micro interpreter decides instead."""
+    from pipeline.deploy.bundle import INT8_KERNELS
+    from pipeline.firmware.source import SourceUnavailable, cache_root, resolve
+
+    try:
+        tree = resolve(params.tflm.source, cache_root(params.tflm.cache_dir)).tree
+    except SourceUnavailable:
+        return None, set(INT8_KERNELS), "the Python TensorFlow Lite Micro interpreter"
+    methods = set(re.findall(r"TfLiteStatus (Add\w+)\(", (tree / _RESOLVER).read_text()))
+    cmsis = {op for op, header in INT8_KERNELS.items()
+             if (tree / _CMSIS / header.replace(".h", ".cc")).is_file()}  # fmt: skip
+    return methods, cmsis, "the TensorFlow Lite Micro tree of tflm.source"
+
+
+def first_layers(info: Any) -> dict[str, str]:
+    """Each op's first layer, named from its output tensor."""
+    layers: dict[str, str] = {}
+    for op in info.ops:
+        if op.outputs and op.name not in layers:
+            layers[op.name] = layer_of(info.tensors[op.outputs[0]].name) or "?"
+    return layers
+
+
+def audit(params: Params, int8: bytes) -> Graph:
+    """The int8 audit, the kernels and the arena of the exported graph."""
+    from pipeline.deploy.bundle import resolver_method
+    from pipeline.tflite import tflm
+    from pipeline.tflite.flatbuffer import count_macs, read_model
+
+    info = read_model(int8, "preflight")
+    layers = first_layers(info)
+    graph = Graph(True, int8_bytes=len(int8), ops=sorted(layers), macs=count_macs(info))
+    graph.float_ops = float_islands(info)
+    methods, cmsis, graph.kernels_from = tflm_kernels(params)
+    graph.reference_only = sorted(op for op in layers if op not in cmsis)
+    missing = [op for op in layers if methods is not None and resolver_method(op) not in methods]
+    if not missing:
+        graph.arena_bytes = tflm.measure_arena_bytes(
+            int8, params.evaluate.arena_max_bytes, params.evaluate.arena_granularity
+        )
+        if not graph.arena_bytes:  # no tree to read, or a kernel that fails at run time
+            missing = [op for op in layers if op in REMEDIES] or ["(unknown)"]
+    graph.no_kernel = [
+        f"{op} (layer {layers.get(op, '?')}): "
+        + REMEDIES.get(op, "TensorFlow Lite Micro has no kernel for it")
+        for op in missing
+    ]
+    return graph
+
+
+def answer(graph: Graph, device: str, profile: DeviceProfile, params: Params) -> DeviceAnswer:
+    """Fits or not, and why, from the graph and the device's budgets."""
+    from pipeline.deploy.bundle import reserved_arena
+
+    deploy, reasons = params.deploy, []
+    runtime = profile.runtime
+    arena = graph.arena_bytes or 0
+    flash = graph.int8_bytes + deploy.runtime_flash_bytes[runtime]
+    ram = reserved_arena(arena) + deploy.runtime_ram_bytes[runtime]
+    latency = graph.macs * profile.cycles_per_mac / (profile.clock_mhz * 1e3)
+    if not graph.exported:
+        reasons.append(f"does not export: {graph.error}")
+    if runtime == "tflm":
+        reasons += [f"not fully int8: {p}" for p in graph.float_ops]
+        reasons += [f"no TFLite Micro kernel: {p}" for p in graph.no_kernel]
+    if flash > profile.flash_bytes:
+        reasons.append(f"flash {flash:,} B > budget {profile.flash_bytes:,} B")
+    if ram > profile.ram_bytes:
+        reasons.append(f"RAM {ram:,} B > budget {profile.ram_bytes:,} B")
+    if latency > profile.max_latency_ms:
+        reasons.append(f"latency {latency:.1f} ms > budget {profile.max_latency_ms:g} ms")
+    sizes = f"estimate: model + {runtime} runtime; arena measured by TensorFlow Lite Micro + margin"
+    return DeviceAnswer(device, runtime, not reasons, reasons, flash, ram, round(latency, 3), sizes)
+
+
+def examine(params: Params) -> dict[str, Any]:
+    """The whole answer, as metrics/preflight.json holds it."""
+    shape, classes = input_spec(params)
+    model = params.model
+    report: dict[str, Any] = {
+        "model": model.module or model.arch,
+        "framework": model.framework,
+        "input_shape": list(shape),
+        "classes": len(classes),
+    }
+    if model.framework != "torch":
+        report["skipped"] = "model.framework keras: preflight exports torch models only (so far)"
+        return report
+    try:
+        graph = audit(params, export_untrained(params, shape, classes))
+    except ConfigError:
+        raise
+    except Exception as exc:  # the converter's own words name the op that failed
+        text = str(exc).strip().splitlines()
+        graph = Graph(False, error=f"{type(exc).__name__}: {text[0] if text else ''}"[:400])
+    graph.streaming = model.arch in ("gru", "lstm")
+    answers = [answer(graph, d, p, params) for d, p in sorted(params.devices.items())]
+    report["graph"] = asdict(graph)
+    report["devices"] = {a.device: asdict(a) for a in answers}
+    report["fits"] = [a.device for a in answers if a.fits]
+    return report
+
+
+def run_preflight(params: Params) -> tuple[dict[str, Any], bool]:
+    """examine(), cached by the model, devices and code, written to metrics/preflight.json;
+    and whether the answer came from the cache."""
+    key = cache_key(params, freshness.fingerprint(params))
+    cached = catalog.PREFLIGHT_CACHE / f"{key}.json"
+    hit = cached.is_file()
+    report = json.loads(cached.read_text()) if hit else examine(params)
+    if not hit:
+        atomic.write_json(cached, report)
+    atomic.write_json(catalog.PREFLIGHT_METRICS, report)
+    return report, hit
+
+
+def refusal(report: dict[str, Any]) -> str | None:
+    """Why no device can take the model (None: one can, or preflight was skipped)."""
+    if "skipped" in report or report["fits"]:
+        return None
+    lines = [f"{d}: {'; '.join(a['reasons'])}" for d, a in report["devices"].items()]
+    return (
+        f"preflight: no device in params.yaml can take model {report['model']}:\n  "
+        + "\n  ".join(lines)
+        + "\nFix the model (or the devices), or run anyway with --ignore-preflight."
+    )
+
+
+def rows(report: dict[str, Any]) -> list[tuple[str, ...]]:
+    """The table: device, runtime, fits, flash, RAM, latency, why."""
+    out = []
+    for name, a in report.get("devices", {}).items():
+        why = "; ".join(a["reasons"]) or "fits"
+        out.append((name, a["runtime"], "yes" if a["fits"] else "NO", f"{a['flash_bytes']:,}",
+                    f"{a['ram_bytes']:,}", f"{a['latency_ms']:g}", why))  # fmt: skip
+    return out
