@@ -84,7 +84,8 @@ def run(
                 typer.echo(f"skipped: {reason}")
                 return
         preflight(loaded)
-        _model_preflight(loaded, ignore_preflight)
+        if loaded.orchestrate.preflight:
+            _model_preflight(loaded, ignore_preflight)
     except TinyopsError as exc:
         _fail(exc)
     prefect_defaults()

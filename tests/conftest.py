@@ -54,9 +54,11 @@ def make_workspace(
     model_overrides: dict | None = None,
     devices: tuple[str, ...] | None = None,
     sections: dict[str, dict] | None = None,
+    preflight: bool = False,
 ) -> Path:
     """A copy of the project (code, params, dvc.yaml) in its own git repo, as a user's clone;
-    `devices` keeps only those profiles; `sections` overlays keys of any section."""
+    `devices` keeps only those profiles; `sections` overlays keys of any section. Model
+    preflight (seconds per first run) is on only where asked: the default run and its tests."""
     dest.mkdir(parents=True, exist_ok=True)
     for name in ("pipeline", "flows", "user_models", "data/raw", ".dvc"):
         shutil.copytree(
@@ -67,6 +69,7 @@ def make_workspace(
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["train"].update(train_overrides or {})
     params["model"].update(model_overrides or {})
+    params["orchestrate"]["preflight"] = preflight
     for name, keys in (sections or {}).items():
         params[name].update(keys)
     if params["tflm"]["source"]:  # relative to the project root: this clone lives elsewhere
@@ -223,7 +226,7 @@ def prefect_here(prefect_api: str) -> Iterator[object]:
 def pipeline_ws(tmp_path_factory: pytest.TempPathFactory, prefect_api: str) -> Iterator[Path]:
     """One real end-to-end `tinyops run` (torchrun DDP, litert-torch, TFLite Micro) shared by the
     slow tests; they read its outputs, and the tests that rerun stages come last in their module."""
-    ws = make_workspace(tmp_path_factory.mktemp("pipeline"), FAST_TRAIN)
+    ws = make_workspace(tmp_path_factory.mktemp("pipeline"), FAST_TRAIN, preflight=True)
     proc = run_cmd(["tinyops", "run"], ws, env=import_recording(ws / IMPORT_LOG))
     (ws / "run.log").write_text(proc.stdout + proc.stderr)
     first = {d.name: tree_digest(d) for d in sorted((ws / "deploy").iterdir()) if d.is_dir()}

@@ -283,6 +283,9 @@ class OrchestrateParams(_Section):
     """Retries of a stage that failed for a reason a retry can fix (the error family says)."""
     retry_delay_seconds: Annotated[float, Field(ge=0.0)] = 5.0
     """First retry delay; each later one doubles (exponential back-off, with jitter)."""
+    preflight: bool = True
+    """`tinyops run` runs `tinyops preflight` first (seconds, cached by model and devices) and
+    refuses a model no device can take; false skips it (a model you know fits)."""
 
 
 class TflmParams(_Section):

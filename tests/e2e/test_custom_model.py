@@ -23,7 +23,7 @@ MODULES = {
 
 def _custom_run(dest: Path, framework: str) -> Path:
     model = {"arch": "custom", "framework": framework, "module": MODULES[framework]}
-    ws = make_workspace(dest, FAST_TRAIN, model, devices=("raspberry_pi_pico",))
+    ws = make_workspace(dest, FAST_TRAIN, model, devices=("raspberry_pi_pico",), preflight=True)
     params = yaml.safe_load((ws / "params.yaml").read_text())
     params["devices"]["raspberry_pi_pico"]["min_accuracy"] = 0.85  # the path, not the accuracy
     (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -61,4 +61,51 @@ def test_the_run_is_named_after_the_module_and_counts_its_parameters(custom_run:
     runs = client.search_runs([client.get_experiment_by_name("tinyops").experiment_id])
     (parent,) = [r for r in runs if "tinyops.params_sha256" in r.data.tags]
     assert parent.info.run_name.startswith(f"digits-{name}-{framework}-ddp2 · ")
+    preflight = json.loads((custom_run / "metrics/preflight.json").read_text())
+    if framework == "torch":
+        assert parent.data.metrics["preflight_devices_fit"] == 1
+    else:
+        assert preflight["skipped"].startswith("model.framework keras")
     assert summary["parameters"] == 4_106, summary  # widths 16-32-64, 10 classes: both twins
+
+
+def test_preflight_arena_is_the_trained_models_tflite_micro_arena(custom_run: Path) -> None:
+    """Sizes do not depend on weights: the untrained graph's arena is the trained one's."""
+    preflight = json.loads((custom_run / "metrics/preflight.json").read_text())
+    if "skipped" in preflight:
+        pytest.skip(preflight["skipped"])
+    evaluated = json.loads((custom_run / "metrics/evaluate.json").read_text())
+    assert preflight["graph"]["arena_bytes"] == evaluated["tflm_arena_bytes"], preflight["graph"]
+    assert preflight["fits"] == ["raspberry_pi_pico"]
+
+
+MCUS = ("arduino_nano_33_ble_sense", "raspberry_pi_pico", "esp32_s3", "stm32f746")
+
+
+def test_a_gelu_model_is_refused_before_training_naming_layer_op_and_remedy(
+    tmp_path: Path,
+) -> None:
+    ws = make_workspace(
+        tmp_path / "ws",
+        FAST_TRAIN,
+        {"arch": "custom", "module": "user_models.gelu_transformer:build"},
+        devices=MCUS,
+        sections={"prepare": {"source": "basicmotions"}},
+        preflight=True,
+    )
+    refused = run_cmd(["tinyops", "run"], ws, check=False)
+    message = " ".join(refused.stderr.split())
+    assert refused.returncode == 2, refused.stdout[-2000:] + refused.stderr[-2000:]
+    for phrase in (
+        "preflight: no device in params.yaml can take model user_models.gelu_transformer:build",
+        "GELU (layer ffn.1): TensorFlow Lite Micro has no GELU kernel; use ReLU",
+        "layer norm (MEAN,",
+        "nn.LayerNorm stays a float island",
+        "--ignore-preflight",
+    ):
+        assert phrase in message, f"{phrase!r} not in {message[-3000:]}"
+    assert not (ws / "data/processed").exists() and not (ws / "models").exists(), "no stage ran"
+    report = json.loads((ws / "metrics/preflight.json").read_text())
+    assert report["fits"] == [] and set(report["devices"]) == set(MCUS)
+    again = run_cmd(["tinyops", "preflight"], ws, check=False)
+    assert again.returncode == 2 and "(cached)" in again.stdout, again.stdout[-2000:]
