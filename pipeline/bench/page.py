@@ -31,6 +31,22 @@ def _targets(r: dict[str, Any]) -> list[str]:
     return _table(("status", "target", "measured"), out) if out else ["(no targets recorded)"]
 
 
+def _preflight(p: dict[str, Any]) -> list[str]:
+    """Seconds, and the predicted arena against the arena with other weights, per case."""
+    w, t = p["warm_seconds"], p["transformer_warm_seconds"]
+    head = [
+        f"Default model, {p['devices']} devices: {w['median']:.1f} s warm "
+        f"({w['min']:.1f}–{w['max']:.1f}); the first call, imports included, {p['cold_seconds']} s. "
+        f"Transformer family: {t['median']:.1f} s warm. Arena of the workspace's trained default "
+        f"model: {p['trained_default_arena']} B (preflight: {p['default_arena']} B).",
+        "",
+    ]
+    body = [(case, f"{a['preflight']:,}", f"{a['other_weights']:,}",
+             "same" if a["preflight"] == a["other_weights"] else "DIFFERS")
+            for case, a in p["arenas"].items()]  # fmt: skip
+    return head + _table(("family/dataset", "preflight arena B", "other weights B", ""), body)
+
+
 def markdown(r: dict[str, Any]) -> str:
     """The whole page: machine, the measured rows, the sequence-family table, the targets."""
     lines = [
@@ -50,5 +66,7 @@ def markdown(r: dict[str, Any]) -> str:
         from pipeline.bench.families import family_table
 
         lines += ["## Sequence families", "", family_table(r).rstrip("\n"), ""]
+    if r.get("preflight"):
+        lines += ["## Preflight", "", *_preflight(r["preflight"]), ""]
     lines += ["## Targets", "", *_targets(r), ""]
     return "\n".join(lines)

@@ -45,13 +45,21 @@ def convert_all(trained_dir: Path, calibration: np.ndarray) -> dict[str, bytes]:
     from pipeline.models.keras_store import load_model
 
     model, arch, _ = load_model(trained_dir)  # a bad folder fails before TensorFlow loads
+    return convert_model(model, arch.input_shape, calibration)
+
+
+def convert_model(
+    model: Any,
+    input_shape: tuple[int, ...],
+    calibration: np.ndarray,
+    variants: tuple[str, ...] = ("fp32", "float16", "dynamic_int8", "int8"),
+) -> dict[str, bytes]:
+    """The variants of a Keras model (trained, or untrained for preflight)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
 
-    signature = [tf.TensorSpec([1, *arch.input_shape], tf.float32, name="input")]
+    signature = [tf.TensorSpec([1, *input_shape], tf.float32, name="input")]
     with tempfile.TemporaryDirectory(prefix="tinyops-savedmodel-") as tmp:
         saved = Path(tmp) / "saved_model"
         model.export(str(saved), format="tf_saved_model", input_signature=signature, verbose=False)
-        return {
-            variant: bytes(_converter(saved, variant, calibration).convert())
-            for variant in ("fp32", "float16", "dynamic_int8", "int8")
-        }
+        return {v: bytes(_converter(saved, v, calibration).convert()) for v in variants}

@@ -76,10 +76,11 @@ class DeviceAnswer:
 
 
 def cache_key(params: Params, fp: freshness.Fingerprint) -> str:
-    """The model, its export and the devices (params) and the code that builds them."""
+    """The model, its export and the devices (params), the code that builds them, and the data
+    (its shapes: a series' length can change with it)."""
     sections = ("prepare", "model", "export", "devices", "deploy", "tflm")
     dumped = params.model_dump(mode="json")
-    text = json.dumps({s: dumped[s] for s in sections}, sort_keys=True) + fp.code
+    text = json.dumps({s: dumped[s] for s in sections}, sort_keys=True) + fp.code + fp.data
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -138,23 +139,44 @@ def float_islands(info: Any) -> list[str]:
 
 
 def export_untrained(params: Params, shape: tuple[int, ...], classes: list[str]) -> bytes:
-    """The seeded, untrained torch network to int8, calibrated on random normalised inputs."""
+    """The seeded, untrained network to int8 in its framework's exporter, calibrated on random
+    normalised inputs (only that framework is imported: they clash in one process)."""
+    from pipeline.models.architecture import architecture_for
+
+    arch = architecture_for(params, shape, len(classes), classes)
+    rng = np.random.default_rng(params.train.seed)
+    calibration = rng.normal(size=(CALIBRATION_SAMPLES, *shape)).astype(np.float32)
+    return EXPORTERS[params.model.framework](arch, params.train.seed, calibration)
+
+
+def _torch_int8(arch: Any, seed: int, calibration: np.ndarray) -> bytes:
     import warnings
 
     import torch
 
     from pipeline.export.convert import _quiet_litert, convert_int8
-    from pipeline.models.architecture import architecture_for, build_model
+    from pipeline.models.architecture import build_model
 
     _quiet_litert()
-    torch.manual_seed(params.train.seed)
-    arch = architecture_for(params, shape, len(classes), classes)
+    torch.manual_seed(seed)
     model = build_model(arch).eval()
-    rng = np.random.default_rng(params.train.seed)
-    calibration = rng.normal(size=(CALIBRATION_SAMPLES, *shape)).astype(np.float32)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return convert_int8(model, torch.zeros((1, *shape)), calibration)
+        return convert_int8(model, torch.zeros((1, *arch.input_shape)), calibration)
+
+
+def _keras_int8(arch: Any, seed: int, calibration: np.ndarray) -> bytes:
+    import keras
+
+    from pipeline.export.keras_convert import convert_model
+    from pipeline.models.architecture import build_keras_model
+
+    keras.utils.set_random_seed(seed)
+    model = build_keras_model(arch)
+    return convert_model(model, arch.input_shape, calibration, ("int8",))["int8"]
+
+
+EXPORTERS = {"torch": _torch_int8, "keras": _keras_int8}
 
 
 def tflm_kernels(params: Params) -> tuple[set[str] | None, set[str], str]:
@@ -236,18 +258,17 @@ def answer(graph: Graph, device: str, profile: DeviceProfile, params: Params) ->
 
 
 def examine(params: Params) -> dict[str, Any]:
-    """The whole answer, as metrics/preflight.json holds it."""
-    shape, classes = input_spec(params)
+    """The whole answer, as metrics/preflight.json holds it. Data that cannot be read skips it:
+    prepare says what is wrong with it, under the run's own MLflow record."""
+    from pipeline.core.errors import TinyopsError
+
     model = params.model
-    report: dict[str, Any] = {
-        "model": model.module or model.arch,
-        "framework": model.framework,
-        "input_shape": list(shape),
-        "classes": len(classes),
-    }
-    if model.framework != "torch":
-        report["skipped"] = "model.framework keras: preflight exports torch models only (so far)"
-        return report
+    report: dict[str, Any] = {"model": model.module or model.arch, "framework": model.framework}
+    try:
+        shape, classes = input_spec(params)
+    except TinyopsError as exc:
+        return report | {"skipped": f"the data could not be read ({str(exc).splitlines()[0]})"}
+    report |= {"input_shape": list(shape), "classes": len(classes)}
     try:
         graph = audit(params, export_untrained(params, shape, classes))
     except ConfigError:
@@ -270,7 +291,7 @@ def run_preflight(params: Params) -> tuple[dict[str, Any], bool]:
     cached = catalog.PREFLIGHT_CACHE / f"{key}.json"
     hit = cached.is_file()
     report = json.loads(cached.read_text()) if hit else examine(params)
-    if not hit:
+    if not hit and "skipped" not in report:  # unreadable data: asked again once it is fixed
         atomic.write_json(cached, report)
     atomic.write_json(catalog.PREFLIGHT_METRICS, report)
     return report, hit

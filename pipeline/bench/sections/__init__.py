@@ -14,12 +14,14 @@ from pipeline.bench.sections import (
     memory,
     overhead,
     paradigms,
+    preflight,
     quantization,
     throughput,
 )
 
 ORDER: tuple[ModuleType, ...] = (
-    throughput, quantization, latency, memory, overhead, paradigms, frameworks, firmware, families,
+    throughput, quantization, latency, memory, overhead, paradigms, frameworks, firmware, preflight,
+    families,
 )  # fmt: skip
 
 
