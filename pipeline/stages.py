@@ -87,25 +87,47 @@ def run_prepare(params_path: Path) -> dict[str, Any]:
 
 
 def run_train(params_path: Path) -> dict[str, Any]:
+    params = load_params(params_path)
+    with tracking.stage_run(
+        "train", stage_params(params, "train"), tracking.run_tags("train")
+    ) as run:
+        summary = TRAINERS[params.model.trainer](params, params_path, run)
+        _log_train_summary(run, summary)
+        run.log_artifact(catalog.TRAIN_HISTORY)
+    return summary
+
+
+def _train_workers(params: Params, params_path: Path, run: tracking.Run) -> dict[str, Any]:
+    """torch or Keras: the workers, launched and watched (pipeline/training/launcher.py)."""
     from pipeline.data.prepare import load_meta
     from pipeline.models.architecture import architecture_for, block_parameters
     from pipeline.training.launcher import train
 
-    params = load_params(params_path)
     meta = load_meta()
     blocks = block_parameters(
         architecture_for(params, meta.input_shape, meta.num_classes, meta.classes),
         params.model.framework,
     )
-    with tracking.stage_run(
-        "train", stage_params(params, "train"), tracking.run_tags("train")
-    ) as run:
-        result = train(params, params_path, meta.splits["train"], run=run, block_params=blocks)
-        _log_train_summary(run, result.summary)
-        if result.timing:
-            run.log_metrics(result.timing)
-        run.log_artifact(catalog.TRAIN_HISTORY)
+    result = train(params, params_path, meta.splits["train"], run=run, block_params=blocks)
+    if result.timing:
+        run.log_metrics(result.timing)
     return result.summary
+
+
+def _adopt(params: Params, params_path: Path, run: tracking.Run) -> dict[str, Any]:
+    """model.arch tflite: the given model checked and recorded (pipeline/training/adopt.py)."""
+    from pipeline.data.prepare import load_processed
+    from pipeline.training.adopt import adopt
+
+    return adopt(params, load_processed())
+
+
+# model.trainer → what makes models/trained/: workers that train, or a model adopted as given.
+TRAINERS: dict[str, Callable[[Params, Path, tracking.Run], dict[str, Any]]] = {
+    "torch": _train_workers,
+    "keras": _train_workers,
+    "tflite": _adopt,
+}
 
 
 def _log_train_summary(run: tracking.Run, summary: dict[str, Any]) -> None:
@@ -113,7 +135,8 @@ def _log_train_summary(run: tracking.Run, summary: dict[str, Any]) -> None:
     they are (the run's params hold train.parallelism and its settings)."""
     outcome = ("best_epoch", "epochs_run", "val_loss", "val_accuracy")
     run.log_metrics(
-        {f"best_{k}": summary[k] for k in outcome} | {"parameters": summary["parameters"]}
+        {f"best_{k}": summary[k] for k in outcome if k in summary}
+        | {"parameters": summary["parameters"]}
     )
     run.log_metrics(
         {
@@ -219,9 +242,10 @@ def _torch_model_files(folder: Path, example: Any, extra: list[str]) -> None:
     )
 
 
-def _keras_model_files(folder: Path, example: Any, extra: list[str]) -> None:
-    """The trained folder as it is (model.json + weights; `keras_store.load_model` rebuilds it),
-    the .tflite files under extra_files/ as for torch."""
+def _folder_model_files(folder: Path, example: Any, extra: list[str]) -> None:
+    """The trained folder as it is (Keras: model.json + weights, which `keras_store.load_model`
+    rebuilds; tflite: the file and its card), the .tflite files under extra_files/ as for
+    torch."""
     import shutil
 
     shutil.copytree(catalog.TRAINED_DIR, folder)
@@ -231,7 +255,11 @@ def _keras_model_files(folder: Path, example: Any, extra: list[str]) -> None:
 
 
 # The framework that trained models/trained/ → how its LoggedModel's files are written.
-MODEL_FILES = {"torch": _torch_model_files, "keras": _keras_model_files}
+MODEL_FILES = {
+    "torch": _torch_model_files,
+    "keras": _folder_model_files,
+    "tflite": _folder_model_files,
+}
 
 
 def run_evaluate(params_path: Path) -> dict[str, Any]:

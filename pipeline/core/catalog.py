@@ -28,7 +28,9 @@ TRAINED_DIR = MODEL_DIR / "trained"  # the trained model, in its framework's own
 MODEL_FILE = TRAINED_DIR / "model.pt"  # torch: weights and architecture in one file
 KERAS_CARD = TRAINED_DIR / "model.json"  # keras: architecture, classes, normalisation
 KERAS_WEIGHTS = TRAINED_DIR / "model.weights.npz"  # keras: the weights by variable path
-FRAMEWORK_FILES = {"torch": MODEL_FILE.name, "keras": KERAS_CARD.name}
+TFLITE_MODEL = TRAINED_DIR / "model.tflite"  # model.arch tflite: the file, as it was given
+TFLITE_CARD = TRAINED_DIR / "card.json"  # tflite: its architecture, labels, normalisation
+FRAMEWORK_FILES = {"torch": MODEL_FILE.name, "keras": KERAS_CARD.name, "tflite": TFLITE_MODEL.name}
 CHECKPOINT_DIR = MODEL_DIR / "checkpoints"
 METRICS_DIR = Path("metrics")
 PREFLIGHT_METRICS = METRICS_DIR / "preflight.json"  # tinyops preflight: the answer per device
@@ -144,7 +146,7 @@ class TrainSummary(Artifact):
     framework: str = "torch"
     best_epoch: int
     epochs_run: int
-    val_loss: float
+    val_loss: float | None = None  # none for model.arch tflite: adopted, not trained
     val_accuracy: float
     parameters: int
     training_samples: int = 0
@@ -228,27 +230,31 @@ class VariantInfo(Artifact):
 
 
 class Variants(Artifact):
-    """metrics/variants.json: every exported variant by name."""
+    """metrics/variants.json: every exported variant by name (a model trained elsewhere,
+    model.arch tflite, has the int8 one alone)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    fp32: VariantInfo
-    float16: VariantInfo
-    dynamic_int8: VariantInfo
+    fp32: VariantInfo | None = None
+    float16: VariantInfo | None = None
+    dynamic_int8: VariantInfo | None = None
     int8: VariantInfo
 
     def items(self) -> list[tuple[str, VariantInfo]]:
-        return [(name, getattr(self, name)) for name in type(self).model_fields]
+        """The variants that were exported."""
+        found = [(name, getattr(self, name)) for name in type(self).model_fields]
+        return [(name, info) for name, info in found if info is not None]
 
 
 class EvaluateMetrics(Artifact):
     """metrics/evaluate.json: accuracy at every level, sizes and the TFLite Micro arena."""
 
     framework: str = "torch"  # what trained the model: the first level is its fp32 accuracy
-    framework_fp32_accuracy: float
-    tflite_fp32_accuracy: float
+    # absent for model.arch tflite (no float model or variants: trained elsewhere)
+    framework_fp32_accuracy: float | None = None
+    tflite_fp32_accuracy: float | None = None
     tflite_int8_accuracy: float
     tflm_int8_accuracy: float
-    tflite_fp32_bytes: int
+    tflite_fp32_bytes: int | None = None
     tflite_int8_bytes: int
     tflm_arena_bytes: int
     test_samples: int

@@ -31,12 +31,23 @@ Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]
 SEQUENCE_SOURCES = ("basicmotions", "japanesevowels", "series_npz", "series_csv")
 PATH_SOURCES = ("npz", "imagefolder", "series_npz", "series_csv")
 Arch = Literal[
-    "cnn2d", "cnn1d", "dscnn1d", "tcn", "gru", "lstm", "transformer", "autoencoder", "custom"
+    "cnn2d",
+    "cnn1d",
+    "dscnn1d",
+    "tcn",
+    "gru",
+    "lstm",
+    "transformer",
+    "autoencoder",
+    "custom",
+    "tflite",
 ]
 SEQUENCE_ARCHS = ("cnn1d", "dscnn1d", "tcn", "gru", "lstm", "transformer", "autoencoder")
 KERAS_ARCHS = ("cnn2d", "cnn1d", "dscnn1d", "tcn", "custom")  # models/architecture.KERAS_FAMILIES
 # model.module: a factory in a module of the project's user_models/ folder (catalog.USER_MODELS).
 USER_MODULE = re.compile(r"user_models(\.[A-Za-z_]\w*)+:[A-Za-z_]\w*")
+# model.path: a .tflite file in user_models/ (so DVC tracks its bytes as a dep of train).
+USER_TFLITE = re.compile(r"user_models(/[\w.-]+)*/[\w.-]+\.tflite")
 
 
 class PrepareParams(_Section):
@@ -100,7 +111,8 @@ class ModelParams(_Section):
     gru / lstm (cells unrolled over the steps), transformer (encoder blocks with int8
     attention), autoencoder (a dense autoencoder for anomaly detection: trained on
     model.normal_class alone, scored by reconstruction error, evaluated with AUC). Every family
-    quantizes fully to int8 and runs in TensorFlow Lite Micro."""
+    quantizes fully to int8 and runs in TensorFlow Lite Micro. Your own: custom (a factory in
+    user_models/, model.module), tflite (an int8 .tflite trained elsewhere, model.path)."""
 
     framework: Literal["torch", "keras"] = "torch"
     """torch: PyTorch under torchrun, exported with litert-torch; keras: Keras 3 on TensorFlow
@@ -128,8 +140,27 @@ class ModelParams(_Section):
     the input shape ((H, W, C) images, (T, C) series) and the class count; it returns an
     nn.Module (torch) or a keras.Model (keras). Importing it runs its code, as any import does."""
     task: Literal["classification", "reconstruction"] = "classification"
-    """custom: what the outputs are: class logits, or the rebuilt input (anomaly detection,
-    trained on model.normal_class alone). The bundled families know their own task."""
+    """custom and tflite: what the outputs are: class logits, or the rebuilt input (anomaly
+    detection, trained on model.normal_class alone). The bundled families know their own task."""
+    path: str | None = None
+    """tflite: your int8 .tflite, trained elsewhere, as `user_models/NAME.tflite` (DVC tracks the
+    folder). train checks and records it, export ships it as the int8 variant; there are no
+    float variants."""
+    labels: tuple[str, ...] | None = Field(default=None, strict=False)
+    """tflite: the classes of the model's outputs, in output order; they must be the data's
+    classes in that order. null: the data's classes (sorted names)."""
+    input_mean: tuple[float, ...] | None = Field(default=None, strict=False)
+    """tflite: the per-channel mean the model's input was normalised with (input = (raw - mean)
+    / std); null: prepare's statistics of the training split."""
+    input_std: tuple[Annotated[float, Field(gt=0.0)], ...] | None = Field(
+        default=None, strict=False
+    )
+    """tflite: the per-channel std that goes with input_mean."""
+
+    @property
+    def trainer(self) -> str:
+        """What makes models/trained/: the framework, or `tflite` for a model trained elsewhere."""
+        return "tflite" if self.arch == "tflite" else self.framework
 
     @model_validator(mode="after")
     def _check(self) -> ModelParams:
@@ -143,11 +174,12 @@ class ModelParams(_Section):
                 f"model.module {self.module!r} must be user_models.NAME:FUNCTION, a function in "
                 "a module of the project's user_models/ folder (which DVC tracks)"
             )
-        if self.task != "classification" and self.arch != "custom":
+        if self.task != "classification" and self.arch not in ("custom", "tflite"):
             raise ValueError(
-                f"model.task is for model.arch custom; {self.arch} knows its own task (set it to "
-                "classification)"
+                f"model.task is for model.arch custom and tflite; {self.arch} knows its own task "
+                "(set it to classification)"
             )
+        _check_tflite(self)
         if self.arch == "transformer" and self.hidden_size % self.heads:
             raise ValueError(
                 f"transformer hidden_size {self.hidden_size} must be a multiple of heads "
@@ -160,6 +192,29 @@ class ModelParams(_Section):
                 f"{', '.join(KERAS_ARCHS)}. Set model.framework: torch."
             )
         return self
+
+
+def _check_tflite(model: ModelParams) -> None:
+    """model.path, labels and normalisation belong to model.arch tflite, and go together."""
+    given = [k for k in ("path", "labels", "input_mean", "input_std") if getattr(model, k)]
+    if model.arch != "tflite":
+        if given:
+            raise ValueError(
+                f"model.{given[0]} is for model.arch tflite (a model trained elsewhere); with "
+                f"model.arch {model.arch} set it to null"
+            )
+        return
+    if model.path is None or not USER_TFLITE.fullmatch(model.path):
+        raise ValueError(
+            f"model.arch tflite needs model.path: user_models/NAME.tflite, a file in the "
+            f"project's user_models/ folder (which DVC tracks); got {model.path!r}"
+        )
+    if model.framework != "torch":
+        raise ValueError("model.framework does not apply to model.arch tflite: leave it torch")
+    if (model.input_mean is None) != (model.input_std is None) or (
+        model.input_mean is not None and len(model.input_mean) != len(model.input_std or ())
+    ):
+        raise ValueError("model.input_mean and model.input_std go together, one value per channel")
 
 
 class TrainParams(_Section):
@@ -446,7 +501,9 @@ def _check_framework(tp: TrainParams, model: ModelParams) -> None:
 def _check_family(prep: PrepareParams, model: ModelParams, tp: TrainParams) -> None:
     """Refused before any work: a family that does not fit the data, or a model-parallel
     strategy on a family that has no block boundaries to cut at."""
-    if model.arch != "custom" and prep.is_sequence != (model.arch in SEQUENCE_ARCHS):
+    if model.arch not in ("custom", "tflite") and prep.is_sequence != (
+        model.arch in SEQUENCE_ARCHS
+    ):
         kind = "time series" if prep.is_sequence else "images"
         fits = ", ".join(SEQUENCE_ARCHS) if prep.is_sequence else "cnn2d"
         raise ValueError(

@@ -6,6 +6,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -123,6 +124,22 @@ class Splits:
     x: dict[str, np.ndarray]
     y: dict[str, np.ndarray]
     meta: DatasetMeta
+
+
+def renormalised(x: np.ndarray, now: dict[str, Any], then: dict[str, Any]) -> np.ndarray:
+    """Inputs normalised with `now`'s mean and std, normalised with `then`'s instead (a
+    champion's, or a model's trained elsewhere): back to raw values, then forward again. The
+    same statistics leave `x` as it is, bit for bit."""
+    if [now["mean"], now["std"]] == [then["mean"], then["std"]]:
+        return x
+
+    def arrays(norm: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        return (np.asarray(norm["mean"], dtype=np.float64),
+                np.asarray(norm["std"], dtype=np.float64))  # fmt: skip
+
+    (mean_now, std_now), (mean_then, std_then) = arrays(now), arrays(then)
+    raw = x.astype(np.float64) * std_now + mean_now
+    return ((raw - mean_then) / std_then).astype(np.float32)
 
 
 def load_meta(out_dir: Path = PROCESSED_DIR) -> DatasetMeta:

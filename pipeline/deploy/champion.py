@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.core.catalog import DatasetMeta, Manifest
+from pipeline.data.prepare import renormalised
 from pipeline.models.tasks import task_from
 from pipeline.tflite import litert, tflm
 from pipeline.tflite.flatbuffer import read_model
@@ -129,22 +130,12 @@ def lineage_difference(champion: Signature, challenger: Signature, version: str)
     )
 
 
-def _renormalised(x: np.ndarray, meta: DatasetMeta, manifest: Manifest) -> np.ndarray:
-    """This run's normalised inputs, normalised the champion's way instead."""
-    mean_now = np.asarray(meta.normalization["mean"], dtype=np.float64)
-    std_now = np.asarray(meta.normalization["std"], dtype=np.float64)
-    mean_then = np.asarray(manifest.normalization["mean"], dtype=np.float64)
-    std_then = np.asarray(manifest.normalization["std"], dtype=np.float64)
-    raw = x.astype(np.float64) * std_now + mean_now
-    return ((raw - mean_then) / std_then).astype(np.float32)
-
-
 def score(
     model: bytes, manifest: Manifest, x: np.ndarray, y: np.ndarray, meta: DatasetMeta
 ) -> float:
     """Accuracy of a bundle's model on this test split, in the bundle's own runtime, decided
     the way its manifest's task says (argmax; an autoencoder's threshold)."""
-    x = _renormalised(x, meta, manifest)
+    x = renormalised(x, meta.normalization, manifest.normalization)
     if manifest.runtime == "tflm":
         scale, zp = manifest.input_scale or 1.0, manifest.input_zero_point or 0
         outputs = tflm.predict(model, litert.quantize_input(x, scale, zp), manifest.host_arena())

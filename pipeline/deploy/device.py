@@ -32,7 +32,7 @@ from pipeline.deploy.bundle import (
     verify_bundle,
 )
 from pipeline.deploy.champion import Champion
-from pipeline.deploy.fit import Candidate, Firmware, assess, choose
+from pipeline.deploy.fit import Candidate, Check, Firmware, assess, choose
 from pipeline.models.tasks import task_from
 from pipeline.tflite import tflm
 from pipeline.tflite.flatbuffer import read_model
@@ -150,8 +150,11 @@ def assess_device(ctx: DeployContext) -> tuple[list[Candidate], dict[str, Firmwa
     profile = ctx.profile
     candidates, proofs = [], {}
     for variant in profile.variants:
+        figures: VariantInfo | None = getattr(ctx.variants, variant)
+        if figures is None:
+            candidates.append(not_exported(variant))
+            continue
         model = ctx.model(variant)
-        figures: VariantInfo = getattr(ctx.variants, variant)
         runs = firmware = None
         if profile.runtime == "tflm":
             runs = tflm.runs_with_arena(model, reserved_arena(figures.tflm_arena_bytes or 0))
@@ -161,6 +164,15 @@ def assess_device(ctx: DeployContext) -> tuple[list[Candidate], dict[str, Firmwa
             assess(variant, model, figures, profile, ctx.params.deploy, runs, firmware)
         )
     return candidates, proofs
+
+
+def not_exported(variant: str) -> Candidate:
+    """A variant the device accepts but export did not make (a model trained elsewhere, model.arch
+    tflite, is int8 alone): a candidate that fails, saying so."""
+    reason = (
+        f"{variant} was not exported: a model trained elsewhere (model.arch tflite) is int8 only"
+    )
+    return Candidate(variant, 0, 0, 0.0, 0.0, "none", (Check("exported", False, 0, 1, "", reason),))
 
 
 def _mac_estimate(chosen: Candidate) -> float:
@@ -189,7 +201,8 @@ def manifest_for(ctx: DeployContext, chosen: Candidate, model: bytes) -> Manifes
         "input_shape": meta.input_shape,
         "layout": meta.layout[1:],  # HWC or TC, the batch left out
         "channels": meta.channels,
-        "normalization": {k: meta.normalization[k] for k in ("mean", "std")},
+        "normalization": getattr(variants.int8, "normalization", None)
+        or {k: meta.normalization[k] for k in ("mean", "std")},  # the model's own, else prepare's
         "mlflow_run_id": ctx.run.run_id,
         "git_commit": git_commit(),
         "data_sha256": meta.data_sha256,

@@ -132,6 +132,11 @@ def training_line(trained: TrainSummary | None) -> str:
     """How the model was trained: strategy, shape and the model state each worker held."""
     if trained is None:
         return "Training: metrics/train.json is missing."
+    if trained.framework == "tflite":
+        return (
+            f"Trained elsewhere (model.arch tflite): adopted as given, {trained.parameters:,} "
+            f"stored weights; validation figure in LiteRT {trained.val_accuracy:.4f}."
+        )
     per_rank = trained.per_rank_state()
     held = " / ".join(f"{b / 2**20:.2f}" for b in per_rank) or "?"
     whole = trained.parameters * 16 / 2**20
@@ -150,7 +155,7 @@ def markdown(
     trained: TrainSummary | None = None,
     layers: dict[str, Any] | None = None,
 ) -> str:
-    evaluate = evaluated.model_dump()
+    evaluate = evaluated.model_dump(exclude_none=True)
     levels = (
         "framework_fp32",
         "tflite_fp32",

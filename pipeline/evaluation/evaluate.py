@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 
 from pipeline.core import atomic, catalog, interrupt
-from pipeline.core.catalog import EvaluateMetrics, VariantInfo, Variants
+from pipeline.core.catalog import DatasetMeta, EvaluateMetrics, VariantInfo, Variants
 from pipeline.core.config import VARIANTS, EvaluateParams
 from pipeline.core.errors import ArtifactError
-from pipeline.data.prepare import Splits
+from pipeline.data.prepare import Splits, renormalised
 from pipeline.models.architecture import Architecture
 from pipeline.models.tasks import task_for
 from pipeline.tflite import litert, tflm
@@ -40,19 +40,17 @@ class Outputs:
     LiteRT per variant, TFLite Micro on the first `len(micro)` samples."""
 
     framework: str
-    reference_logits: np.ndarray
+    reference_logits: np.ndarray | None  # none for a model trained elsewhere (model.arch tflite)
     litert: dict[str, np.ndarray]
     micro: np.ndarray
     int8_input: dict[str, Any]
     arch: Architecture
 
     def levels(self) -> dict[str, np.ndarray]:
-        """Level name (the prefix of its metrics) → outputs."""
-        return {
-            "framework_fp32": self.reference_logits,
-            **{f"tflite_{v}": o for v, o in self.litert.items()},
-            "tflm_int8": self.micro,
-        }
+        """Level name (the prefix of its metrics) → outputs, for the levels this model has."""
+        first = {} if self.reference_logits is None else {"framework_fp32": self.reference_logits}
+        return {**first, **{f"tflite_{v}": o for v, o in self.litert.items()},
+                "tflm_int8": self.micro}  # fmt: skip
 
 
 def _read(path: Path) -> bytes:
@@ -62,8 +60,10 @@ def _read(path: Path) -> bytes:
 
 
 def load_variants(export_dir: Path) -> tuple[dict[str, bytes], dict[str, ModelInfo]]:
-    """Every variant's bytes and parsed flatbuffer; the int8 one must be full-integer."""
-    blobs = {v: _read(catalog.variant_file(v, export_dir)) for v in VARIANTS}
+    """Every exported variant's bytes and parsed flatbuffer (int8 at least: a model trained
+    elsewhere has no other); the int8 one must be full-integer."""
+    present = [v for v in VARIANTS if catalog.variant_file(v, export_dir).is_file()]
+    blobs = {v: _read(catalog.variant_file(v, export_dir)) for v in {*present, "int8"}}
     infos = {v: read_model(b, str(catalog.variant_file(v, export_dir))) for v, b in blobs.items()}
     check_full_int8(blobs["int8"], str(catalog.variant_file("int8", export_dir)))
     return blobs, infos
@@ -76,8 +76,8 @@ def arenas(params: EvaluateParams, blobs: dict[str, bytes]) -> tuple[int, int]:
         fp32 = tflm.measure_arena_bytes(
             blobs["fp32"], params.arena_max_bytes, params.arena_granularity
         )
-    except ValueError:
-        fp32 = -1  # informative only: fp32 is not the MCU deployment target
+    except (ValueError, KeyError):
+        fp32 = -1  # informative only: fp32 is not the MCU deployment target (or not exported)
     return int8, fp32
 
 
@@ -93,9 +93,32 @@ def _keras_fp32(trained_dir: Path, x: np.ndarray) -> tuple[np.ndarray, Architect
     return predict(trained_dir, x)
 
 
+def _no_fp32(trained_dir: Path, x: np.ndarray) -> tuple[None, Architecture]:
+    """A model trained elsewhere: no float network, so no first level; its architecture from
+    the card."""
+    from pipeline.models import tflite_store
+
+    return None, tflite_store.load_model(trained_dir)[1]
+
+
 # The framework that trained models/trained/ → its fp32 logits (the first level). Only that
 # framework is imported: torch and TensorFlow never share this process.
-REFERENCE = {"torch": _torch_fp32, "keras": _keras_fp32}
+REFERENCE = {"torch": _torch_fp32, "keras": _keras_fp32, "tflite": _no_fp32}
+
+
+def own_normalization(trained_dir: Path) -> dict[str, Any] | None:
+    """A model trained elsewhere may expect its own normalisation (model.input_mean/std, on its
+    card); a model trained here takes prepare's (none)."""
+    if catalog.trained_framework(trained_dir) != "tflite":
+        return None
+    from pipeline.models import tflite_store
+
+    return dict(tflite_store.load_model(trained_dir)[2]["normalization"])
+
+
+def model_inputs(x: np.ndarray, meta: DatasetMeta, norm: dict[str, Any] | None) -> np.ndarray:
+    """The prepared inputs as the model expects them."""
+    return x if norm is None else renormalised(x, meta.normalization, norm)
 
 
 def run_levels(
@@ -104,7 +127,7 @@ def run_levels(
     framework = catalog.trained_framework(trained_dir)
     reference, arch = REFERENCE[framework](trained_dir, x)
     lite, inputs = {}, {}
-    for variant in ("fp32", "int8", "float16", "dynamic_int8"):
+    for variant in [v for v in ("fp32", "int8", "float16", "dynamic_int8") if v in blobs]:
         raw, inputs[variant] = litert.run_batch(blobs[variant], x)
         lite[variant] = litert.dequantized(blobs[variant], raw)
     scale, zp = inputs["int8"]["quantization"]
@@ -154,7 +177,7 @@ def validation_thresholds(
     task = task_for(out.arch)
     if not task.calibrated:
         return dict.fromkeys(out.levels())
-    x, y = data.x["val"], data.y["val"]
+    x, y = model_inputs(data.x["val"], data.meta, own_normalization(trained_dir)), data.y["val"]
     val = run_levels(x, trained_dir, blobs, arena, len(x))
     return {lvl: task.threshold(o, x, y) for lvl, o in val.levels().items()}
 
@@ -162,7 +185,8 @@ def validation_thresholds(
 def level_metrics(
     out: Outputs, scored: Scored, blobs: dict[str, bytes], arenas: tuple[int, int]
 ) -> EvaluateMetrics:
-    diff = np.abs(out.reference_logits - out.litert["fp32"]).max()
+    floats = out.reference_logits is not None and "fp32" in out.litert
+    diff = np.abs(out.reference_logits - out.litert["fp32"]).max() if floats else None
     per_level = {
         f"{level}_{k}": v
         for level in scored.predicted
@@ -173,25 +197,36 @@ def level_metrics(
         framework=out.framework,
         **per_level,
         **thresholds,
-        tflite_fp32_bytes=len(blobs["fp32"]),
-        tflite_int8_bytes=len(blobs["int8"]),
-        tflite_float16_bytes=len(blobs["float16"]),
-        tflite_dynamic_int8_bytes=len(blobs["dynamic_int8"]),
+        **{f"tflite_{v}_bytes": len(b) for v, b in blobs.items()},
         tflm_arena_bytes=arenas[0],
-        tflm_fp32_arena_bytes=arenas[1],
-        int8_fp32_agreement=scored.agreement("tflite_int8", "tflite_fp32"),
         tflm_litert_int8_agreement=scored.agreement("tflm_int8", "tflite_int8"),
-        framework_tflite_fp32_max_logit_diff=float(f"{diff:.3e}"),
+        **(_float_figures(scored, arenas[1], diff) if floats else {}),
         test_samples=len(scored.labels),
         tflm_samples=len(out.micro),
     )
 
 
+def _float_figures(scored: Scored, fp32_arena: int, diff: float) -> dict[str, Any]:
+    """What only a model with a float network and variants has."""
+    return {
+        "tflm_fp32_arena_bytes": fp32_arena,
+        "int8_fp32_agreement": scored.agreement("tflite_int8", "tflite_fp32"),
+        "framework_tflite_fp32_max_logit_diff": float(f"{diff:.3e}"),
+    }
+
+
 def variant_table(
-    out: Outputs, scored: Scored, blobs: dict[str, bytes], infos: dict, export_dir: Path, arena: int
+    out: Outputs,
+    scored: Scored,
+    blobs: dict[str, bytes],
+    infos: dict,
+    export_dir: Path,
+    arena: int,
+    normalization: dict[str, Any] | None = None,
 ) -> Variants:
     """Per variant: file, bytes, MACs, LiteRT accuracy; int8 also TFLite Micro accuracy, arena,
-    ops, its input and output quantization and its task (what deploy and the bundles read)."""
+    ops, its input and output quantization, its task and (a model trained elsewhere) the
+    normalisation it expects: what deploy and the bundles read."""
     scale, zp = out.int8_input["quantization"]
     output = infos["int8"].tensors[infos["int8"].outputs[0]]
     task = task_for(out.arch)
@@ -206,6 +241,7 @@ def variant_table(
             "output_zero_point": int(output.zero_points[0]),
             "task": task.describe(scored.thresholds["tflm_int8"]),  # what firmware runs
             **{f"tflm_{k}": v for k, v in scored.extra["tflm_int8"].items()},
+            **({"normalization": normalization} if normalization else {}),
         }
     }
     return Variants(
@@ -221,6 +257,7 @@ def variant_table(
                 | extra.get(v, {})
             )
             for v in VARIANTS
+            if v in blobs
         }
     )
 
@@ -235,7 +272,8 @@ def evaluate(
     interrupt.import_modules(
         "ai_edge_litert.interpreter", "tflite_micro.python.tflite_micro.runtime"
     )
-    x, y = data.x["test"], data.y["test"]
+    norm = own_normalization(trained_dir)
+    x, y = model_inputs(data.x["test"], data.meta, norm), data.y["test"]
     blobs, infos = load_variants(export_dir)
     arena = arenas(params, blobs)
     n_micro = len(x) if params.tflm_samples == 0 else min(params.tflm_samples, len(x))
@@ -249,7 +287,7 @@ def evaluate(
     extra = streaming_metrics(params, export_dir / "streaming", x[:n_micro], y[:n_micro], out.micro)
     return EvaluateResult(
         metrics=EvaluateMetrics.model_validate(metrics.model_dump() | extra),
-        variants=variant_table(out, scored, blobs, infos, export_dir, arena[0]),
+        variants=variant_table(out, scored, blobs, infos, export_dir, arena[0], norm),
         confusion=confusion,
         classes=classes,
     )

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.core import atomic, catalog, interrupt
-from pipeline.core.config import ExportParams
+from pipeline.core.config import VARIANTS, ExportParams
 from pipeline.core.errors import ExportError, TinyopsError
 from pipeline.export import streaming
 from pipeline.export.divergence import summary
@@ -241,9 +241,25 @@ def convert_keras(
     return Converted(keras_convert.convert_all(trained_dir, calibration), [])
 
 
-# The framework that trained models/trained/ → its converter (every variant's bytes).
-CONVERTERS = {"torch": convert_torch, "keras": convert_keras}
-CONVERTER_NAMES = {"torch": "litert-torch", "keras": "tf.lite.TFLiteConverter"}
+def convert_tflite(
+    trained_dir: Path, calibration: np.ndarray, seed: int, tuning: Tuning | None = None
+) -> Converted:
+    """model.arch tflite: the adopted file is the int8 variant as it was given; there is no
+    float model to make the others from."""
+    from pipeline.models import tflite_store
+
+    model, _, _ = tflite_store.load_model(trained_dir)
+    why = "trained elsewhere (model.arch tflite): shipped as given"
+    return Converted({"int8": model}, [], quantization={"method": "external", "why": why})
+
+
+# The framework that trained models/trained/ → its converter (the variants it can make).
+CONVERTERS = {"torch": convert_torch, "keras": convert_keras, "tflite": convert_tflite}
+CONVERTER_NAMES = {
+    "torch": "litert-torch",
+    "keras": "tf.lite.TFLiteConverter",
+    "tflite": "the adopted .tflite",
+}
 
 
 def export(
@@ -276,6 +292,8 @@ def export(
     with interrupt.deferred():  # all checked before the first is written; all or none replaced
         for variant, data in models.items():
             atomic.write_bytes(paths[variant], data)
+        for variant in set(VARIANTS) - set(models):  # not made for this model: none stays stale
+            catalog.variant_file(variant, out_dir).unlink(missing_ok=True)
         atomic.write_json(layers_file, layers)
         streaming.write(
             out_dir / "streaming", converted.step, converted.step_spec or {"note": "none"}

@@ -29,16 +29,19 @@ class Architecture:
     stride: int = 1
     normal_class: int = 0  # autoencoder: index of the class it learns as normal
     module: str = ""  # custom: user_models.NAME:FUNCTION, the factory that builds it
-    task: str = "classification"  # custom: classification or reconstruction
+    task: str = "classification"  # custom, tflite: classification or reconstruction
+    path: str = ""  # tflite: user_models/NAME.tflite, the file it was given as
 
     def to_dict(self) -> dict[str, Any]:
-        """The stored form; a bundled family's has no module or task, as before they existed,
-        so its model.pt bytes stay what they were."""
+        """The stored form; a bundled family's has no module, task or path, as before they
+        existed, so its model.pt bytes stay what they were."""
         d = asdict(self)
         d["input_shape"] = list(self.input_shape)
         d["channels"] = list(self.channels)
-        if self.arch != "custom":
-            del d["module"], d["task"]
+        kept = {"custom": ("module", "task"), "tflite": ("task", "path")}.get(self.arch, ())
+        for key in ("module", "task", "path"):
+            if key not in kept:
+                del d[key]
         return d
 
     @classmethod
@@ -56,6 +59,7 @@ class Architecture:
             normal_class=int(d.get("normal_class", 0)),
             module=str(d.get("module", "")),
             task=str(d.get("task", "classification")),
+            path=str(d.get("path", "")),
         )
 
 
@@ -78,6 +82,7 @@ def architecture_for(
         normal_class=normal_index(m.normal_class, classes),
         module=m.module or "",
         task=m.task,
+        path=m.path or "",
     )
 
 

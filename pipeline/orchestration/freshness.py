@@ -21,6 +21,8 @@ from pipeline.core.config import Params
 from pipeline.core.provenance import sha256_file
 
 CODE = ("pipeline", "flows", "user_models")  # every .py under these, plus dvc.yaml
+# user_models/ also holds models trained elsewhere (model.arch tflite): code and data alike.
+MODEL_SUFFIXES = (".tflite",)
 # Written by `dvc add` beside the data: they follow the data, so they are not data themselves.
 NOT_DATA_SUFFIXES = (".dvc",)
 NOT_DATA_NAMES = {".gitignore"}
@@ -60,7 +62,8 @@ def fingerprint(params: Params) -> Fingerprint:
     dumped = json.dumps(params.model_dump(mode="json"), sort_keys=True)
     code = hashlib.sha256()
     for folder in CODE:
-        for path in sorted(Path(folder).rglob("*.py")):
+        found = [p for p in Path(folder).rglob("*") if p.suffix in (".py", *MODEL_SUFFIXES)]
+        for path in sorted(p for p in found if p.is_file()):
             code.update(f"{path.as_posix()}\0{sha256_file(path)}\n".encode())
     if Path("dvc.yaml").is_file():
         code.update(f"dvc.yaml\0{sha256_file('dvc.yaml')}\n".encode())

@@ -14,6 +14,7 @@ import hashlib
 import json
 import re
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -146,7 +147,7 @@ def export_untrained(params: Params, shape: tuple[int, ...], classes: list[str])
     arch = architecture_for(params, shape, len(classes), classes)
     rng = np.random.default_rng(params.train.seed)
     calibration = rng.normal(size=(CALIBRATION_SAMPLES, *shape)).astype(np.float32)
-    return EXPORTERS[params.model.framework](arch, params.train.seed, calibration)
+    return EXPORTERS[params.model.trainer](arch, params.train.seed, calibration)
 
 
 def _torch_int8(arch: Any, seed: int, calibration: np.ndarray) -> bytes:
@@ -176,7 +177,14 @@ def _keras_int8(arch: Any, seed: int, calibration: np.ndarray) -> bytes:
     return convert_model(model, arch.input_shape, calibration, ("int8",))["int8"]
 
 
-EXPORTERS = {"torch": _torch_int8, "keras": _keras_int8}
+def _given_int8(arch: Any, seed: int, calibration: np.ndarray) -> bytes:
+    """model.arch tflite: the file itself, trained or not: nothing to export."""
+    from pipeline.training.adopt import read_file
+
+    return read_file(Path(arch.path))
+
+
+EXPORTERS = {"torch": _torch_int8, "keras": _keras_int8, "tflite": _given_int8}
 
 
 def tflm_kernels(params: Params) -> tuple[set[str] | None, set[str], str]:
@@ -263,7 +271,10 @@ def examine(params: Params) -> dict[str, Any]:
     from pipeline.core.errors import TinyopsError
 
     model = params.model
-    report: dict[str, Any] = {"model": model.module or model.arch, "framework": model.framework}
+    report: dict[str, Any] = {
+        "model": model.module or model.path or model.arch,
+        "framework": model.trainer,
+    }
     try:
         shape, classes = input_spec(params)
     except TinyopsError as exc:

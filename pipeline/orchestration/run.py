@@ -34,14 +34,16 @@ from pipeline.orchestration.dvc import (
 def run_name(params: Params, params_sha256: str) -> str:
     """Dataset, family, framework, strategy and params hash: `basicmotions-gru-torch-ddp2 · 3f2a1c`
     (pp2 for a 2-stage pipeline, fsdp2, dp2pp2 for a hybrid mesh; a custom model's module name
-    for the family), so the MLflow UI's run list
-    says what each parent trained without opening it."""
+    for the family), so the MLflow UI's run list says what each parent trained without opening
+    it. A model trained elsewhere: `digits-kws-tflite · 3f2a1c` (its file's name; no training)."""
     from pipeline.core.config import parallel_plan
 
+    model, tail = params.model, params_sha256[:6]
+    if model.path:
+        return f"{params.prepare.source}-{Path(model.path).stem}-tflite · {tail}"
     shape = parallel_plan(params, batch_size=False).tag()
-    model = params.model
     family = model.module.partition(":")[0].rsplit(".", 1)[-1] if model.module else model.arch
-    return f"{params.prepare.source}-{family}-{model.framework}-{shape} · {params_sha256[:6]}"
+    return f"{params.prepare.source}-{family}-{model.framework}-{shape} · {tail}"
 
 
 @contextlib.contextmanager
