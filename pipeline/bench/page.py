@@ -44,7 +44,13 @@ def _preflight(p: dict[str, Any]) -> list[str]:
     body = [(case, f"{a['preflight']:,}", f"{a['other_weights']:,}",
              "same" if a["preflight"] == a["other_weights"] else "DIFFERS")
             for case, a in p["arenas"].items()]  # fmt: skip
-    return head + _table(("family/dataset", "preflight arena B", "other weights B", ""), body)
+    arenas = _table(("family/dataset", "preflight arena B", "other weights B", ""), body)
+    sizes = [(d, f"{s['preflight_flash']:,}", f"{s['firmware_flash']:,}",
+              f"{s['preflight_ram']:,}", f"{s['firmware_ram']:,}", s["sizes"])
+             for d, s in (p.get("firmware_sizes") or {}).items()]  # fmt: skip
+    columns = ("device", "preflight flash B", "firmware flash B", "preflight RAM B",
+               "firmware RAM B", "preflight's figures")  # fmt: skip
+    return head + arenas + (["", *_table(columns, sizes)] if sizes else [])
 
 
 def markdown(r: dict[str, Any]) -> str:

@@ -106,16 +106,18 @@ def cpp_info(
     model: bytes,
     variant: str,
     arena: int,
-    meta: DatasetMeta,
+    meta: DatasetMeta | tuple[list[int], list[str]],
     ops: list[str],
     task: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """What the bundle's C++ header and source say of the model (arena: measured, unreserved;
-    `task`: what evaluate recorded of the variant's task)."""
+    `task`: what evaluate recorded of the variant's task). `meta` may be just the input shape
+    and the classes (preflight has no prepared data)."""
+    shape, classes = (meta.input_shape, meta.classes) if isinstance(meta, DatasetMeta) else meta
     return {
         "ops": ops,
-        "input_shape": meta.input_shape,
-        "labels": task_from(task)[0].class_names(list(meta.classes)),
+        "input_shape": list(shape),
+        "labels": task_from(task)[0].class_names(list(classes)),
         "task": task,
         "arena_measured": arena,
         "arena_bytes": reserved_arena(arena),

@@ -187,6 +187,21 @@ def jobs() -> int:
     return max(1, len(os.sched_getaffinity(0)))
 
 
+def is_warm(
+    source: TflmSource, cache: Path, core: str, kernels: str, build_type: str, ops: Iterable[str]
+) -> bool:
+    """Whether `build` would only link: the library and every framework and kernel object the
+    ops need are cached (CMSIS-NN's helpers follow from those, a few files at most)."""
+    folder = library_dir(cache, source, core, kernels, build_type)
+    tree = source.tree
+    try:
+        wanted = set(_framework_sources(tree) + kernel_sources(tree, kernels, ops))
+    except ValueError:  # an op with no kernel: nothing to link
+        return False
+    wanted -= shadowed(tree, kernels)
+    return (folder / LIBRARY_FILE).is_file() and all(_object(folder, s).is_file() for s in wanted)
+
+
 def build(
     source: TflmSource, cache: Path, core: str, kernels: str, build_type: str, ops: Iterable[str]
 ) -> Library:

@@ -23,6 +23,7 @@ from pipeline.core import atomic, catalog
 from pipeline.core.config import DeviceProfile, Params
 from pipeline.core.errors import ConfigError
 from pipeline.orchestration import freshness
+from pipeline.orchestration.preflight_firmware import Measured, cold_reason, measure
 
 CALIBRATION_SAMPLES = 8
 # Why an op cannot run, and what to use instead: the message a user acts on.
@@ -240,8 +241,11 @@ def audit(params: Params, int8: bytes) -> Graph:
     return graph
 
 
-def answer(graph: Graph, device: str, profile: DeviceProfile, params: Params) -> DeviceAnswer:
-    """Fits or not, and why, from the graph and the device's budgets."""
+def answer(
+    graph: Graph, device: str, profile: DeviceProfile, params: Params, sizes: Sizes
+) -> DeviceAnswer:
+    """Fits or not, and why, from the graph and the device's budgets (`sizes`: the firmware's
+    flash and RAM, or why they are estimates)."""
     from pipeline.deploy.bundle import reserved_arena
 
     deploy, reasons = params.deploy, []
@@ -249,6 +253,11 @@ def answer(graph: Graph, device: str, profile: DeviceProfile, params: Params) ->
     arena = graph.arena_bytes or 0
     flash = graph.int8_bytes + deploy.runtime_flash_bytes[runtime]
     ram = reserved_arena(arena) + deploy.runtime_ram_bytes[runtime]
+    label = f"estimate: model + {runtime} runtime; arena measured by TensorFlow Lite Micro + margin"
+    if isinstance(sizes, Measured):
+        flash, ram, label = sizes.flash_bytes, sizes.ram_bytes, sizes.sizes
+    elif runtime == "tflm":
+        label += f" ({sizes})"
     latency = graph.macs * profile.cycles_per_mac / (profile.clock_mhz * 1e3)
     if not graph.exported:
         reasons.append(f"does not export: {graph.error}")
@@ -261,8 +270,38 @@ def answer(graph: Graph, device: str, profile: DeviceProfile, params: Params) ->
         reasons.append(f"RAM {ram:,} B > budget {profile.ram_bytes:,} B")
     if latency > profile.max_latency_ms:
         reasons.append(f"latency {latency:.1f} ms > budget {profile.max_latency_ms:g} ms")
-    sizes = f"estimate: model + {runtime} runtime; arena measured by TensorFlow Lite Micro + margin"
-    return DeviceAnswer(device, runtime, not reasons, reasons, flash, ram, round(latency, 3), sizes)
+    return DeviceAnswer(device, runtime, not reasons, reasons, flash, ram, round(latency, 3), label)
+
+
+Sizes = Measured | str  # the firmware's figures, or why there are none
+
+
+def device_sizes(
+    params: Params, int8: bytes, graph: Graph, spec: tuple[tuple[int, ...], list[str]]
+) -> dict[str, Sizes]:
+    """Per device, the firmware's flash and RAM where its library is cached, else why not. The
+    builds run side by side, one per core (each is a compiler or QEMU process at a time)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pipeline.firmware.library import jobs
+
+    runs = graph.arena_bytes and not (graph.float_ops or graph.no_kernel)
+    out: dict[str, Sizes] = {}
+    for device in sorted(params.devices):
+        why = cold_reason(params, device, graph.ops) if runs else "it does not run int8 in TFLM"
+        if why is not None:
+            out[device] = why
+
+    def one(device: str) -> Sizes:
+        try:
+            return measure(params, device, int8, graph.arena_bytes or 0, spec, graph.ops)
+        except Exception as exc:  # the estimates stand, saying why
+            return f"the firmware build failed: {type(exc).__name__}: {exc}"[:300]
+
+    todo = [d for d in sorted(params.devices) if d not in out]
+    with ThreadPoolExecutor(max(1, min(jobs(), len(todo)))) as pool:
+        out |= dict(zip(todo, pool.map(one, todo), strict=True))
+    return out
 
 
 def examine(params: Params) -> dict[str, Any]:
@@ -280,15 +319,19 @@ def examine(params: Params) -> dict[str, Any]:
     except TinyopsError as exc:
         return report | {"skipped": f"the data could not be read ({str(exc).splitlines()[0]})"}
     report |= {"input_shape": list(shape), "classes": len(classes)}
+    int8 = b""
     try:
-        graph = audit(params, export_untrained(params, shape, classes))
+        int8 = export_untrained(params, shape, classes)
+        graph = audit(params, int8)
     except ConfigError:
         raise
     except Exception as exc:  # the converter's own words name the op that failed
         text = str(exc).strip().splitlines()
         graph = Graph(False, error=f"{type(exc).__name__}: {text[0] if text else ''}"[:400])
     graph.streaming = model.arch in ("gru", "lstm")
-    answers = [answer(graph, d, p, params) for d, p in sorted(params.devices.items())]
+    sizes = device_sizes(params, int8, graph, (shape, classes)) if graph.exported else {}
+    answers = [answer(graph, d, p, params, sizes.get(d, "the model did not export"))
+               for d, p in sorted(params.devices.items())]  # fmt: skip
     report["graph"] = asdict(graph)
     report["devices"] = {a.device: asdict(a) for a in answers}
     report["fits"] = [a.device for a in answers if a.fits]

@@ -76,6 +76,24 @@ def _trained_arena() -> int | None:
     return json.loads(catalog.EVALUATE_METRICS.read_text()).get("tflm_arena_bytes")
 
 
+def _firmware_sizes(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per Cortex-M device of the workspace's trained default model (its bundle's firmware
+    figures), preflight's flash and RAM beside the firmware's, and how preflight got them."""
+    out = {}
+    for device, answer in report["devices"].items():
+        manifest = catalog.DEPLOY_ROOT / device / "manifest.json"
+        if answer["runtime"] != "tflm" or not manifest.is_file():
+            continue
+        measured = (json.loads(manifest.read_text()).get("firmware") or {}).get("measured")
+        if measured:
+            out[device] = {
+                "preflight_flash": answer["flash_bytes"], "firmware_flash": measured["flash_bytes"],
+                "preflight_ram": answer["ram_bytes"], "firmware_ram": measured["ram_bytes"],
+                "sizes": answer["sizes"],
+            }  # fmt: skip
+    return out
+
+
 def run(rounds: int, progress: Progress) -> dict[str, Any]:
     default = parse_params(yaml.safe_load(DEFAULT_PARAMS.read_text()))
     cold, report = _timed(default)  # the first call imports torch, litert-torch, TFLite Micro
@@ -96,7 +114,7 @@ def run(rounds: int, progress: Progress) -> dict[str, Any]:
         "devices": len(report["devices"]), "cold_seconds": round(cold, 2),
         "warm_seconds": summary(warm), "transformer_warm_seconds": summary(warm_t),
         "default_arena": report["graph"]["arena_bytes"], "trained_default_arena": trained,
-        "arenas": arenas,
+        "arenas": arenas, "firmware_sizes": _firmware_sizes(report),
     }}  # fmt: skip
 
 
@@ -118,7 +136,22 @@ def targets(results: dict[str, Any]) -> Targets:
     trained = p["trained_default_arena"]
     ok = None if trained is None else p["default_arena"] == trained
     check("preflight arena = the workspace's trained default model's arena", trained, ok)
-    check(
-        "preflight flash and RAM within 1 % of the firmware's (needs a firmware link)", None, None
-    )
+    _check_sizes(check, p.get("firmware_sizes") or {})
     return out
+
+
+def _check_sizes(check: Any, sizes: dict[str, dict[str, Any]]) -> None:
+    """The largest gap between preflight's and the trained firmware's flash or RAM, in %, over
+    the Cortex-M devices; not measured unless every one was a firmware measurement."""
+    gaps = [
+        abs(s[f"preflight_{k}"] - s[f"firmware_{k}"]) / s[f"firmware_{k}"] * 100
+        for s in sizes.values()
+        for k in ("flash", "ram")
+    ]
+    linked = bool(sizes) and all(s["sizes"].startswith("measured") for s in sizes.values())
+    worst = round(max(gaps), 3) if gaps and linked else None
+    check(
+        f"preflight flash and RAM within 1 % of the trained model's firmware, every Cortex-M "
+        f"device ({len(sizes)}; worst gap in %)",
+        worst, None if worst is None else worst <= 1.0,
+    )  # fmt: skip
