@@ -29,25 +29,28 @@ def listing() -> str:
 def bench(rounds: int = 5, on_progress: Progress = print) -> dict[str, Any]:
     """Every section of a full run, side by side; written to bench/results.json with the machine."""
     results: dict[str, Any] = {"machine": machine(), "rounds": rounds, "targets": []}
-    for section in (s for s in SECTIONS.values() if s.in_full_run):
-        results |= section.run(rounds, on_progress)
-        results["targets"] += section.targets(results)
+    for name, section in SECTIONS.items():
+        if section.in_full_run:
+            results |= section.run(rounds, on_progress)
+            results["targets"] += [t | {"section": name} for t in section.targets(results)]
     atomic.write_json(RESULTS, results)
     return results
 
 
 def bench_only(section: str, rounds: int, on_progress: Progress = print) -> dict[str, Any]:
     """One section (`tinyops bench --only NAME`), merged into bench/results.json beside an earlier
-    full run's results; that section's targets are replaced."""
+    full run's results; that section's targets are replaced (a renamed target goes too)."""
     try:
         results = json.loads(RESULTS.read_text())
     except (OSError, ValueError):
         results = {"machine": machine(), "rounds": rounds, "targets": []}
     chosen = SECTIONS[section]
     results |= chosen.run(rounds, on_progress)
-    new = chosen.targets(results)
+    new = [t | {"section": section} for t in chosen.targets(results)]
     results[f"{section}_rounds"] = rounds
     names = {t["target"] for t in new}
-    results["targets"] = [t for t in results.get("targets", []) if t["target"] not in names] + new
+    kept = [t for t in results.get("targets", [])
+            if t["target"] not in names and t.get("section") != section]  # fmt: skip
+    results["targets"] = kept + new
     atomic.write_json(RESULTS, results)
     return results

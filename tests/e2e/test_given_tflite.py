@@ -60,6 +60,13 @@ def test_it_scores_as_the_same_model_did_where_it_was_trained(
     preflight = json.loads((given_run / "metrics/preflight.json").read_text())
     assert preflight["graph"]["arena_bytes"] == there["tflm_arena_bytes"]
     assert sorted(preflight["fits"]) == sorted(DEVICES)
+    pico = json.loads((given_run / "deploy/raspberry_pi_pico/manifest.json").read_text())
+    answer = preflight["devices"]["raspberry_pi_pico"]  # the very file: the very same firmware
+    assert answer["sizes"].startswith("measured"), answer["sizes"]
+    measured = pico["firmware"]["measured"]
+    assert (answer["flash_bytes"], answer["ram_bytes"]) == (
+        measured["flash_bytes"], measured["ram_bytes"],
+    )  # fmt: skip
 
 
 def test_a_litert_device_says_the_float_variants_were_not_exported(given_run: Path) -> None:

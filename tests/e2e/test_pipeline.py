@@ -541,3 +541,27 @@ def test_a_worse_model_reruns_train_not_prepare_and_production_stays(own_ws: Pat
         )
         assert tree_digest(own_ws / "deploy" / device) == bundles_before[device]
     assert "lower than production" in (own_ws / "report/deploy.md").read_text()
+
+
+def test_preflight_flash_and_ram_are_the_trained_firmwares_within_one_percent(
+    pipeline_ws: Path,
+) -> None:
+    """Preflight built the untrained graph into each Cortex-M device's firmware (the library was
+    cached); the trained model's bundles measured theirs: sizes do not depend on weights."""
+    import os
+
+    report = json.loads((pipeline_ws / "metrics/preflight.json").read_text())
+    compared = 0
+    for device, answer in report["devices"].items():
+        manifest = json.loads((pipeline_ws / "deploy" / device / "manifest.json").read_text())
+        measured = (manifest.get("firmware") or {}).get("measured")
+        if not measured:
+            continue
+        if not answer["sizes"].startswith("measured"):
+            if os.environ.get("TINYOPS_REQUIRE_FIRMWARE") == "1":
+                pytest.fail(f"{device}: preflight did not build the firmware: {answer['sizes']}")
+            pytest.skip(f"{device}: {answer['sizes']}")
+        for key in ("flash_bytes", "ram_bytes"):
+            assert abs(answer[key] - measured[key]) <= 0.01 * measured[key], (device, key)
+        compared += 1
+    assert compared == 3, "nano 33 (M4F), Pico (M0+) and STM32F746 (M7F) have firmware figures"
