@@ -13,7 +13,9 @@ QUIET_ENV = {
     "TF_CPP_MIN_LOG_LEVEL": "2",  # TensorFlow's INFO/WARNING lines (oneDNN, absl start-up)
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
 }
-QUIET_LOGGERS = ("torchao", "torch.utils._pytree")
+# torch.export's note that the batch dimension was specialised to the example's (export fixes
+# batch 1 on purpose: that is the model firmware runs)
+QUIET_LOGGERS = ("torchao", "torch.utils._pytree", "torch._export.non_strict_utils")
 QUIET_WARNINGS = ("The specified dataset source can be interpreted in multiple ways",)
 # Lines TensorFlow's C++ runtime prints while it loads, before TF_CPP_MIN_LOG_LEVEL is read:
 # the run path leaves them out of the log it shows (pipeline/orchestration/dvc.py). Turning
@@ -21,6 +23,7 @@ QUIET_WARNINGS = ("The specified dataset source can be interpreted in multiple w
 NOISE_LINES = (
     "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
     "oneDNN custom operations are on.",
+    "Created TensorFlow Lite XNNPACK delegate for CPU.",  # LiteRT's C++ runtime, every interpreter
 )
 
 

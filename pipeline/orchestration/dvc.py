@@ -167,7 +167,8 @@ def repro_stage(
         status = _stage_status(target, env)
     if code != 0:
         output = "\n".join(lines)
-        raise StageFailed(target, failure_code(status, code, output), "\n".join(lines[-15:]))
+        tail = [line for line in lines if not is_noise(line)][-15:]  # what a user can act on
+        raise StageFailed(target, failure_code(status, code, output), "\n".join(tail))
     return StageOutcome(target, ran=status is not None)
 
 

@@ -103,6 +103,7 @@ def test_the_run_log_leaves_out_what_no_user_can_act_on() -> None:
         "",
         "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
         "I0000 00:00:1 12 port.cc:153] oneDNN custom operations are on. You may see ...",
+        "INFO: Created TensorFlow Lite XNNPACK delegate for CPU.",
     ):
         assert is_hint(line), line
     for line in ("Running stage 'train':", "epoch   1/40  train_loss 0.8", "error: bad.npz"):
