@@ -31,12 +31,17 @@ def is_noise(line: str) -> bool:
     return any(text in line for text in NOISE_LINES)
 
 
+def _errors_only(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.ERROR
+
+
 def quiet_third_party() -> None:
     """Silence the noise above for this process and the processes it starts (environment);
     a variable the user set keeps the user's value."""
     for key, value in QUIET_ENV.items():
         os.environ.setdefault(key, value)
-    for name in QUIET_LOGGERS:
+    for name in QUIET_LOGGERS:  # a filter too: importing torch resets its loggers' levels
         logging.getLogger(name).setLevel(logging.ERROR)
+        logging.getLogger(name).addFilter(_errors_only)
     for message in QUIET_WARNINGS:
         warnings.filterwarnings("ignore", message=message)
