@@ -32,8 +32,14 @@ def _inputs(variants: Variants) -> tuple[bytes, dict[str, Any], np.ndarray, np.n
     xq = quantize_input(x, int8.input_scale or 1.0, int8.input_zero_point or 0)
     arena = int8.tflm_arena_bytes or 0
     expected = tflm.predict(model, xq, bundle.reserved_arena(arena))
+    meta = load_meta()
     info = device.cpp_info(
-        model, "int8", arena, load_meta(), list(int8.ops or []), getattr(int8, "task", None)
+        model,
+        "int8",
+        arena,
+        (meta.input_shape, meta.classes),
+        list(int8.ops or []),
+        getattr(int8, "task", None),
     )
     return model, info, xq, expected
 

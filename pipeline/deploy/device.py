@@ -106,14 +106,14 @@ def cpp_info(
     model: bytes,
     variant: str,
     arena: int,
-    meta: DatasetMeta | tuple[list[int], list[str]],
+    sample: tuple[list[int], list[str]],
     ops: list[str],
     task: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """What the bundle's C++ header and source say of the model (arena: measured, unreserved;
-    `task`: what evaluate recorded of the variant's task). `meta` may be just the input shape
-    and the classes (preflight has no prepared data)."""
-    shape, classes = (meta.input_shape, meta.classes) if isinstance(meta, DatasetMeta) else meta
+    `sample`: one sample's shape and the data's classes; `task`: what evaluate recorded of the
+    variant's task)."""
+    shape, classes = sample
     return {
         "ops": ops,
         "input_shape": list(shape),
@@ -142,7 +142,8 @@ def firmware_check(ctx: DeployContext, variant: str, model: bytes) -> Firmware:
     xq = quantize_input(x, figures.input_scale or 1.0, figures.input_zero_point or 0)
     arena = figures.tflm_arena_bytes or 0
     expected = tflm.predict(model, xq, reserved_arena(arena))
-    info = cpp_info(model, variant, arena, ctx.meta, list(figures.ops or []), _task(figures))
+    sample = (ctx.meta.input_shape, ctx.meta.classes)
+    info = cpp_info(model, variant, arena, sample, list(figures.ops or []), _task(figures))
     return mcu.prove(ctx.params, ctx.device, model, info, xq, expected)
 
 
@@ -286,7 +287,8 @@ def build_and_verify(
     cpp = firmware.sources if firmware else None
     if cpp is None and ctx.profile.runtime == "tflm":
         arena = int(chosen.arena_measured or 0)
-        info = cpp_info(model, chosen.variant, arena, ctx.meta, manifest.ops or [], manifest.task)
+        sample = (ctx.meta.input_shape, ctx.meta.classes)
+        info = cpp_info(model, chosen.variant, arena, sample, manifest.ops or [], manifest.task)
         cpp = cpp_sources(model, info, ctx.device, manifest.model_sha256)
     manifest = build_bundle(staged, model, manifest, cpp)
     verify_bundle(staged)  # what gets registered and promoted is exactly what was built

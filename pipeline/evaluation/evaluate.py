@@ -59,11 +59,17 @@ def _read(path: Path) -> bytes:
     return path.read_bytes()
 
 
-def load_variants(export_dir: Path) -> tuple[dict[str, bytes], dict[str, ModelInfo]]:
-    """Every exported variant's bytes and parsed flatbuffer (int8 at least: a model trained
-    elsewhere has no other); the int8 one must be full-integer."""
-    present = [v for v in VARIANTS if catalog.variant_file(v, export_dir).is_file()]
-    blobs = {v: _read(catalog.variant_file(v, export_dir)) for v in {*present, "int8"}}
+# The framework that trained models/trained/ → the variants export makes of it (a model trained
+# elsewhere has no float network to make the others from).
+EXPORTED = {"torch": VARIANTS, "keras": VARIANTS, "tflite": ("int8",)}
+
+
+def load_variants(
+    export_dir: Path, variants: tuple[str, ...] = VARIANTS
+) -> tuple[dict[str, bytes], dict[str, ModelInfo]]:
+    """Each variant's bytes and parsed flatbuffer (a missing one names the stage to rerun);
+    the int8 one must be full-integer."""
+    blobs = {v: _read(catalog.variant_file(v, export_dir)) for v in variants}
     infos = {v: read_model(b, str(catalog.variant_file(v, export_dir))) for v, b in blobs.items()}
     check_full_int8(blobs["int8"], str(catalog.variant_file("int8", export_dir)))
     return blobs, infos
@@ -72,12 +78,14 @@ def load_variants(export_dir: Path) -> tuple[dict[str, bytes], dict[str, ModelIn
 def arenas(params: EvaluateParams, blobs: dict[str, bytes]) -> tuple[int, int]:
     """The smallest TFLite Micro arena for int8 and (informative, -1 if it cannot run) fp32."""
     int8 = tflm.measure_arena_bytes(blobs["int8"], params.arena_max_bytes, params.arena_granularity)
+    if "fp32" not in blobs:  # a model trained elsewhere
+        return int8, -1
     try:
         fp32 = tflm.measure_arena_bytes(
             blobs["fp32"], params.arena_max_bytes, params.arena_granularity
         )
-    except (ValueError, KeyError):
-        fp32 = -1  # informative only: fp32 is not the MCU deployment target (or not exported)
+    except ValueError:
+        fp32 = -1  # informative only: fp32 is not the MCU deployment target
     return int8, fp32
 
 
@@ -274,7 +282,7 @@ def evaluate(
     )
     norm = own_normalization(trained_dir)
     x, y = model_inputs(data.x["test"], data.meta, norm), data.y["test"]
-    blobs, infos = load_variants(export_dir)
+    blobs, infos = load_variants(export_dir, EXPORTED[catalog.trained_framework(trained_dir)])
     arena = arenas(params, blobs)
     n_micro = len(x) if params.tflm_samples == 0 else min(params.tflm_samples, len(x))
     out = run_levels(x, trained_dir, blobs, arena[0], n_micro)

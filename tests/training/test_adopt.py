@@ -138,3 +138,22 @@ def test_tflite_params_are_checked_when_they_load(model: dict, says: str) -> Non
     with pytest.raises(ConfigError, match="model") as err:
         parse_params({"model": model})
     assert says in str(err.value)
+
+
+def test_a_missing_float_variant_of_a_model_trained_here_is_still_an_error(
+    tiny_run: TinyRun, tmp_path: Path
+) -> None:
+    """Only a model trained elsewhere goes without float variants: a torch model's missing fp32
+    file names itself and the stage to rerun, as before."""
+    from pipeline.core.errors import ArtifactError
+    from pipeline.evaluation.evaluate import evaluate
+
+    for name in (catalog.PROCESSED_DIR, catalog.TRAINED_DIR, catalog.EXPORT_DIR):
+        shutil.copytree(tiny_run.ws / name, tmp_path / name)
+    catalog.variant_file("fp32", tmp_path / catalog.EXPORT_DIR).unlink()
+    data = load_processed(tmp_path / catalog.PROCESSED_DIR)
+    with pytest.raises(
+        ArtifactError, match=r"model_fp32\.tflite: missing\. Run `tinyops stage export`"
+    ):
+        evaluate(tiny_run.params.evaluate, data, tmp_path / catalog.TRAINED_DIR,  # type: ignore[attr-defined]
+                 tmp_path / catalog.EXPORT_DIR)  # fmt: skip
