@@ -84,10 +84,10 @@ def run(
                 typer.echo(f"skipped: {reason}")
                 return
         preflight(loaded)
-        if loaded.orchestrate.preflight:
-            _model_preflight(loaded, ignore_preflight)
     except TinyopsError as exc:
         _fail(exc)
+    if loaded.orchestrate.preflight:
+        _preflight_in_child(params, ignore_preflight)
     prefect_defaults()
     from flows.retrain import retrain
 
@@ -102,7 +102,12 @@ def run(
 
 
 @app.command("preflight")
-def preflight_command(params: ParamsOpt = Path("params.yaml")) -> None:
+def preflight_command(
+    params: ParamsOpt = Path("params.yaml"),
+    warn_only: Annotated[
+        bool, typer.Option(help="Report a model no device can take, but exit 0.")
+    ] = False,
+) -> None:
     """Before training: will the model, on each device, run fully int8 in TensorFlow Lite Micro
     and fit? Exits 2 when no device can take it. Writes metrics/preflight.json."""
     from pipeline.core.config import load_params
@@ -111,9 +116,37 @@ def preflight_command(params: ParamsOpt = Path("params.yaml")) -> None:
     try:
         loaded = load_params(params)
         require_tracked(params)
-        _model_preflight(loaded, ignore=False)
+        _model_preflight(loaded, ignore=warn_only)
     except TinyopsError as exc:
         _fail(exc)
+
+
+def _preflight_in_child(params: Path, ignore: bool) -> None:
+    """`tinyops preflight` as a child process: it imports torch and litert-torch, or
+    TensorFlow, which would otherwise stay in the flow's process for the whole run (and
+    TensorFlow's logging set-up takes over Prefect's console format). Its exit code is ours;
+    its stderr reaches ours without the lines no user can act on."""
+    import subprocess
+    import sys
+
+    from pipeline.core.quiet import is_noise
+    from pipeline.orchestration.dvc import tool
+
+    cmd = [tool("tinyops"), "preflight", "--params", str(params)]
+    cmd += ["--warn-only"] if ignore else []
+    with subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True) as child:
+        try:
+            assert child.stderr is not None
+            for line in child.stderr:
+                if not is_noise(line):
+                    sys.stderr.write(line)
+            code = child.wait()
+        finally:  # Ctrl-C or SIGTERM here: the child goes too, never left behind
+            if child.poll() is None:
+                child.terminate()
+                child.wait()
+    if code:
+        raise typer.Exit(code if code > 0 else 128 - code)
 
 
 def _model_preflight(params: Any, ignore: bool) -> None:
@@ -140,6 +173,8 @@ def _model_preflight(params: Any, ignore: bool) -> None:
     why = refusal(report)
     if why and not ignore:
         raise ConfigError(why)
+    if why:
+        typer.echo(f"preflight: going on anyway (--ignore-preflight): {why}", err=True)
 
 
 @app.command()

@@ -1,8 +1,12 @@
 """The second framework end to end: `tinyops run` with model.framework keras trains with
 MultiWorkerMirroredStrategy on 2 worker processes, exports with TFLiteConverter and goes through
-the same evaluate, deploy and report stages; a Keras worker killed after epoch 2 makes the group
-restart and resume from the last checkpoint, to the uninterrupted run's exact bytes; exporting
-the same model again gives the same .tflite bytes."""
+the same evaluate, deploy (with the firmware check) and report stages; a Keras worker killed
+after epoch 2 makes the group restart and resume from the last checkpoint, to the uninterrupted
+run's exact bytes; exporting the same model again gives the same .tflite bytes.
+
+The run (tests/e2e/conftest.py) trains the project's own Keras model, so it serves
+test_custom_model.py too; the bundled Keras families are compared with torch's layer for layer
+in tests/export/test_keras_families.py."""
 
 from __future__ import annotations
 
@@ -14,24 +18,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import TWO_DEVICES, make_workspace, run_cmd, train_killing_a_worker, tree_digest
+from tests.conftest import run_cmd, train_killing_a_worker, tree_digest
+from tests.e2e.conftest import KERAS_DEVICES, KERAS_TRAIN
 
 pytestmark = pytest.mark.slow
-KERAS_TRAIN = {"epochs": 4}
-
-
-@pytest.fixture(scope="module")
-def keras_run(tmp_path_factory: pytest.TempPathFactory, prefect_api: str) -> Path:
-    ws = make_workspace(  # proves the training path: the firmware check has its own tests
-        tmp_path_factory.mktemp("keras"),
-        KERAS_TRAIN,
-        {"framework": "keras"},
-        TWO_DEVICES,
-        sections={"firmware": {"enabled": False}},
-    )
-    proc = run_cmd(["tinyops", "run"], ws)
-    (ws / "run.log").write_text(proc.stdout + proc.stderr)
-    return ws
 
 
 def test_both_workers_trained_on_half_of_each_batch(keras_run: Path) -> None:
@@ -41,14 +31,14 @@ def test_both_workers_trained_on_half_of_each_batch(keras_run: Path) -> None:
     assert summary["replica_batch"] == 32
     steps = summary["epochs_run"] * (1257 // 64)  # the digits' training split, whole batches
     assert summary["samples_rank0"] == summary["samples_rank1"] == steps * 32
-    assert summary["parameters"] == 94_186  # the Keras model counts what the torch one does
+    assert summary["parameters"] == 4_106  # user_models/keras_mobilenet_tiny.py's
     assert "MultiWorkerMirroredStrategy over 2 worker(s)" in (keras_run / "run.log").read_text()
 
 
 def test_keras_runs_end_to_end_with_int8_within_a_point_at_every_level(keras_run: Path) -> None:
     m = json.loads((keras_run / "metrics/evaluate.json").read_text())
     assert m["framework"] == "keras"
-    assert m["framework_fp32_accuracy"] >= 0.95
+    assert m["framework_fp32_accuracy"] >= 0.85  # the devices' min_accuracy in this run
     for level in ("tflite_fp32", "tflite_int8", "tflm_int8"):
         assert abs(m[f"{level}_accuracy"] - m["framework_fp32_accuracy"]) <= 0.01, level
     assert m["framework_tflite_fp32_max_logit_diff"] <= 1e-4
@@ -56,10 +46,10 @@ def test_keras_runs_end_to_end_with_int8_within_a_point_at_every_level(keras_run
     ops = json.loads((keras_run / "metrics/variants.json").read_text())["int8"]["ops"]
     assert "SHAPE" not in ops and "DEQUANTIZE" not in ops, ops
     devices = yaml.safe_load((keras_run / "params.yaml").read_text())["devices"]
-    assert sorted(devices) == sorted(TWO_DEVICES)
+    assert sorted(devices) == sorted(KERAS_DEVICES)
     for device in devices:  # both fit and pass min_accuracy: a verified bundle each
         assert (keras_run / "deploy" / device / "manifest.json").is_file(), device
-    assert (keras_run / "deploy/stm32f746/tinyops_model.cc").is_file()
+    assert (keras_run / "deploy/raspberry_pi_pico/tinyops_model.cc").is_file()
     report = (keras_run / "report/deploy.md").read_text()
     assert "keras_fp32 " in report and "Trained with keras MultiWorkerMirroredStrategy" in report
     assert sorted(p.name for p in (keras_run / "models/trained").iterdir()) == [
@@ -76,7 +66,7 @@ def test_a_killed_keras_worker_resumes_from_the_last_epoch_to_the_same_bytes(
     model and checkpoint bytes as the uninterrupted run (what the README claims)."""
     before = {name: tree_digest(keras_run / "models" / name) for name in ("trained", "checkpoints")}
     shutil.rmtree(keras_run / "models/trained")
-    code, out, killed = train_killing_a_worker(keras_run, "epoch   2/4")
+    code, out, killed = train_killing_a_worker(keras_run, f"epoch   2/{KERAS_TRAIN['epochs']}")
     assert killed, out[-2000:]
     assert code == 0, out[-3000:]
     assert re.search(r"keras worker 1 exited with status -9; restarting all workers", out), out

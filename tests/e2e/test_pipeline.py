@@ -565,3 +565,15 @@ def test_preflight_flash_and_ram_are_the_trained_firmwares_within_one_percent(
             assert abs(answer[key] - measured[key]) <= 0.01 * measured[key], (device, key)
         compared += 1
     assert compared == 3, "nano 33 (M4F), Pico (M0+) and STM32F746 (M7F) have firmware figures"
+
+
+def test_preflight_leaves_the_runs_log_in_prefects_format_without_framework_noise(
+    pipeline_ws: Path,
+) -> None:
+    """Preflight loads torch and litert-torch (TensorFlow) in a child process: in the flow's
+    own, TensorFlow's logging set-up had turned every Prefect line into `INFO:prefect...`."""
+    log = (pipeline_ws / "run.log").read_text()
+    assert "preflight: cnn2d" in log, log[:2000]
+    assert "| INFO    | Task run 'prepare' - Running stage 'prepare'" in log, log[-3000:]
+    assert "INFO:prefect" not in log
+    assert "oneDNN custom operations" not in log and "absl::InitializeLog" not in log

@@ -20,15 +20,17 @@ def main(out: Path, families: list[str]) -> None:
     from pipeline.models.keras_store import save_model
     from pipeline.training.keras_worker import trainable_parameters
 
-    shape = (32, 3)
-    x = np.random.default_rng(0).normal(size=(48, *shape)).astype(np.float32)
-    np.save(out / "x.npy", x)
     for family in families:
+        shape = (8, 8, 1) if family == "cnn2d" else (32, 3)  # an image, or a series
+        x = np.random.default_rng(0).normal(size=(48, *shape)).astype(np.float32)
+        np.save(out / f"x_{family}.npy", x)
         keras.utils.set_random_seed(0)
         arch = Architecture(shape, 4, (16, 24), kernel_size=3, arch=family, stride=2)
         model = build_keras_model(arch)
         weights = {v.path: np.asarray(v.value) for v in model.weights}
-        meta = {"classes": list("abcd"), "normalization": {"mean": [0.0] * 3, "std": [1.0] * 3}}
+        channels = shape[-1]
+        normalization = {"mean": [0.0] * channels, "std": [1.0] * channels}
+        meta = {"classes": list("abcd"), "normalization": normalization}
         save_model(out / family / "trained", arch, weights, meta, 1)
         models = convert_all(out / family / "trained", x[:32])
         (out / family / "int8.tflite").write_bytes(models["int8"])

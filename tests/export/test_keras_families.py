@@ -1,7 +1,7 @@
-"""The convolutional sequence families in Keras too: the same parameter count as torch's
-network of the same params, fully int8 through TFLiteConverter, and running in TensorFlow Lite
-Micro close to Keras's own outputs. TensorFlow runs in a child process (tests/export/
-keras_family_job.py); this one reads what it wrote."""
+"""The bundled convolutional families in Keras too (the default image network and the sequence
+ones): the same parameter count as torch's network of the same params, fully int8 through
+TFLiteConverter, and running in TensorFlow Lite Micro close to Keras's own outputs. TensorFlow
+runs in a child process (tests/export/keras_family_job.py); this one reads what it wrote."""
 
 from __future__ import annotations
 
@@ -19,8 +19,9 @@ from pipeline.tflite.flatbuffer import check_full_int8
 
 pytestmark = pytest.mark.slow  # trains or exports models: the fast tier stays under 3 minutes
 
-FAMILIES = ("cnn1d", "dscnn1d", "tcn")
+FAMILIES = ("cnn2d", "cnn1d", "dscnn1d", "tcn")
 EXPECTED_OPS = {
+    "cnn2d": {"CONV_2D", "MAX_POOL_2D", "FULLY_CONNECTED"},
     "cnn1d": {"CONV_2D", "MAX_POOL_2D", "AVERAGE_POOL_2D"},
     "dscnn1d": {"CONV_2D", "DEPTHWISE_CONV_2D", "AVERAGE_POOL_2D"},
     "tcn": {"CONV_2D", "ADD", "AVERAGE_POOL_2D"},
@@ -46,7 +47,8 @@ def test_keras_family_is_torchs_network_fully_int8_in_tflm(converted: Path, fami
     data = (converted / family / "int8.tflite").read_bytes()
     model = check_full_int8(data, f"keras {family} int8")
     assert EXPECTED_OPS[family] <= set(model.op_names), model.op_names
-    x = np.load(converted / "x.npy")[32:]
+    assert "SHAPE" not in model.op_names, "a static graph: no shape computed at run time"
+    x = np.load(converted / f"x_{family}.npy")[32:]
     inp, out = model.tensors[model.inputs[0]], model.tensors[model.outputs[0]]
     q = np.clip(np.round(x / inp.scales[0]) + inp.zero_points[0], -128, 127).astype(np.int8)
     arena = tflm.measure_arena_bytes(data, 1 << 20)
