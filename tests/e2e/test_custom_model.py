@@ -12,7 +12,7 @@ import yaml
 from pipeline.deploy.bundle import verify_bundle
 from pipeline.tflite.flatbuffer import check_full_int8
 from tests.conftest import FAST_TRAIN, make_workspace, run_cmd, workspace_env
-from tests.e2e.conftest import CUSTOM_MODULES, custom_run
+from tests.e2e.conftest import CUSTOM_MODULES, CUSTOM_TRAIN, custom_run
 
 pytestmark = pytest.mark.slow  # trains, exports and builds firmware
 
@@ -24,7 +24,7 @@ def custom_ws(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
     if request.param == "keras":
         return request.getfixturevalue("keras_run")
     dest = tmp_path_factory.mktemp("custom-torch")
-    return custom_run(dest, "torch", ("raspberry_pi_pico",), FAST_TRAIN)
+    return custom_run(dest, "torch", ("raspberry_pi_pico",), CUSTOM_TRAIN)
 
 
 def _devices(ws: Path) -> list[str]:

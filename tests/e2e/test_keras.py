@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from tests.conftest import run_cmd, train_killing_a_worker, tree_digest
-from tests.e2e.conftest import KERAS_DEVICES, KERAS_TRAIN
+from tests.e2e.conftest import CUSTOM_TRAIN, KERAS_DEVICES
 
 pytestmark = pytest.mark.slow
 
@@ -66,7 +66,7 @@ def test_a_killed_keras_worker_resumes_from_the_last_epoch_to_the_same_bytes(
     model and checkpoint bytes as the uninterrupted run (what the README claims)."""
     before = {name: tree_digest(keras_run / "models" / name) for name in ("trained", "checkpoints")}
     shutil.rmtree(keras_run / "models/trained")
-    code, out, killed = train_killing_a_worker(keras_run, f"epoch   2/{KERAS_TRAIN['epochs']}")
+    code, out, killed = train_killing_a_worker(keras_run, f"epoch   2/{CUSTOM_TRAIN['epochs']}")
     assert killed, out[-2000:]
     assert code == 0, out[-3000:]
     assert re.search(r"keras worker 1 exited with status -9; restarting all workers", out), out

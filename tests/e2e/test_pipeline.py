@@ -496,6 +496,7 @@ def test_a_worse_model_reruns_train_not_prepare_and_production_stays(own_ws: Pat
     # An MCU and a LiteRT device prove the rule as well as six; promotion needs no firmware.
     params["devices"] = {d: params["devices"][d] for d in ("esp32_s3", "raspberry_pi_4")}
     params["firmware"]["enabled"] = False
+    params["orchestrate"]["preflight"] = False  # a new model: preflight would build firmware
     for profile in params["devices"].values():
         profile["min_accuracy"] = 0.0  # it fits; only the promotion rule may stop it
     params_path.write_text(yaml.safe_dump(params, sort_keys=False))
