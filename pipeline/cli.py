@@ -174,7 +174,7 @@ def _model_preflight(params: Any, ignore: bool) -> None:
     if why and not ignore:
         raise ConfigError(why)
     if why:
-        typer.echo(f"preflight: going on anyway (--ignore-preflight): {why}", err=True)
+        typer.echo(f"warning: {why}\nGoing on anyway (--ignore-preflight).", err=True)
 
 
 @app.command()

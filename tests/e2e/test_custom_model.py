@@ -103,3 +103,7 @@ def test_a_gelu_model_is_refused_before_training_naming_layer_op_and_remedy(
     assert report["fits"] == [] and set(report["devices"]) == set(MCUS)
     again = run_cmd(["tinyops", "preflight"], ws, check=False)
     assert again.returncode == 2 and "(cached)" in again.stdout, again.stdout[-2000:]
+    warned = run_cmd(["tinyops", "preflight", "--warn-only"], ws, check=False)  # --ignore-preflight
+    assert warned.returncode == 0, warned.stdout[-2000:] + warned.stderr[-2000:]
+    assert warned.stderr.startswith("warning: preflight: no device in params.yaml can take")
+    assert "Going on anyway (--ignore-preflight)." in warned.stderr
