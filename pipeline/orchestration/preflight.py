@@ -23,7 +23,7 @@ from pipeline.core import atomic, catalog
 from pipeline.core.config import DeviceProfile, Params
 from pipeline.core.errors import ConfigError
 from pipeline.orchestration import freshness
-from pipeline.orchestration.preflight_firmware import Measured, cold_reason, measure
+from pipeline.orchestration.preflight_firmware import COLD_LIBRARY, Measured, cold_reason, measure
 
 CALIBRATION_SAMPLES = 8
 # Why an op cannot run, and what to use instead: the message a user acts on.
@@ -338,6 +338,14 @@ def examine(params: Params) -> dict[str, Any]:
     return report
 
 
+def cacheable(report: dict[str, Any]) -> bool:
+    """Not an answer to ask again: unreadable data (asked once it is fixed) and estimates made
+    for want of a cached library (measured once the library is warm) are not kept."""
+    if "skipped" in report:
+        return False
+    return not any(COLD_LIBRARY in a["sizes"] for a in report["devices"].values())
+
+
 def run_preflight(params: Params) -> tuple[dict[str, Any], bool]:
     """examine(), cached by the model, devices and code, written to metrics/preflight.json;
     and whether the answer came from the cache."""
@@ -345,7 +353,7 @@ def run_preflight(params: Params) -> tuple[dict[str, Any], bool]:
     cached = catalog.PREFLIGHT_CACHE / f"{key}.json"
     hit = cached.is_file()
     report = json.loads(cached.read_text()) if hit else examine(params)
-    if not hit and "skipped" not in report:  # unreadable data: asked again once it is fixed
+    if not hit and cacheable(report):
         atomic.write_json(cached, report)
     atomic.write_json(catalog.PREFLIGHT_METRICS, report)
     return report, hit

@@ -18,6 +18,10 @@ import numpy as np
 
 from pipeline.core.config import Params
 
+# How a device's sizes say the library was cold: such an answer is never cached, so the first
+# preflight after `tinyops firmware` (or deploy) warmed the library measures the firmware.
+COLD_LIBRARY = "no TensorFlow Lite Micro library cached"
+
 
 @dataclass(frozen=True)
 class Measured:
@@ -53,7 +57,7 @@ def cold_reason(params: Params, device: str, ops: list[str]) -> str | None:
         return str(exc)
     core, kernels = profile.cpu or "", profile.kernels
     if not library.is_warm(src, cache, core, kernels, params.tflm.build_type, ops):
-        return f"no TensorFlow Lite Micro library cached for {core} ({kernels}): `tinyops firmware`"
+        return f"{COLD_LIBRARY} for {core} ({kernels}): `tinyops firmware`"
     return None
 
 
