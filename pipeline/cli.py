@@ -291,6 +291,28 @@ def promote(
 
 
 @app.command()
+def unlock(
+    device: Annotated[str, typer.Argument(help="The device whose promotion lock to remove.")],
+) -> None:
+    """Remove a device's promotion lock left by a killed deploy (only when no deploy runs)."""
+    from pipeline.core import tracking
+    from pipeline.core.config import check_device_name
+    from pipeline.core.errors import ConfigError
+    from pipeline.deploy import registry
+
+    try:
+        try:
+            check_device_name(device)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        holder = registry.unlock(tracking.client(), device)
+    except TinyopsError as exc:
+        _fail(exc)
+    name = registry.lock_name(device)
+    typer.echo(f"{name}: removed (held by {holder})." if holder else f"{name}: was not held.")
+
+
+@app.command()
 def devices(params: ParamsOpt = Path("params.yaml")) -> None:
     """Every device with its production version, variant, size, arena, accuracy and latency."""
     from rich.table import Table

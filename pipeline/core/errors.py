@@ -94,6 +94,14 @@ class ServiceError(TinyopsError):
     exit_code = 13
 
 
+class RegistryContention(TinyopsError):
+    """Another deploy moved the device's `production` alias while this one judged against the
+    old version, or held the promotion lock past the wait: this version is registered, not
+    promoted. A retry judges again against the new production."""
+
+    exit_code = 14
+
+
 def _families(cls: type[TinyopsError] = TinyopsError) -> list[type[TinyopsError]]:
     return [cls] + [sub for c in cls.__subclasses__() for sub in _families(c)]
 

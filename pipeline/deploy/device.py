@@ -327,11 +327,15 @@ def register_and_promote(
         chosen.accuracy, champ, deploy.promotion_tolerance, deploy.new_lineage
     )
     description = champion.describe(manifest, decision)
-    version = registry.register(ctx.run.client, ctx.device, ctx.run.run_id, tags, description)
+    client = ctx.run.client
+    version = registry.register(client, ctx.device, ctx.run.run_id, tags, description)
     if decision.promote:
-        with interrupt.deferred():  # the alias and the bundle move together, or neither
-            registry.promote(ctx.run.client, ctx.device, version.version)
-            replace_bundle(staged, ctx.target)
+        judged = champ.version if champ else None
+        with registry.promotion_lock(client, ctx.device):  # compare and set: no lost update
+            registry.require_unmoved(client, ctx.device, version.version, judged)
+            with interrupt.deferred():  # the alias and the bundle move together, or neither
+                registry.promote(client, ctx.device, version.version)
+                replace_bundle(staged, ctx.target)
     else:
         _keep_production(ctx)
     return version.version, decision, facts

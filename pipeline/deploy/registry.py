@@ -2,18 +2,25 @@
 `production` on the version the fleet runs; rollback moves `production` back and restores the
 bundle byte for byte. MLflow I/O only: whether to promote is the champion's rule
 (pipeline/deploy/champion.py).
+
+Teammates share one registry, so `production` moves only under a per-device promotion lock, and
+only if it is still the version the champion judged against (compare and set): two deploys
+racing never both win.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import socket
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline.core import interrupt
 from pipeline.core.catalog import Manifest
-from pipeline.core.errors import ArtifactError, RegistryError
+from pipeline.core.errors import ArtifactError, RegistryContention, RegistryError
 from pipeline.deploy.bundle import replace_bundle, verify_bundle
 
 if TYPE_CHECKING:
@@ -22,10 +29,96 @@ if TYPE_CHECKING:
 ALIAS = "production"
 TAG_PROMOTED = "tinyops.promoted"
 TAG_ROLLED_BACK = "tinyops.rolled_back"
+LOCK_SUFFIX = ".promotion-lock"  # a registered model that exists while one deploy promotes
+LOCK_WAIT_S = 60.0  # a promotion holds it for a second or two; longer means a killed holder
 
 
 def model_name(device: str) -> str:
     return f"tinyops-{device}"
+
+
+def lock_name(device: str) -> str:
+    return model_name(device) + LOCK_SUFFIX
+
+
+@contextlib.contextmanager
+def promotion_lock(
+    client: MlflowClient, device: str, wait_s: float = LOCK_WAIT_S
+) -> Iterator[None]:
+    """One alias move per device at a time, across every clone that shares the tracking store.
+    Creating a registered model is atomic in the store (names are unique, in SQLite, PostgreSQL
+    and through the server alike), so the lock is a registered model that exists while held."""
+    from mlflow.exceptions import MlflowException
+
+    from pipeline.core.procs import wait_until
+
+    name, holder = lock_name(device), f"{socket.gethostname()} pid {os.getpid()}"
+
+    def take() -> bool:
+        try:
+            client.create_registered_model(name, tags={"holder": holder}, description=_LOCK_DOC)
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            return False
+        return True
+
+    try:
+        wait_until(take, wait_s, f"the promotion lock {name}", interval=0.1)
+    except TimeoutError:
+        raise RegistryContention(
+            f"{name} has been held by {_holder(client, name)} for over {wait_s:g} s: another "
+            f"deploy of '{device}' is promoting, or one was killed while it held the lock. If "
+            f"none is running, `tinyops unlock {device}` removes it."
+        ) from None
+    try:
+        yield
+    finally:
+        client.delete_registered_model(name)
+
+
+_LOCK_DOC = "tinyops: held while a deploy moves `production`; delete it only if no deploy runs."
+
+
+def _holder(client: MlflowClient, name: str) -> str:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_registered_model(name).tags.get("holder", "an unknown holder")
+    except MlflowException:
+        return "a holder that has just let go"
+
+
+def unlock(client: MlflowClient, device: str) -> str | None:
+    """Remove a lock left by a killed deploy; returns who held it (None: it was not held)."""
+    from mlflow.exceptions import MlflowException
+
+    name = lock_name(device)
+    holder = _holder(client, name)
+    try:
+        client.delete_registered_model(name)
+    except MlflowException:
+        return None
+    return holder
+
+
+def require_unmoved(client: MlflowClient, device: str, version: str, judged: str | None) -> None:
+    """Under the promotion lock: refuse when `production` is no longer the version `version` was
+    judged against (`judged`, None: there was none). The version stays registered, and its
+    description says why it was not promoted."""
+    current = production(client, device)
+    now = str(current.version) if current else None  # an int or a str, by API call
+    if now == (None if judged is None else str(judged)):
+        return
+    why = (
+        f"production moved to v{now} while v{version} was judged against "
+        f"{f'v{judged}' if judged else 'no production version'}"
+    )
+    client.update_model_version(model_name(device), version, description=f"Not promoted: {why}.")
+    raise RegistryContention(
+        f"{model_name(device)}: {why}; v{version} stays registered, not promoted. Deploy again "
+        f"to judge it against v{now}."
+    )
 
 
 def production(client: MlflowClient, device: str):  # type: ignore[no-untyped-def]
@@ -90,8 +183,13 @@ def restore(client: MlflowClient, version: Any, target: Path) -> Manifest:
 
 
 def rollback(client: MlflowClient, device: str, deploy_root: Path) -> tuple[str, str]:
-    """Move production to the previously promoted version and restore its bundle. Returns
-    (from_version, to_version)."""
+    """Move production to the previously promoted version and restore its bundle, under the
+    promotion lock. Returns (from_version, to_version)."""
+    with promotion_lock(client, device):
+        return _rollback(client, device, deploy_root)
+
+
+def _rollback(client: MlflowClient, device: str, deploy_root: Path) -> tuple[str, str]:
     current = production(client, device)
     if current is None:
         raise RegistryError(f"device '{device}' has no production version in {model_name(device)}.")
@@ -129,10 +227,11 @@ def promote_version(
         raise RegistryError(
             f"{model_name(device)} has no version '{version}'; `tinyops devices` shows production."
         ) from None
-    current = production(client, device)
-    with interrupt.deferred():
-        restore(client, chosen, deploy_root / device)
-        promote(client, device, chosen.version)
-        if chosen.tags.get(TAG_ROLLED_BACK):  # it may be rolled back to again
-            client.delete_model_version_tag(model_name(device), chosen.version, TAG_ROLLED_BACK)
+    with promotion_lock(client, device):
+        current = production(client, device)
+        with interrupt.deferred():
+            restore(client, chosen, deploy_root / device)
+            promote(client, device, chosen.version)
+            if chosen.tags.get(TAG_ROLLED_BACK):  # it may be rolled back to again
+                client.delete_model_version_tag(model_name(device), chosen.version, TAG_ROLLED_BACK)
     return (current.version if current else None), chosen.version

@@ -3,11 +3,17 @@ and versions registered through a real MLflow store."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
+
 from pipeline.core import tracking
+from pipeline.core.errors import RegistryContention
 from pipeline.deploy import champion, registry
 from pipeline.deploy.champion import Champion
+from tests.conftest import REPO
 
 
 def _champion(accuracy: float | None, lineage: str | None = None) -> Champion:
@@ -66,3 +72,63 @@ def test_versions_and_the_production_alias(mlflow_store: str, tmp_path: Path) ->
     assert registry.production(client, "dev").version == v2
     assert client.get_model_version("tinyops-dev", v2).description == "v at 0.93"
     assert registry.production(client, "other") is None
+
+
+def test_production_moved_since_judging_is_refused_and_the_version_says_so(
+    mlflow_store: str, tmp_path: Path
+) -> None:
+    """A teammate promoted v2 while this deploy judged v3 against v1: v3 is not promoted."""
+    client = tracking.client()
+    v1 = _version(client, "dev", 0.90, tmp_path)
+    registry.promote(client, "dev", v1)
+    v2, v3 = _version(client, "dev", 0.93, tmp_path), _version(client, "dev", 0.92, tmp_path)
+    with registry.promotion_lock(client, "dev"):
+        registry.require_unmoved(client, "dev", v2, v1)
+        registry.promote(client, "dev", v2)
+    with pytest.raises(RegistryContention) as refused, registry.promotion_lock(client, "dev"):
+        registry.require_unmoved(client, "dev", v3, v1)
+    assert f"production moved to v{v2} while v{v3} was judged against v{v1}" in str(refused.value)
+    assert f"Deploy again to judge it against v{v2}" in str(refused.value)
+    assert str(registry.production(client, "dev").version) == str(v2)
+    assert client.get_model_version("tinyops-dev", v3).description.startswith("Not promoted:")
+    assert not client.search_registered_models(f"name = '{registry.lock_name('dev')}'")
+
+
+def test_two_deploys_racing_never_both_win(mlflow_store: str, tmp_path: Path) -> None:
+    """Two processes judge their versions against the same production, then both try to move
+    the alias at the same moment: exactly one is promoted, the other refused."""
+    client = tracking.client()
+    registry.promote(client, "dev", _version(client, "dev", 0.90, tmp_path))
+    barrier = tmp_path / "barrier"
+    barrier.mkdir()
+    job = Path(__file__).with_name("race_job.py")
+    out = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": True}
+    racers = [
+        subprocess.Popen([sys.executable, str(job), name, str(barrier)], cwd=REPO, **out)
+        for name in ("alice", "bob")
+    ]
+    outs = [r.communicate(timeout=120)[0].strip().splitlines()[-1] for r in racers]
+    assert all(r.returncode == 0 for r in racers), outs
+    assert sorted(o.split()[0] for o in outs) == ["promoted", "refused"], outs
+    (winner,) = [o.split()[1] for o in outs if o.startswith("promoted")]
+    assert str(registry.production(client, "dev").version) == winner
+    assert not client.search_registered_models(f"name = '{registry.lock_name('dev')}'")
+
+
+def test_a_lock_left_by_a_killed_deploy_names_its_holder_and_unlock_removes_it(
+    mlflow_store: str, tmp_path: Path
+) -> None:
+    client = tracking.client()
+    v1 = _version(client, "dev", 0.90, tmp_path)
+    name = registry.lock_name("dev")
+    client.create_registered_model(name, tags={"holder": "ci-box pid 4242"})  # killed mid-move
+    with pytest.raises(RegistryContention) as held, registry.promotion_lock(client, "dev", 0.3):
+        pass
+    assert "held by ci-box pid 4242 for over 0.3 s" in str(held.value)
+    assert "`tinyops unlock dev` removes it" in str(held.value)
+    assert registry.unlock(client, "dev") == "ci-box pid 4242"
+    assert registry.unlock(client, "dev") is None
+    with registry.promotion_lock(client, "dev", 0.3):
+        registry.require_unmoved(client, "dev", v1, None)
+        registry.promote(client, "dev", v1)
+    assert str(registry.production(client, "dev").version) == str(v1)
