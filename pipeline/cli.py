@@ -441,6 +441,7 @@ def check(
     import yaml
 
     from pipeline.core.config import load_params
+    from pipeline.core.preflight import check_files
     from pipeline.orchestration.dvc import require_tracked
 
     try:
@@ -448,6 +449,7 @@ def check(
         if write:
             _fill_tracked(params)
         require_tracked(params)
+        check_files(parsed)
     except TinyopsError as exc:
         _fail(exc)
     typer.echo(yaml.safe_dump(parsed.model_dump(mode="json"), sort_keys=False))

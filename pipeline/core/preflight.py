@@ -59,7 +59,21 @@ def check_mlflow() -> None:
         ) from None
 
 
+def require_model_file(path: Path) -> None:
+    """model.arch tflite: the given file is there (train would find out only after prepare)."""
+    if not path.is_file():
+        raise ConfigError(f"model.path {path}: no such file (put your .tflite in user_models/)")
+
+
+def check_files(params: Params) -> None:
+    """The files params.yaml names that no stage makes: checked by `tinyops check` and before
+    a run."""
+    if params.model.arch == "tflite" and params.model.path:
+        require_model_file(Path(params.model.path))
+
+
 def preflight(params: Params) -> None:
     check_threads(params)
     check_disk()
     check_mlflow()
+    check_files(params)

@@ -15,6 +15,7 @@ from pipeline.core import atomic, catalog
 from pipeline.core.catalog import DatasetMeta, TrainSummary
 from pipeline.core.config import ModelParams, Params
 from pipeline.core.errors import ConfigError
+from pipeline.core.preflight import require_model_file
 from pipeline.data.prepare import Splits, renormalised
 from pipeline.models import tflite_store
 from pipeline.models.spec import Architecture, architecture_for
@@ -27,8 +28,7 @@ MAX_MODEL_BYTES = 64 * 1024 * 1024  # refused before it is read: no MCU or phone
 
 def read_file(path: Path) -> bytes:
     """model.path's bytes; a missing or oversized file is an error naming the key."""
-    if not path.is_file():
-        raise ConfigError(f"model.path {path}: no such file (put your .tflite in user_models/)")
+    require_model_file(path)
     if path.stat().st_size > MAX_MODEL_BYTES:
         raise ConfigError(f"model.path {path}: {path.stat().st_size:,} B, over 64 MiB")
     return path.read_bytes()

@@ -151,6 +151,22 @@ def test_cli_rejects_bad_config_before_any_work(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"], "nothing may be written"
 
 
+def test_check_finds_a_missing_model_file_before_any_run(tmp_path: Path) -> None:
+    """model.arch tflite names a file no stage makes: `tinyops check` (and a run, before any
+    stage) says it is missing, naming the key."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["model"] |= {"arch": "tflite", "path": "user_models/never_added.tflite"}
+    given = tmp_path / "params.yaml"
+    given.write_text(yaml.safe_dump(params))
+    proc = subprocess.run(
+        [str(BIN / "tinyops"), "check", "--params", str(given)],
+        cwd=REPO, capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr
+    message = " ".join(proc.stderr.split())
+    assert "model.path user_models/never_added.tflite: no such file" in message
+
+
 def test_help_imports_no_heavy_framework() -> None:
     code = (
         "import sys\n"
