@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from pipeline.core.errors import ConfigError, PipelineError
+from pipeline.core.stores import Store, redact
 
 PREFECT_HOME = Path(".tinyops/prefect")
 DEFAULT_HOST = "127.0.0.1"
@@ -74,6 +75,18 @@ def configured_api_url() -> str | None:
     return profiles.get("profiles", {}).get(active, {}).get("PREFECT_API_URL") or None
 
 
+def prefect_store() -> Store:
+    """The Prefect API runs report to, and whether its server answers."""
+    url = configured_api_url()
+    if url is None:
+        return Store("Prefect API", "none", note="each run starts a temporary server")
+    try:
+        require_server(url)
+    except PipelineError:
+        return Store("Prefect API", redact(url), "no answer from its /health within 5 s")
+    return Store("Prefect API", redact(url), note="answers")
+
+
 def require_server(url: str) -> None:
     """Fail in the first second, and say what to do, when no Prefect server answers."""
     try:
@@ -83,7 +96,7 @@ def require_server(url: str) -> None:
     except (urllib.error.URLError, OSError):
         pass
     raise PipelineError(
-        f"no Prefect server answers at {url}. Start one with `tinyops server` in another shell "
+        f"no Prefect server answers at {redact(url)}. Start one with `tinyops server` in another shell "
         "(schedules do not fire on Prefect's ephemeral server), or set PREFECT_API_URL to yours."
     )
 

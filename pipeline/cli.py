@@ -453,6 +453,25 @@ def check(
     except TinyopsError as exc:
         _fail(exc)
     typer.echo(yaml.safe_dump(parsed.model_dump(mode="json"), sort_keys=False))
+    _check_stores()
+
+
+def _check_stores() -> None:
+    """The stores in use and whether each answers, as YAML comments (stdout stays the params);
+    any that does not is an error naming it, without its password."""
+    from flows.schedule import prefect_store
+    from pipeline.core.errors import PipelineError
+    from pipeline.core.preflight import mlflow_store
+    from pipeline.core.stores import remote_store
+    from pipeline.orchestration.dvc import tool
+
+    stores = [mlflow_store(), prefect_store(), remote_store(tool("dvc"))]
+    typer.echo("# stores (from the environment and DVC's config, never params.yaml):")
+    for store in stores:
+        typer.echo(f"#   {store.line()}")
+    down = [f"{s.role} at {s.where}: {s.problem}" for s in stores if s.problem]
+    if down:
+        _fail(PipelineError("not every store answers:\n  " + "\n  ".join(down)))
 
 
 def _fill_tracked(params: Path) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 from pipeline.core import tracking
 from pipeline.core.config import Params
 from pipeline.core.errors import ConfigError, PipelineError
+from pipeline.core.stores import Store, redact, scrub
 
 # What one run writes at most with the default model (data, checkpoints, 4 variants, bundles,
 # the DVC cache copies, MLflow artifacts), with a wide margin.
@@ -44,19 +45,46 @@ def check_disk(path: Path = Path("."), need: int = MIN_FREE_BYTES) -> None:
         )
 
 
-def check_mlflow() -> None:
-    """Reach the store and write to it (the experiment is created if missing)."""
+# A tracking server that is down is reported in seconds, not after MLflow's minutes of retries.
+_QUICK_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+
+
+def mlflow_problem() -> str | None:
+    """Why the store cannot be reached or written (the experiment is created if missing), with
+    no password in it; None when it can."""
     uri = tracking.tracking_uri()
+    saved = {key: os.environ.get(key) for key in _QUICK_HTTP}
+    os.environ.update({k: v for k, v in _QUICK_HTTP.items() if saved[k] is None})
     try:
         c = tracking.client()
         exp = tracking.experiment_id(c)
         c.set_experiment_tag(exp, "tinyops.preflight", "ok")
     except Exception as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return scrub(reason, uri)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+    return None
+
+
+def check_mlflow() -> None:
+    problem = mlflow_problem()
+    if problem:
         raise PipelineError(
-            f"the MLflow store {uri} is not reachable or not writable ({reason}). Check "
-            "MLFLOW_TRACKING_URI and that its folder exists and is writable."
-        ) from None
+            f"the MLflow store {redact(tracking.tracking_uri())} is not reachable or not "
+            f"writable ({problem}). Check MLFLOW_TRACKING_URI and that its folder exists and is "
+            "writable, or that its server runs."
+        )
+
+
+def mlflow_store() -> Store:
+    """The tracking store, reached and written; an embedded store not made yet is left so."""
+    uri = tracking.tracking_uri()
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        return Store("MLflow tracking", uri, note="made by the first run")
+    return Store("MLflow tracking", redact(uri), mlflow_problem(), "answers, writable")
 
 
 def require_model_file(path: Path) -> None:
