@@ -69,15 +69,17 @@ def run(
     the one at PREFECT_API_URL. With nothing new since the last success it ends as skipped
     (without a server, before Prefect starts at all).
     """
-    from flows.schedule import configured_api_url, prefect_defaults
+    from flows.schedule import configured_api_url, prefect_defaults, require_server
     from pipeline.core.config import load_params
     from pipeline.core.preflight import preflight
     from pipeline.orchestration.dvc import require_tracked
     from pipeline.orchestration.run import nothing_new
 
-    try:  # bad config, no MLflow store, a full disk, too many workers: fail now, not mid-run
+    try:  # bad config, no MLflow store or Prefect server, a full disk, too many workers: now
         loaded = load_params(params)
         require_tracked(params)
+        if configured_api_url() is not None:
+            require_server(str(configured_api_url()))
         if not force and configured_api_url() is None:
             reason = nothing_new(params)
             if reason:

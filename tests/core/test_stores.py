@@ -44,3 +44,6 @@ def test_check_lists_the_stores_and_names_those_down_without_their_password(
     assert f"MLflow tracking at http://tiny:***@127.0.0.1:{mlflow_port}:" in message
     assert f"Prefect API at http://127.0.0.1:{prefect_port}/api: no answer" in message
     assert "s3cret" not in refused.stdout + refused.stderr
+    run = run_cmd(["tinyops", "run"], ws, check=False, env=down, timeout=120)
+    assert run.returncode == 8 and "Traceback" not in run.stderr, run.stderr[-3000:]
+    assert f"no Prefect server answers at http://127.0.0.1:{prefect_port}/api" in run.stderr
