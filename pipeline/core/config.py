@@ -341,6 +341,9 @@ class OrchestrateParams(_Section):
     preflight: bool = True
     """`tinyops run` runs `tinyops preflight` first (seconds, cached by model and devices) and
     refuses a model no device can take; false skips it (a model you know fits)."""
+    push: Literal["auto", "never"] = "auto"
+    """auto: after a successful run, `dvc push` to DVC's default remote when one is set (a
+    failed push is reported; the run stays successful); never: push by hand."""
 
 
 class TflmParams(_Section):

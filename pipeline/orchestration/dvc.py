@@ -172,6 +172,25 @@ def repro_stage(
     return StageOutcome(target, ran=status is not None)
 
 
+def push(env: dict[str, str] | None = None) -> str | None:
+    """`dvc push` to the default remote, after a success: what happened, in one line (None: no
+    remote is set). A failure is said, not raised: the run's outputs are complete here, and
+    `dvc push` retries it."""
+    from pipeline.core.stores import dvc_remote, redact, scrub
+
+    remote = dvc_remote()
+    if remote is None:
+        return None
+    name, url = remote
+    where = f"dvc push to '{name}' ({redact(url)})"
+    proc = subprocess.run([tool("dvc"), "push"], env=env, capture_output=True, text=True)
+    said = [line for line in (proc.stderr + proc.stdout).splitlines() if line.strip()]
+    last = scrub(said[-1], url) if said else f"exit {proc.returncode}"
+    if proc.returncode != 0:
+        return f"{where} failed: {last}. The run succeeded; run `dvc push` to retry"
+    return f"{where}: {last}"
+
+
 def stale_stages(env: dict[str, str] | None = None) -> list[str]:
     """What `dvc status` finds out of date (changed deps, params, code or missing outputs)."""
     import json

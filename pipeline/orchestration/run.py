@@ -24,6 +24,7 @@ from pipeline.core.errors import PipelineBusyError
 from pipeline.orchestration import freshness
 from pipeline.orchestration.dvc import (
     StageOutcome,
+    push,
     repro_stage,
     require_tracked,
     stage_env,
@@ -138,6 +139,7 @@ class PipelineRun:
         self.metrics: dict[str, float] = {}
         self.worst_layer: str | None = None
         self.outcomes: list[StageOutcome] = []
+        self.pushed = ""  # what `dvc push` did after a success (orchestrate.push)
         self._lock = workspace_lock(wait)
 
     @property
@@ -208,8 +210,17 @@ class PipelineRun:
                         mlflow_run_id=self.parent.run_id,
                         **{k: v for k, v in self.extra_tags.items() if k == "prefect.flow_run_id"},
                     )
+                    self._push()
         finally:
             self._lock.__exit__(exc_type, exc, tb)
+
+    def _push(self) -> None:
+        """orchestrate.push auto: the outputs to DVC's remote, said in the log and on the run."""
+        pushed = push(self.env or None) if self.params.orchestrate.push == "auto" else None
+        if pushed:
+            self.pushed = pushed
+            print(pushed)
+            self.parent.set_tags({"tinyops.dvc_push": pushed[:250]})
 
     def _close_parent(self, status: str) -> None:
         """Tag and log the final metrics (when there are any) and end the parent run."""
