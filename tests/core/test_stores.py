@@ -47,3 +47,9 @@ def test_check_lists_the_stores_and_names_those_down_without_their_password(
     run = run_cmd(["tinyops", "run"], ws, check=False, env=down, timeout=120)
     assert run.returncode == 8 and "Traceback" not in run.stderr, run.stderr[-3000:]
     assert f"no Prefect server answers at http://127.0.0.1:{prefect_port}/api" in run.stderr
+    no_mlflow = quiet | {"MLFLOW_TRACKING_URI": down["MLFLOW_TRACKING_URI"]}
+    run = run_cmd(["tinyops", "run"], ws, check=False, env=no_mlflow, timeout=120)
+    message = " ".join(run.stderr.split())
+    assert run.returncode == 8 and "Traceback" not in message, run.stderr[-3000:]
+    assert f"the MLflow store http://tiny:***@127.0.0.1:{mlflow_port} is not reachable" in message
+    assert "s3cret" not in run.stdout + run.stderr
