@@ -78,9 +78,10 @@ def run(
     try:  # bad config, no MLflow store or Prefect server, a full disk, too many workers: now
         loaded = load_params(params)
         require_tracked(params)
-        if configured_api_url() is not None:
-            require_server(str(configured_api_url()))
-        if not force and configured_api_url() is None:
+        api = configured_api_url()
+        if api is not None:
+            require_server(api)
+        if not force and api is None:
             reason = nothing_new(params)
             if reason:
                 typer.echo(f"skipped: {reason}")
