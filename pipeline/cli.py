@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
+from pipeline.core.catalog import STACK_DIR
 from pipeline.core.errors import ConfigError, TinyopsError
 
 app = typer.Typer(
@@ -620,10 +621,105 @@ def _print_summary(result: dict) -> None:
         table.add_row("int8_worst_layer", result["int8_worst_layer"])
     console = _console()
     console.print(table)
-    console.print(
-        f"MLflow run {result.get('run_id')}: "
-        "mlflow ui --backend-store-uri sqlite:///mlflow/mlflow.db"
-    )
+    console.print(f"MLflow run {result.get('run_id')}: {_where_to_browse()}")
+
+
+def _where_to_browse() -> str:
+    """A tracking server is browsed at its address; the embedded store with `mlflow ui`."""
+    import os
+
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "")
+    if uri.startswith(("http://", "https://")):
+        from pipeline.core.stores import redact
+
+        return f"open {redact(uri)}"
+    return "mlflow ui --backend-store-uri sqlite:///mlflow/mlflow.db"
+
+
+stack_app = typer.Typer(
+    help="The team stack on this box: PostgreSQL, Swift (S3), MLflow and Prefect servers "
+    "(docs/team.md).",
+    no_args_is_help=True,
+)
+app.add_typer(stack_app, name="stack")
+StackDir = Annotated[
+    Path, typer.Option("--dir", help="The stack's folder: data, configs, secrets, logs.")
+]
+
+
+@stack_app.command("up")
+def stack_up(folder: StackDir = STACK_DIR) -> None:
+    """Start every service of the stack that is not running; each healthy before the next."""
+    from pipeline.core.extras import require
+
+    try:
+        for module in ("psycopg2", "swift", "boto3", "flask_wtf"):
+            require(module, "The team stack")
+        from pipeline.team import stack
+
+        stack.up(folder)
+    except TinyopsError as exc:
+        _fail(exc)
+    print(f'The stack is up. In each shell: eval "$(tinyops stack env --dir {folder})"\n'
+          f"In each clone, once: tinyops stack remote --dir {folder}  (the DVC remote)")  # fmt: skip
+
+
+@stack_app.command("down")
+def stack_down(folder: StackDir = STACK_DIR) -> None:
+    """Stop the stack's services (their data stays in the folder)."""
+    from pipeline.team import stack
+
+    stack.down(folder)
+
+
+@stack_app.command("status")
+def stack_status(folder: StackDir = STACK_DIR) -> None:
+    """Each service: up, running but not answering, or down. Exit 13 unless all are up."""
+    from pipeline.core.errors import ServiceError
+    from pipeline.team import stack
+
+    states = stack.status(folder)
+    for name, state in states.items():
+        print(f"{name:<16} {state}")
+    if not states or any(state != "up" for state in states.values()):
+        _fail(ServiceError(f"the team stack in {folder} is not all up"))
+
+
+@stack_app.command("env")
+def stack_env(folder: StackDir = STACK_DIR) -> None:
+    """Print the exports that point tinyops (MLflow, Prefect) at the stack, secrets included."""
+    import shlex
+
+    from pipeline.team import stack
+
+    try:
+        cfg = stack.load(folder)
+    except TinyopsError as exc:
+        _fail(exc)
+    for key, value in stack.client_env(cfg).items():
+        print(f"export {key}={shlex.quote(value)}")
+
+
+@stack_app.command("remote")
+def stack_remote(folder: StackDir = STACK_DIR) -> None:
+    """Make the stack's bucket this clone's default DVC remote: its address in .dvc/config (commit
+    it), its keys in .dvc/config.local (never committed)."""
+    import subprocess
+
+    from pipeline.team import stack
+
+    try:
+        cfg = stack.load(folder)
+    except TinyopsError as exc:
+        _fail(exc)
+    for argv in stack.dvc_remote_commands(cfg):
+        subprocess.run([_dvc(), *argv[1:]], check=True, capture_output=True)
+    print(f"DVC remote '{stack.DVC_REMOTE}' is the default: `dvc push` and `dvc pull` use it")
+
+
+def _dvc() -> str:
+    local = Path(sys.executable).parent / "dvc"
+    return str(local) if local.exists() else "dvc"
 
 
 def main() -> None:

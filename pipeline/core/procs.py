@@ -67,8 +67,16 @@ def http_ok(url: str, timeout: float = 2.0) -> bool:
 class Service:
     """A started process group; `stop` (or leaving its `with` block) ends the whole group."""
 
-    def __init__(self, name: str, proc: subprocess.Popen[Any], log: Path, url: str = "") -> None:
+    def __init__(
+        self,
+        name: str,
+        proc: subprocess.Popen[Any],
+        log: Path,
+        url: str = "",
+        stop_signal: int = signal.SIGTERM,
+    ) -> None:
         self.name, self.proc, self.log, self.url = name, proc, log, url
+        self.stop_signal = stop_signal
         if not _RUNNING:
             atexit.register(stop_all)  # once per process that starts anything (it is idempotent)
         _RUNNING[proc.pid] = self
@@ -89,7 +97,7 @@ class Service:
     def stop(self, grace: float = 15.0) -> int | None:
         """SIGTERM to the group, SIGKILL after `grace` seconds; the exit status."""
         _RUNNING.pop(self.proc.pid, None)
-        for sig in (signal.SIGTERM, signal.SIGKILL):
+        for sig in (self.stop_signal, signal.SIGKILL):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, sig)
             try:
@@ -97,6 +105,11 @@ class Service:
             except subprocess.TimeoutExpired:
                 continue
         return self.proc.poll()
+
+    def detach(self) -> None:
+        """Leave it running after this process exits (`tinyops stack up`): whoever stops it
+        later uses `stop_group` with its pid, which is its process group."""
+        _RUNNING.pop(self.proc.pid, None)
 
     def __enter__(self) -> Service:
         return self
@@ -120,17 +133,21 @@ def start(
     timeout: float = 120.0,
     cwd: Path | None = None,
     env: Mapping[str, str] | None = None,
+    user: str | None = None,
+    stop_signal: int = signal.SIGTERM,
 ) -> Service:
     """Start `argv` in a new session (its own process group) with output to `log`, and wait until
-    `healthy()` (default: `url` answers 2xx) holds. A process that exits or stays unhealthy is
-    stopped, and ServiceError says so with the tail of its log."""
+    `healthy()` (default: `url` answers 2xx) holds, as `user` if given (root starting
+    PostgreSQL); `stop_signal` is what its group gets first when stopped. A process that exits
+    or stays unhealthy is stopped, and ServiceError says so with the tail of its log."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
         proc = subprocess.Popen(
             list(argv), cwd=cwd, env=dict(env) if env is not None else None,
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            user=user,
         )  # fmt: skip
-    service = Service(name, proc, log, url)
+    service = Service(name, proc, log, url, stop_signal)
     check = healthy or (lambda: http_ok(url))
 
     def ready() -> bool:
@@ -148,6 +165,32 @@ def start(
             raise ServiceError(f"{exc} (log {log}):\n{service.log_tail()}") from None
         raise
     return service
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether any live (not zombie) process is in process group `pgid`."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # it ended while we looked
+        if fields[2] == str(pgid) and fields[0] != "Z":
+            return True
+    return False
+
+
+def stop_group(pid: int, stop_signal: int = signal.SIGTERM, grace: float = 15.0) -> bool:
+    """Stop the process group led by `pid`, started by another process (so not ours to wait
+    for): `stop_signal`, then SIGKILL after `grace` seconds. Whether it had to be killed."""
+    for sig in (stop_signal, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, sig)
+        try:
+            wait_until(lambda: not group_alive(pid), grace, f"process group {pid} to stop")
+            return sig == signal.SIGKILL
+        except TimeoutError:
+            continue
+    return True
 
 
 def stop_all() -> None:
