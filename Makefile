@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.tinyops-installed
 EXTRAS := $(VENV)/.tinyops-extras
 PIP    := $(BIN)/python -m pip install -q --disable-pip-version-check --no-deps
 
-.PHONY: install extras run test lint bench lock clean firmware-tools
+.PHONY: install extras run test lint bench lock clean firmware-tools team-tools
 
 # Install exactly the versions in requirements.lock (no resolver run, so it is fast and the same
 # every time), then the project itself in editable mode.
@@ -39,10 +39,21 @@ firmware-tools:
 	  else echo "tinyops: for the firmware check, run: sudo apt-get install $(FIRMWARE_PACKAGES)"; fi; \
 	fi
 
+# Debian's PostgreSQL server, for the team stack (`tinyops stack`, docs/team.md) and its tests.
+# Installed when missing and root; otherwise the command is printed and those tests skip.
+TEAM_PACKAGES := postgresql-15
+team-tools:
+	@if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "tinyops: installing $(TEAM_PACKAGES)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(TEAM_PACKAGES) >/dev/null; \
+	  else echo "tinyops: for the team stack, run: sudo apt-get install $(TEAM_PACKAGES)"; fi; \
+	fi
+
 run: $(STAMP) firmware-tools
 	$(BIN)/tinyops run
 
-test: $(EXTRAS) firmware-tools
+test: $(EXTRAS) firmware-tools team-tools
 	$(BIN)/python -m pytest
 
 # Training throughput and overheads, interleaved runs, medians and ratios (bench/results.json).

@@ -580,37 +580,6 @@ def test_preflight_leaves_the_runs_log_in_prefects_format_without_framework_nois
     assert "oneDNN custom operations" not in log and "absl::InitializeLog" not in log
 
 
-# What a workspace holds that a teammate's clone never gets: the stores, caches and test records.
-LOCAL_ONLY = ("mlflow/", ".tinyops/", "first_run/", "import_log/", "run.log", "first_deploy.json")
-
-
-def test_a_run_pushes_and_a_teammates_clone_pulls_the_same_outputs(
-    own_ws: Path, tmp_path: Path
-) -> None:
-    """orchestrate.push auto: a successful run pushes to DVC's default remote (a folder here;
-    an object store is another URL for the same command). A clone of the commit pulls the exact
-    outputs, and DVC finds nothing to do there."""
-    remote = tmp_path / "remote"
-    remote.mkdir()
-    run_cmd(["dvc", "remote", "add", "-d", "store", str(remote)], own_ws)
-    (own_ws / "report/deploy.md").unlink()  # one stale stage: a short, successful run
-    out = run_cmd(["tinyops", "run"], own_ws)
-    assert f"dvc push to 'store' ({remote}): " in out.stdout + out.stderr, out.stdout[-3000:]
-    assert "failed" not in re.findall(r"dvc push to .*", out.stdout + out.stderr)[0]
-    (own_ws / ".gitignore").write_text("\n".join(LOCAL_ONLY) + "\n")
-    git = ["git", "-c", "user.name=tinyops", "-c", "user.email=ci@tinyops.invalid"]
-    subprocess.run([*git, "add", "-A"], cwd=own_ws, check=True)
-    subprocess.run([*git, "commit", "-qm", "a run"], cwd=own_ws, check=True)
-    clone = tmp_path / "clone"
-    subprocess.run(["git", "clone", "-q", str(own_ws), str(clone)], check=True)
-    assert not (clone / "models/trained").exists(), "outputs travel through DVC, not git"
-    run_cmd(["dvc", "pull"], clone)
-    for name in ("data/processed", "models/trained", "exports", "deploy"):
-        assert tree_digest(clone / name) == tree_digest(own_ws / name), name
-    assert "Data and pipelines are up to date" in run_cmd(["dvc", "status"], clone).stdout
-    assert "in sync" in run_cmd(["dvc", "status", "--cloud"], clone).stdout
-
-
 def test_a_push_that_fails_is_said_and_the_outputs_stay(
     own_ws: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -240,3 +240,55 @@ def test_a_teammates_clone_pulls_from_the_s3_remote_and_reproduces_the_same_byte
     run_cmd(["dvc", "repro", "--force", "--single-item", "train"], clone, env=env)
     assert tree_digest(clone / "models/trained") == tree_digest(ws / "models/trained")
     assert "Data and pipelines are up to date" in run_cmd(["dvc", "status"], clone).stdout
+
+
+def _stop_service(folder: Path, name: str) -> None:
+    """Stop one service of the stack as a crash or an admin would, from outside."""
+    import signal
+
+    from pipeline.core.procs import stop_group
+
+    pid = json.loads((folder / "running.json").read_text())[name]
+    stop_group(pid, signal.SIGINT if name == "postgres" else signal.SIGTERM)
+
+
+def test_the_object_store_down_during_push_is_said_and_retryable(
+    stack: tuple[Path, dict[str, str]],
+    team_run: tuple[Path, subprocess.CompletedProcess],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The push after a successful run fails (Swift's proxy is down): said, with how to retry,
+    and nothing local changes; with the store back, the same push succeeds."""
+    from pipeline.orchestration.dvc import push
+    from tests.conftest import workspace_env
+
+    folder, env = stack
+    ws, _ = team_run
+    monkeypatch.chdir(ws)
+    before = tree_digest(ws / "models")
+    _stop_service(folder, "swift-proxy")
+    said = push({**workspace_env(ws), **env})
+    assert said is not None and " failed:" in said and "run `dvc push` to retry" in said, said
+    assert tree_digest(ws / "models") == before
+    _tinyops("stack", "up", "--dir", str(folder))  # restarts only what is down
+    said = push({**workspace_env(ws), **env})
+    assert said is not None and " failed" not in said, said
+
+
+def test_postgresql_down_at_start_refuses_the_run_before_any_stage(
+    stack: tuple[Path, dict[str, str]], tmp_path: Path
+) -> None:
+    """Last in the module: it stops PostgreSQL. The tracking server answers but cannot reach its
+    database; `tinyops run` refuses at once (exit 8) naming the server, and no stage runs. With
+    PostgreSQL back (`tinyops stack up` starts only it), the same store answers again."""
+    folder, env = stack
+    ws = make_workspace(tmp_path / "ws", devices=TWO_DEVICES)
+    _stop_service(folder, "postgres")
+    proc = run_cmd(["tinyops", "run"], ws, check=False, env=env)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 8, out[-3000:]
+    assert env["MLFLOW_TRACKING_URI"] in out and env["MLFLOW_TRACKING_PASSWORD"] not in out
+    assert not (ws / "dvc.lock").exists() and not (ws / "data/processed").exists()
+    _tinyops("stack", "up", "--dir", str(folder))
+    check = run_cmd(["tinyops", "check"], ws, env=env, check=False)
+    assert check.returncode == 0, check.stdout[-2000:] + check.stderr[-2000:]
