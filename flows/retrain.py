@@ -126,6 +126,9 @@ def retrain(
     → report, as one tracked run."""
     from prefect.runtime import flow_run
 
+    from pipeline.core.quiet import quiet_third_party
+
+    quiet_third_party()  # a worker runs the flow without the tinyops CLI, which does it there
     tags = {"prefect.flow_run_id": str(flow_run.id)}
     with PipelineRun(Path(params_path), force, wait, tags=tags, ingest=ingest) as run:
         if run.skipped:

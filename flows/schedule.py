@@ -153,6 +153,64 @@ def serve(
         _pause(name)
 
 
+def deploy_to_pool(
+    cron: str,
+    pool: str,
+    name: str = "nightly",
+    timezone: str = "UTC",
+    params_path: str = "params.yaml",
+    force: bool = False,
+) -> None:
+    """Create (or update) deployment retrain/<name> for work pool `pool` (a process pool, made if
+    missing): its runs execute wherever `prefect worker start --pool POOL` runs, in this
+    checkout (its absolute path is the deployment's source). Returns at once; nothing serves."""
+    from pipeline.core.config import load_params
+
+    load_params(Path(params_path))  # a bad config is an error now, not at 03:00
+    check_cron(cron, timezone)
+    url = api_url()
+    require_server(url)
+    os.environ["PREFECT_API_URL"] = url  # before Prefect loads its settings
+
+    from prefect import flow
+    from prefect.schedules import Cron
+
+    _ensure_pool(pool)
+    source = flow.from_source(source=str(Path.cwd()), entrypoint=RETRAIN_ENTRYPOINT)
+    source.deploy(  # type: ignore[union-attr]
+        name=name,
+        work_pool_name=pool,
+        schedules=[Cron(cron, timezone=timezone)],
+        parameters={"params_path": params_path, "force": force, "wait": True},
+        description=f"Scheduled retraining of the tinyops pipeline in {Path.cwd()}",
+        tags=["tinyops"],
+        concurrency_limit=1,  # one pipeline run at a time from this checkout
+        print_next_steps=False,
+    )
+    print(
+        f"retrain/{name} on {url} for work pool '{pool}': cron '{cron}' ({timezone}), runs in "
+        f"{Path.cwd()}.\nStart a worker (in this checkout's venv, with the same environment): "
+        f"prefect worker start --pool {pool}",
+        flush=True,
+    )
+
+
+RETRAIN_ENTRYPOINT = "flows/retrain.py:retrain"
+
+
+def _ensure_pool(pool: str) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_work_pool(pool)
+        except ObjectNotFound:
+            client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+            print(f"work pool '{pool}' (process) created", flush=True)
+
+
 def _pause(name: str) -> None:
     """No runner, no runs: pause the schedule. Prefect's own SIGTERM path can exit before it has
     paused (3.8), so this does it again, whatever the way out."""

@@ -206,17 +206,26 @@ def schedule(
     force: Annotated[
         bool, typer.Option(help="Retrain on every run, even when nothing is new.")
     ] = False,
+    pool: Annotated[
+        str | None,
+        typer.Option(help="A work pool: deploy for its workers and return (default: serve here)."),
+    ] = None,
 ) -> None:
     """Schedule retraining: deployment retrain/NAME, served from this workspace.
 
     Needs a Prefect server (PREFECT_API_URL, else 127.0.0.1:4200: see `tinyops server`); serves
-    until Ctrl-C. A run with no new data, params or code ends at once as Skipped.
+    until Ctrl-C. A run with no new data, params or code ends at once as Skipped. With --pool,
+    the deployment is made for that work pool (created if missing) and this command returns:
+    `prefect worker start --pool NAME` runs it (docs/team.md: serve or pool).
     """
-    from flows.schedule import prefect_defaults, serve
+    from flows.schedule import deploy_to_pool, prefect_defaults, serve
 
     prefect_defaults()
     try:
-        serve(cron, name=name, timezone=timezone, params_path=str(params), force=force)
+        if pool:
+            deploy_to_pool(cron, pool, name, timezone, str(params), force)
+        else:
+            serve(cron, name=name, timezone=timezone, params_path=str(params), force=force)
     except TinyopsError as exc:
         _fail(exc)
 

@@ -242,6 +242,48 @@ def test_a_teammates_clone_pulls_from_the_s3_remote_and_reproduces_the_same_byte
     assert "Data and pipelines are up to date" in run_cmd(["dvc", "status"], clone).stdout
 
 
+def test_a_run_through_a_work_pool_worker_lands_in_the_same_tracking_server(
+    stack: tuple[Path, dict[str, str]],
+    team_run: tuple[Path, subprocess.CompletedProcess],
+    tmp_path: Path,
+) -> None:
+    """`tinyops schedule --pool` deploys for a process pool and returns; `prefect worker start`
+    picks up a manual run of it, which completes and lands in the stack's MLflow."""
+    from pipeline.core.procs import start, wait_until
+    from tests.conftest import workspace_env
+
+    env = stack[1]
+    ws, _ = team_run
+    cron = ["--cron", "0 3 * * *", "--name", "nightly"]
+    said = run_cmd(["tinyops", "schedule", "--pool", "team", *cron], ws, env=env).stdout
+    assert "prefect worker start --pool team" in said, said
+    (ws / "report/deploy.md").unlink()  # one stale stage: a short run
+    log = tmp_path / "worker.log"
+    worker = start(
+        "Prefect worker", [str(BIN / "prefect"), "worker", "start", "--pool", "team"], log,
+        healthy=lambda: "started!" in log.read_text(), cwd=ws, env={**workspace_env(ws), **env},
+    )  # fmt: skip
+    try:
+        out = run_cmd(["prefect", "deployment", "run", "retrain/nightly"], ws, env=env).stdout
+        run_id = out.split("UUID: ")[1].split()[0]
+        admin = tuple(env["PREFECT_API_AUTH_STRING"].split(":", 1))
+        url = f"{env['PREFECT_API_URL']}/flow_runs/{run_id}"
+
+        def ended() -> str | None:
+            state = _call(url, admin)[1].get("state") or {}  # type: ignore[arg-type]
+            final = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
+            return state.get("type") if state.get("type") in final else None
+
+        assert wait_until(ended, 300, "the worker's flow run") == "COMPLETED", log.read_text()
+    finally:
+        worker.stop(grace=2)  # a Prefect worker takes its first signal as a request: end it
+    experiment = _mlflow_get(env, "experiments/get-by-name?experiment_name=tinyops")
+    ids = [experiment["experiment"]["experiment_id"]]
+    query = f"tags.`prefect.flow_run_id` = '{run_id}'"
+    runs = _mlflow_get(env, "runs/search", {"experiment_ids": ids, "filter": query})["runs"]
+    assert [r["info"]["status"] for r in runs] == ["FINISHED"], runs
+
+
 def _stop_service(folder: Path, name: str) -> None:
     """Stop one service of the stack as a crash or an admin would, from outside."""
     import signal
