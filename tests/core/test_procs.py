@@ -89,3 +89,24 @@ def test_free_ports_are_distinct_and_wait_until_names_what_it_waited_for() -> No
     assert len(set(free_ports(5))) == 5
     with pytest.raises(TimeoutError, match=r"the moon: not within 0\.2 s"):
         wait_until(lambda: None, 0.2, "the moon", interval=0.05)
+
+
+def test_a_detached_server_outlives_its_starter_and_stop_group_ends_it(tmp_path: Path) -> None:
+    """`tinyops stack up` detaches its services; `tinyops stack down`, another process, stops
+    each whole group by its pid (the shell and the server it started)."""
+    from pipeline.core.procs import group_alive, stop_group
+
+    port = free_port()
+    starter = (
+        "import sys; from pathlib import Path; from pipeline.core.procs import start; "
+        f"s = start('srv', {_server(port)!r}, Path({str(tmp_path / 'srv.log')!r}), "
+        f"url='http://127.0.0.1:{port}/'); s.detach(); print(s.pid)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", starter], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    pid = int(done.stdout.split()[-1])
+    child = _child_of(pid)
+    assert group_alive(pid) and http_ok(f"http://127.0.0.1:{port}/")
+    assert stop_group(pid, grace=10) is False  # SIGTERM was enough
+    assert not group_alive(pid) and _gone(child)
