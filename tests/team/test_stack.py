@@ -123,7 +123,9 @@ def team_run(
     stack: tuple[Path, dict[str, str]], tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[Path, subprocess.CompletedProcess]:
     """`tinyops run` with the stack's environment (no S3 keys: MLflow proxies the artifacts)
-    and its bucket as the DVC remote; two devices, firmware off: this proves the stores."""
+    and its bucket as the DVC remote; two devices, firmware off: this proves the stores. The
+    tracking server is restarted as the train stage starts (a fault a team meets): the run must
+    end as if nothing had happened."""
     folder, env = stack
     ws = make_workspace(
         tmp_path_factory.mktemp("team"), {"epochs": 4, "patience": 4}, devices=TWO_DEVICES,
@@ -131,9 +133,38 @@ def team_run(
     )  # fmt: skip
     _tinyops("stack", "remote", "--dir", str(folder), cwd=ws)
     assert not any(key.startswith("AWS_") for key in env)
-    proc = run_cmd(["tinyops", "run"], ws, env=env)
-    (ws / "run.log").write_text(proc.stdout + proc.stderr)
+    proc = _run_restarting_mlflow(ws, env, folder)
+    (ws / "run.log").write_text(proc.stdout)
     return ws, proc
+
+
+def _run_restarting_mlflow(
+    ws: Path, env: dict[str, str], folder: Path
+) -> subprocess.CompletedProcess:
+    import signal
+    import threading
+
+    from tests.conftest import workspace_env
+
+    argv = [str(BIN / "tinyops"), "run"]
+    proc = subprocess.Popen(
+        argv, cwd=ws, env={**workspace_env(ws), **env}, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )  # fmt: skip
+    watchdog = threading.Timer(480, os.killpg, (proc.pid, signal.SIGKILL))  # never hang CI
+    watchdog.start()
+    lines, restarted = [], ""
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if not restarted and "Running stage 'train'" in line:
+                _stop_service(folder, "mlflow")
+                restarted = _tinyops("stack", "up", "--dir", str(folder)).stdout
+    finally:
+        watchdog.cancel()
+    assert "mlflow: up" in restarted, restarted
+    return subprocess.CompletedProcess(argv, proc.wait(timeout=60), "".join(lines), "")
 
 
 def _mlflow_get(env: dict[str, str], path: str, body: dict | None = None) -> dict:
@@ -168,6 +199,7 @@ def test_runs_datasets_models_and_aliases_are_read_back_through_the_rest_api(
         alias = _mlflow_get(env, f"registered-models/alias?name=tinyops-{device}&alias=production")
         assert alias["model_version"]["version"] == "1"
     assert "dvc push to 'team' (s3://tinyops-dvc/cache): " in proc.stdout + proc.stderr
+    assert "Finished in state Completed()" in proc.stdout.split("Running stage 'train'")[1]
     assert "failed" not in (proc.stdout + proc.stderr).split("dvc push to 'team'")[1][:200]
 
 
