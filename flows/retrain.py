@@ -118,6 +118,27 @@ def _with_retries(run: PipelineRun) -> dict[str, Task]:
     return {name: t.with_options(**options) for name, t in STAGE_TASKS.items()}
 
 
+def _crash_abandoned(flow_run_id: str | None) -> None:
+    """The flow run of a run killed outright (its worker's group SIGKILLed, the OOM killer)
+    stays Running on the server forever: mark it Crashed, as Prefect would have on a clean
+    crash. The workspace lock found it (pipeline/orchestration/run.py: Holder)."""
+    if not flow_run_id:
+        return
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+    from prefect.states import Crashed
+
+    with get_client(sync_client=True) as client:
+        try:
+            state = client.read_flow_run(flow_run_id).state
+        except ObjectNotFound:  # another server's run (a temporary one, since gone)
+            return
+        if state is not None and not state.is_final():
+            why = "killed outright; found by the next run in this workspace"
+            client.set_flow_run_state(flow_run_id, Crashed(message=why), force=True)
+            print(f"its Prefect flow run {flow_run_id} is now Crashed")
+
+
 @flow(name="retrain", log_prints=True)
 def retrain(
     params_path: str = "params.yaml", force: bool = False, wait: bool = False
@@ -131,6 +152,7 @@ def retrain(
     quiet_third_party()  # a worker runs the flow without the tinyops CLI, which does it there
     tags = {"prefect.flow_run_id": str(flow_run.id)}
     with PipelineRun(Path(params_path), force, wait, tags=tags, ingest=ingest) as run:
+        _crash_abandoned(run.abandoned.get("prefect.flow_run_id"))
         if run.skipped:
             print(f"skipped: {run.reason}")
             return Completed(name="Skipped", message=run.reason, data=run.summary())

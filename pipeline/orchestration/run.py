@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -47,29 +48,60 @@ def run_name(params: Params, params_sha256: str) -> str:
     return f"{params.prepare.source}-{family}-{model.framework}-{shape} · {tail}"
 
 
+class Holder:
+    """What the workspace lock file says about the run holding it: its pid, then its MLflow parent
+    and Prefect flow run. A run that ends clears it; one killed outright (SIGKILL, the OOM killer,
+    a worker's whole group) cannot, so the next holder finds it and settles what it left."""
+
+    def __init__(self, fh: Any, previous: dict[str, str]) -> None:
+        self._fh, self.previous = fh, previous
+        self.info: dict[str, str] = {}
+        self.keep_previous = False  # a read-only look (nothing_new) leaves the record as found
+
+    def record(self, **info: str) -> None:
+        self.info.update(info)
+        self._fh.seek(0)
+        self._fh.truncate()
+        self._fh.write(json.dumps(self.info, sort_keys=True))
+        self._fh.flush()
+
+
+def _previous_holder(text: str) -> dict[str, str]:
+    if not text.strip():
+        return {}
+    try:
+        found = json.loads(text)
+    except ValueError:
+        return {"pid": text.strip()}
+    return {str(k): str(v) for k, v in found.items()} if isinstance(found, dict) else {}
+
+
 @contextlib.contextmanager
-def workspace_lock(wait: bool = False) -> Iterator[None]:
-    """Hold the workspace for one pipeline run; a second run waits (wait=True) or fails clearly."""
+def workspace_lock(wait: bool = False) -> Iterator[Holder]:
+    """Hold the workspace for one pipeline run; a second run waits (wait=True) or fails clearly.
+    The kernel releases the lock of a killed holder; its record stays for the next one."""
     catalog.LOCK_FILE.parent.mkdir(parents=True, exist_ok=True)
     with open(catalog.LOCK_FILE, "a+") as fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
             fh.seek(0)
-            holder = fh.read().strip() or "unknown"
+            holder = _previous_holder(fh.read()).get("pid", "unknown")
             raise PipelineBusyError(
                 f"another pipeline run (pid {holder}) is running in this workspace and holds "
                 f"{catalog.LOCK_FILE}; wait for it to finish (or pass --wait)."
             ) from None
         fh.seek(0)
-        fh.truncate()
-        fh.write(str(os.getpid()))
-        fh.flush()
+        held = Holder(fh, _previous_holder(fh.read()))
+        held.record(pid=str(os.getpid()))
         try:
-            yield
+            yield held
         finally:
             fh.seek(0)
             fh.truncate()
+            if held.keep_previous and held.previous:
+                fh.write(json.dumps(held.previous, sort_keys=True))
+                fh.flush()
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
@@ -99,8 +131,9 @@ def nothing_new(params_path: Path) -> str | None:
 
     params = load_params(params_path)
     try:
-        with workspace_lock():
-            if pending_raw():
+        with workspace_lock() as held:
+            held.keep_previous = True
+            if held.previous or pending_raw():  # a killed run to settle, or new raw data
                 return None
             new, why = anything_new(freshness.fingerprint(params), dict(os.environ))
     except PipelineBusyError:
@@ -141,6 +174,7 @@ class PipelineRun:
         self.outcomes: list[StageOutcome] = []
         self.pushed = ""  # what `dvc push` did after a success (orchestrate.push)
         self._lock = workspace_lock(wait)
+        self.abandoned: dict[str, str] = {}  # the record of a run killed before it could end
 
     @property
     def devices(self) -> list[str]:
@@ -150,8 +184,9 @@ class PipelineRun:
         from pipeline.core import interrupt
 
         interrupt.install()  # SIGTERM unwinds like Ctrl-C, so the parent run ends KILLED
-        self._lock.__enter__()
+        self._holder = self._lock.__enter__()
         try:
+            self._settle_abandoned()
             self.ingest()
             self.fingerprint = freshness.fingerprint(self.params)
             new, self.reason = anything_new(self.fingerprint, dict(os.environ))
@@ -172,9 +207,29 @@ class PipelineRun:
         c = tracking.client()
         tags = {**tracking.run_tags(), **freshness.tags(self.fingerprint), **self.extra_tags}
         self.parent = tracking.start_parent(c, self.run_name(), tags)
+        self._holder.record(mlflow_run_id=self.parent.run_id, **self._prefect_id())
         self.parent.log_params(tracking.flatten("", self.params.model_dump(mode="json")))
         self._log_preflight()
         self.env = stage_env(self.parent.run_id)
+
+    def _prefect_id(self) -> dict[str, str]:
+        key = "prefect.flow_run_id"
+        return {key: self.extra_tags[key]} if key in self.extra_tags else {}
+
+    def _settle_abandoned(self) -> None:
+        """The previous holder was killed outright: its MLflow parent, still RUNNING, ends KILLED
+        (its Prefect flow run is the flow's to mark: flows/retrain.py)."""
+        self.abandoned = self._holder.previous
+        if not self.abandoned:
+            return
+        said = f"the previous run (pid {self.abandoned.get('pid', '?')}) was killed outright"
+        run_id = self.abandoned.get("mlflow_run_id")
+        if run_id:
+            c = tracking.client()
+            if c.get_run(run_id).info.status == "RUNNING":
+                c.set_terminated(run_id, "KILLED")
+                said += f"; its MLflow run {run_id} is now KILLED"
+        print(f"{said}. This run proceeds.")
 
     def _log_preflight(self) -> None:
         """The answer `tinyops preflight` gave for this model, when this run's path asked."""

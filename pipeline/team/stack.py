@@ -33,8 +33,15 @@ S3_USER = "tinyops:team"  # Swift tempauth's account:user, the S3 access key id
 ADMIN = "admin"  # MLflow's and Prefect's user
 BUCKETS = {"mlflow": "tinyops-mlflow", "dvc": "tinyops-dvc"}
 DVC_REMOTE = "team"
-# Start order (each after what it needs); `down` stops them in reverse.
-SERVICES = ("postgres", *(f"swift-{n}" for n in (*swift.SERVERS, "proxy")), "mlflow", "prefect")
+# Start order: each wave needs the ones before it, and its services start together; `down`
+# stops them in reverse.
+WAVES = (
+    ("postgres",),
+    tuple(f"swift-{n}" for n in swift.SERVERS),
+    ("swift-proxy",),  # then the buckets are made
+    ("mlflow", "prefect"),
+)
+SERVICES = tuple(name for wave in WAVES for name in wave)
 
 
 @dataclass
@@ -237,24 +244,25 @@ def _check_reachable(root: Path) -> None:
 
 
 def up(root: Path, say: Callable[[str], None] = print) -> Config:
-    """Start every service that is not running yet, each healthy before the next; on any
-    failure, stop what this call started and raise ServiceError naming the service."""
+    """Start every service that is not running yet, a wave at a time (each wave needs the ones
+    before it; within one, they start together); on any failure, stop what this call started
+    and raise ServiceError naming the service."""
     root = root.resolve()
     layout = Layout(root)
     _check_reachable(root)
     cfg = Config.load_or_create(layout)
     running = _running(layout)
-    started = []
+    specs = {spec.name: spec for spec in _specs(layout, cfg)}
+    started: list[Any] = []
     try:
-        for spec in _specs(layout, cfg):
-            if spec.name in running:
-                say(f"{spec.name}: already running (pid {running[spec.name]})")
-                continue
-            service = _start(layout, spec)
-            started.append(service)
-            running[spec.name] = service.pid
-            atomic.write_json(layout.running, running)
-            say(f"{spec.name}: up (pid {service.pid}, log {service.log})")
+        for wave in WAVES:
+            for name in (n for n in wave if n in running):
+                say(f"{name}: already running (pid {running[name]})")
+            todo = [specs[n] for n in wave if n not in running]
+            for service in _start_together(layout, todo, started):
+                running[service.name] = service.pid
+                atomic.write_json(layout.running, running)
+                say(f"{service.name}: up (pid {service.pid}, log {service.log})")
     except BaseException:
         for service in reversed(started):
             service.stop(grace=10)
@@ -264,6 +272,27 @@ def up(root: Path, say: Callable[[str], None] = print) -> Config:
     for service in started:
         service.detach()
     return cfg
+
+
+def _start_together(layout: Layout, specs: list[Spec], started: list[Any]) -> list[Any]:
+    """Start `specs` at once and wait for all; each that came up joins `started` (so a failure
+    of another still stops it), then the first failure is raised."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    if not specs:
+        return []
+    with ThreadPoolExecutor(len(specs)) as pool:
+        futures = [pool.submit(_start, layout, spec) for spec in specs]
+    done, errors = [], []
+    for future in futures:
+        if future.exception() is None:
+            done.append(future.result())
+        else:
+            errors.append(future.exception())
+    started.extend(done)
+    if errors:
+        raise errors[0]  # type: ignore[misc]
+    return done
 
 
 def _start(layout: Layout, spec: Spec) -> Any:

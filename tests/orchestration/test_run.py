@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from pipeline.core.procs import wait_until
-from tests.conftest import BIN, workspace_env
+from tests.conftest import BIN, REPO, workspace_env
 
 pytestmark = pytest.mark.slow
 
@@ -95,13 +95,23 @@ def test_a_failing_stage_ends_the_parent_failed(own_ws: Path, path: str) -> None
 @pytest.mark.parametrize("path", sorted(PATHS))
 def test_sigterm_ends_the_parent_killed(own_ws: Path, path: str) -> None:
     ws = own_ws
+    known = {r.info.run_id for r in _runs(ws)}
+    proc = _start_deploying(path, ws, known)
+    os.killpg(proc.pid, signal.SIGTERM)
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode != 0, out[-3000:]
+    assert _new_parent(ws, known).info.status == "KILLED", out[-3000:]
+
+
+def _start_deploying(path: str, ws: Path, known: set[str]) -> subprocess.Popen:
+    """`path` started on one stale LiteRT deploy that times 200,000 invokes, returned once that
+    deploy's stage run is under way."""
     _edit_params(ws, "deploy", latency_runs=200_000)
     # The LiteRT device alone: no other deploy (firmware builds) runs before the signal lands.
     params = yaml.safe_load((ws / "params.yaml").read_text())
     params["devices"] = {"android_phone": params["devices"]["android_phone"]}
     params["orchestrate"]["preflight"] = False  # other devices: it would export the model again
     (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    known = {r.info.run_id for r in _runs(ws)}
     proc = _start(path, ws)
 
     def deploying() -> bool:  # the first deploy's stage run exists and is under way
@@ -113,7 +123,37 @@ def test_sigterm_ends_the_parent_killed(own_ws: Path, path: str) -> None:
         )
 
     wait_until(deploying, 300, "deploy@android_phone to start", interval=0.2)
-    os.killpg(proc.pid, signal.SIGTERM)
-    out = proc.communicate(timeout=120)[0]
-    assert proc.returncode != 0, out[-3000:]
-    assert _new_parent(ws, known).info.status == "KILLED", out[-3000:]
+    return proc
+
+
+def test_a_run_killed_outright_is_settled_by_the_next_one_which_proceeds(
+    own_ws: Path, prefect_api: str
+) -> None:
+    """SIGKILL to the whole group of `tinyops run` (a worker's group killed, the OOM killer):
+    nothing can end its MLflow parent or its Prefect flow run. The next run finds their ids in
+    the workspace lock's record, ends the parent KILLED and the flow run Crashed, and succeeds."""
+    import json
+    import urllib.request
+
+    ws = own_ws
+    known = {r.info.run_id for r in _runs(ws)}
+    proc = _start_deploying("tinyops run", ws, known)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=60)
+    killed = _new_parent(ws, known)
+    assert killed.info.status == "RUNNING"  # nothing could end it
+    flow_run_id = killed.data.tags["prefect.flow_run_id"]
+    default = yaml.safe_load((REPO / "params.yaml").read_text())["deploy"]["latency_runs"]
+    _edit_params(ws, "deploy", latency_runs=default)  # the next run need not time 200,000
+    out = subprocess.run(
+        PATHS["tinyops run"], cwd=ws, env=workspace_env(ws), capture_output=True, text=True,
+        timeout=600,
+    )  # fmt: skip
+    said = out.stdout + out.stderr
+    assert out.returncode == 0, said[-3000:]
+    assert f"its MLflow run {killed.info.run_id} is now KILLED" in said, said[-3000:]
+    assert f"its Prefect flow run {flow_run_id} is now Crashed" in said, said[-3000:]
+    assert {r.info.run_id: r.info.status for r in _runs(ws)}[killed.info.run_id] == "KILLED"
+    with urllib.request.urlopen(f"{prefect_api}/flow_runs/{flow_run_id}", timeout=10) as r:
+        assert json.loads(r.read())["state"]["type"] == "CRASHED"
+    assert "killed outright" not in (ws / ".tinyops/pipeline.lock").read_text()
