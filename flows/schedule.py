@@ -184,7 +184,9 @@ def deploy_to_pool(
         parameters={"params_path": params_path, "force": force, "wait": True},
         description=f"Scheduled retraining of the tinyops pipeline in {Path.cwd()}",
         tags=["tinyops"],
-        concurrency_limit=1,  # one pipeline run at a time from this checkout
+        # No concurrency_limit: a run killed outright would hold its slot until the lease ends,
+        # and the next run, which settles the killed one, could not start. The workspace lock
+        # (`wait`) keeps runs in this checkout one at a time.
         print_next_steps=False,
     )
     print(

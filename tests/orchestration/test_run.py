@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from pipeline.core.procs import wait_until
-from tests.conftest import BIN, REPO, workspace_env
+from tests.conftest import BIN, workspace_env
 
 pytestmark = pytest.mark.slow
 
@@ -124,36 +124,3 @@ def _start_deploying(path: str, ws: Path, known: set[str]) -> subprocess.Popen:
 
     wait_until(deploying, 300, "deploy@android_phone to start", interval=0.2)
     return proc
-
-
-def test_a_run_killed_outright_is_settled_by_the_next_one_which_proceeds(
-    own_ws: Path, prefect_api: str
-) -> None:
-    """SIGKILL to the whole group of `tinyops run` (a worker's group killed, the OOM killer):
-    nothing can end its MLflow parent or its Prefect flow run. The next run finds their ids in
-    the workspace lock's record, ends the parent KILLED and the flow run Crashed, and succeeds."""
-    import json
-    import urllib.request
-
-    ws = own_ws
-    known = {r.info.run_id for r in _runs(ws)}
-    proc = _start_deploying("tinyops run", ws, known)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.communicate(timeout=60)
-    killed = _new_parent(ws, known)
-    assert killed.info.status == "RUNNING"  # nothing could end it
-    flow_run_id = killed.data.tags["prefect.flow_run_id"]
-    default = yaml.safe_load((REPO / "params.yaml").read_text())["deploy"]["latency_runs"]
-    _edit_params(ws, "deploy", latency_runs=default)  # the next run need not time 200,000
-    out = subprocess.run(
-        PATHS["tinyops run"], cwd=ws, env=workspace_env(ws), capture_output=True, text=True,
-        timeout=600,
-    )  # fmt: skip
-    said = out.stdout + out.stderr
-    assert out.returncode == 0, said[-3000:]
-    assert f"its MLflow run {killed.info.run_id} is now KILLED" in said, said[-3000:]
-    assert f"its Prefect flow run {flow_run_id} is now Crashed" in said, said[-3000:]
-    assert {r.info.run_id: r.info.status for r in _runs(ws)}[killed.info.run_id] == "KILLED"
-    with urllib.request.urlopen(f"{prefect_api}/flow_runs/{flow_run_id}", timeout=10) as r:
-        assert json.loads(r.read())["state"]["type"] == "CRASHED"
-    assert "killed outright" not in (ws / ".tinyops/pipeline.lock").read_text()

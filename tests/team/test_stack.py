@@ -7,6 +7,7 @@ TINYOPS_REQUIRE_STACK, which fails instead)."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import shlex
@@ -17,6 +18,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -163,7 +165,7 @@ def _run_restarting_mlflow(
                 restarted = _tinyops("stack", "up", "--dir", str(folder)).stdout
     finally:
         watchdog.cancel()
-    assert "mlflow: up" in restarted, restarted
+    assert "mlflow: up" in restarted, restarted + "".join(lines)[-4000:]
     return subprocess.CompletedProcess(argv, proc.wait(timeout=60), "".join(lines), "")
 
 
@@ -274,46 +276,97 @@ def test_a_teammates_clone_pulls_from_the_s3_remote_and_reproduces_the_same_byte
     assert "Data and pipelines are up to date" in run_cmd(["dvc", "status"], clone).stdout
 
 
-def test_a_run_through_a_work_pool_worker_lands_in_the_same_tracking_server(
+def test_a_worker_killed_mid_run_is_settled_and_the_next_run_through_a_pool_lands(
     stack: tuple[Path, dict[str, str]],
     team_run: tuple[Path, subprocess.CompletedProcess],
     tmp_path: Path,
 ) -> None:
     """`tinyops schedule --pool` deploys for a process pool and returns; `prefect worker start`
-    picks up a manual run of it, which completes and lands in the stack's MLflow."""
-    from pipeline.core.procs import start, wait_until
-    from tests.conftest import workspace_env
+    picks up a manual run. The first worker is SIGKILLed with its flow run mid-stage (a box that
+    dies): nothing can end that run. A second worker's run finds it through the workspace lock,
+    marks the flow run Crashed and its MLflow parent KILLED, then completes and lands in the
+    stack's MLflow."""
+    from pipeline.core.procs import wait_until
 
     env = stack[1]
     ws, _ = team_run
     cron = ["--cron", "0 3 * * *", "--name", "nightly"]
     said = run_cmd(["tinyops", "schedule", "--pool", "team", *cron], ws, env=env).stdout
     assert "prefect worker start --pool team" in said, said
-    (ws / "report/deploy.md").unlink()  # one stale stage: a short run
-    log = tmp_path / "worker.log"
-    worker = start(
-        "Prefect worker", [str(BIN / "prefect"), "worker", "start", "--pool", "team"], log,
-        healthy=lambda: "started!" in log.read_text(), cwd=ws, env={**workspace_env(ws), **env},
-    )  # fmt: skip
+    (ws / "report/deploy.md").unlink()  # one stale stage: short runs
+    first = _worker(ws, env, tmp_path / "worker1.log")
     try:
-        out = run_cmd(["prefect", "deployment", "run", "retrain/nightly"], ws, env=env).stdout
-        run_id = out.split("UUID: ")[1].split()[0]
-        admin = tuple(env["PREFECT_API_AUTH_STRING"].split(":", 1))
-        url = f"{env['PREFECT_API_URL']}/flow_runs/{run_id}"
-
-        def ended() -> str | None:
-            state = _call(url, admin)[1].get("state") or {}  # type: ignore[arg-type]
-            final = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
-            return state.get("type") if state.get("type") in final else None
-
-        assert wait_until(ended, 300, "the worker's flow run") == "COMPLETED", log.read_text()
+        killed = _deployment_run(env)
+        wait_until(lambda: "> tinyops stage report" in first.log_tail(20000), 300, "report")
+        _kill_tree(first.pid)
     finally:
-        worker.stop(grace=2)  # a Prefect worker takes its first signal as a request: end it
+        first.stop(grace=2)
+    second = _worker(ws, env, tmp_path / "worker2.log")
+    try:
+        run_id = _deployment_run(env)
+        assert _ended(env, run_id) == "COMPLETED", second.log_tail()
+    finally:
+        second.stop(grace=2)  # a Prefect worker takes its first signal as a request: end it
+    assert _ended(env, killed) == "CRASHED"
+    log = second.log_tail(50000)
+    assert f"its Prefect flow run {killed} is now Crashed" in log, log[-3000:]
+    parent = _parents(env, killed)
+    assert [r["info"]["status"] for r in parent] == ["KILLED"], parent
+    assert [r["info"]["status"] for r in _parents(env, run_id)] == ["FINISHED"]
+
+
+def _worker(ws: Path, env: dict[str, str], log: Path) -> Any:
+    from pipeline.core.procs import start
+    from tests.conftest import workspace_env
+
+    argv = [str(BIN / "prefect"), "worker", "start", "--pool", "team"]
+    return start(
+        "Prefect worker", argv, log, healthy=lambda: "started!" in log.read_text(), cwd=ws,
+        env={**workspace_env(ws), **env, "PREFECT_WORKER_QUERY_SECONDS": "1"},  # default 10
+    )  # fmt: skip
+
+
+def _deployment_run(env: dict[str, str]) -> str:
+    """A manual run of retrain/nightly, through the REST API (the CLI takes seconds to import)."""
+    admin = tuple(env["PREFECT_API_AUTH_STRING"].split(":", 1))
+    api = env["PREFECT_API_URL"]
+    status, deployment = _call(f"{api}/deployments/name/retrain/nightly", admin)  # type: ignore[arg-type]
+    assert status == 200, status
+    status, run = _call(f"{api}/deployments/{deployment['id']}/create_flow_run", admin, {})  # type: ignore[arg-type]
+    assert status in (200, 201), status
+    return str(run["id"])
+
+
+def _ended(env: dict[str, str], run_id: str) -> str:
+    """The flow run's final state type, waited for."""
+    from pipeline.core.procs import wait_until
+
+    admin = tuple(env["PREFECT_API_AUTH_STRING"].split(":", 1))
+    url = f"{env['PREFECT_API_URL']}/flow_runs/{run_id}"
+
+    def ended() -> str | None:
+        state = _call(url, admin)[1].get("state") or {}  # type: ignore[arg-type]
+        final = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
+        return state.get("type") if state.get("type") in final else None
+
+    return wait_until(ended, 300, f"flow run {run_id} to end")
+
+
+def _kill_tree(pid: int) -> None:
+    """SIGKILL a process and every descendant, as a machine that dies would."""
+    import psutil
+
+    root = psutil.Process(pid)
+    for proc in [*root.children(recursive=True), root]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
+
+
+def _parents(env: dict[str, str], flow_run_id: str) -> list[dict]:
     experiment = _mlflow_get(env, "experiments/get-by-name?experiment_name=tinyops")
     ids = [experiment["experiment"]["experiment_id"]]
-    query = f"tags.`prefect.flow_run_id` = '{run_id}'"
-    runs = _mlflow_get(env, "runs/search", {"experiment_ids": ids, "filter": query})["runs"]
-    assert [r["info"]["status"] for r in runs] == ["FINISHED"], runs
+    query = f"tags.`prefect.flow_run_id` = '{flow_run_id}'"
+    return _mlflow_get(env, "runs/search", {"experiment_ids": ids, "filter": query})["runs"]
 
 
 def _stop_service(folder: Path, name: str) -> None:
