@@ -60,7 +60,8 @@ def promotion_lock(
         except MlflowException as exc:
             if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
-            return False
+            # Ours, when the client retried a create whose first answer was lost.
+            return _holder(client, name) == holder
         return True
 
     try:
@@ -74,7 +75,19 @@ def promotion_lock(
     try:
         yield
     finally:
+        _release(client, name)
+
+
+def _release(client: MlflowClient, name: str) -> None:
+    """Delete the lock; already gone is released too (the client retried a delete whose first
+    answer was lost, or someone ran `tinyops unlock`)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
         client.delete_registered_model(name)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
 
 
 _LOCK_DOC = "tinyops: held while a deploy moves `production`; delete it only if no deploy runs."

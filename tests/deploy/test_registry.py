@@ -113,8 +113,9 @@ def race_two_deploys(tmp_path: Path) -> None:
         subprocess.Popen([sys.executable, str(job), name, str(barrier)], cwd=REPO, **out)
         for name in ("alice", "bob")
     ]
-    outs = [r.communicate(timeout=120)[0].strip().splitlines()[-1] for r in racers]
-    assert all(r.returncode == 0 for r in racers), outs
+    said = [r.communicate(timeout=120)[0] for r in racers]
+    assert all(r.returncode == 0 for r in racers), [s[-3000:] for s in said]
+    outs = [s.strip().splitlines()[-1] for s in said]
     assert sorted(o.split()[0] for o in outs) == ["promoted", "refused"], outs
     (winner,) = [o.split()[1] for o in outs if o.startswith("promoted")]
     assert str(registry.production(client, "dev").version) == winner

@@ -271,6 +271,8 @@ def test_a_teammates_clone_pulls_from_the_s3_remote_and_reproduces_the_same_byte
         assert tree_digest(clone / name) == tree_digest(ws / name), name
     assert "Data and pipelines are up to date" in run_cmd(["dvc", "status"], clone).stdout
     assert "in sync" in run_cmd(["dvc", "status", "--cloud"], clone).stdout
+    nothing = run_cmd(["dvc", "repro"], clone, env=env).stdout
+    assert "Data and pipelines are up to date" in nothing and "Running stage" not in nothing
     run_cmd(["dvc", "repro", "--force", "--single-item", "train"], clone, env=env)
     assert tree_digest(clone / "models/trained") == tree_digest(ws / "models/trained")
     assert "Data and pipelines are up to date" in run_cmd(["dvc", "status"], clone).stdout
