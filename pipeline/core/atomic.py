@@ -92,3 +92,16 @@ def atomic_dir(target: Path | str) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_private(target: Path | str, text: str) -> None:
+    """Owner-only (0600) from its first byte, then renamed into place: for secrets, which must not
+    be readable by others even for the moment between a write and a chmod."""
+    target = Path(target)
+    tmp = target.with_name(f".{target.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, target)

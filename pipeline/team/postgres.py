@@ -12,6 +12,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from pipeline.core import atomic
 from pipeline.core.errors import ConfigError
 
 SUPERUSER = "postgres"
@@ -52,7 +53,7 @@ def init_cluster(data: Path, password: str) -> None:
     user = run_as()
     data.mkdir(parents=True, exist_ok=True)
     pwfile = data.parent / "pg.pw"
-    pwfile.write_text(password + "\n")
+    atomic.write_private(pwfile, password + "\n")
     if user:
         shutil.chown(data, user)
         shutil.chown(pwfile, user)

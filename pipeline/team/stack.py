@@ -84,8 +84,7 @@ class Config:
             flask_secret=secrets.token_urlsafe(24),
         )
         layout.root.mkdir(parents=True, exist_ok=True)
-        atomic.write_json(layout.config, new.__dict__)
-        layout.config.chmod(0o600)
+        atomic.write_private(layout.config, json.dumps(new.__dict__, indent=2) + "\n")
         return new
 
     def url(self, name: str) -> str:
@@ -183,16 +182,16 @@ def _mlflow(layout: Layout, cfg: Config) -> Spec:
     folder = layout.root / "mlflow"
     folder.mkdir(parents=True, exist_ok=True)
     auth = folder / "basic_auth.ini"
-    auth.write_text(
+    atomic.write_private(
+        auth,
         "[mlflow]\ndefault_permission = READ\n"
         f"database_uri = {cfg.pg('psycopg2', 'mlflow_auth')}\n"
         f"admin_username = {ADMIN}\nadmin_password = {cfg.admin_password}\n"
         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
         # Each password check is a deliberately slow hash (0.4 s here): without the cache every
         # request pays it, and a run makes hundreds. A password change holds after 60 s.
-        "auth_cache_ttl_seconds = 60\n"
+        "auth_cache_ttl_seconds = 60\n",
     )
-    auth.chmod(0o600)
     argv = [str(Path(sys.executable).parent / "mlflow"), "server", "--app-name", "basic-auth",
             "--backend-store-uri", cfg.pg("psycopg2", "mlflow"),
             "--artifacts-destination", f"s3://{BUCKETS['mlflow']}/artifacts",

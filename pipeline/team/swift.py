@@ -7,6 +7,8 @@ from __future__ import annotations
 import getpass
 from pathlib import Path
 
+from pipeline.core import atomic
+
 SERVERS = ("account", "container", "object")
 S3_REGION = "us-east-1"  # s3api's default location; DVC and boto3 must sign for the same one
 # The proxy's WSGI pipeline. tempauth checks the S3 signatures (its user is the access key); no
@@ -49,14 +51,15 @@ def write_config(folder: Path, ports: dict[str, int], user: str, key: str) -> No
         )
     account, name = user.split(":")
     filters = "".join(f"[filter:{f}]\nuse = egg:swift#{f}\n" for f in FILTERS)
-    (folder / "proxy-server.conf").write_text(
+    atomic.write_private(  # it holds the S3 key
+        folder / "proxy-server.conf",
         _common(folder, ports["proxy"])
         + f"[pipeline:main]\npipeline = {PROXY_PIPELINE}\n"
         + "[app:proxy-server]\nuse = egg:swift#proxy\naccount_autocreate = true\n"
         + f"[filter:tempauth]\nuse = egg:swift#tempauth\nuser_{account}_{name} = {key} .admin\n"
         + f"[filter:s3api]\nuse = egg:swift#s3api\nlocation = {S3_REGION}\n"
         + "[filter:proxy-logging]\nuse = egg:swift#proxy_logging\n"
-        + filters
+        + filters,
     )
 
 

@@ -116,8 +116,9 @@ def test_the_stack_is_up_and_refuses_unauthenticated_clients(
     assert _call(mlflow, user, {"max_results": 1})[0] == 200
     assert _call(prefect, None, {})[0] == 401
     assert _call(prefect, admin, {})[0] == 200  # type: ignore[arg-type]
-    config = (folder / "stack.json").stat().st_mode & 0o777
-    assert config == 0o600, oct(config)  # its secrets: the owner's alone
+    for secret in ("stack.json", "swift/proxy-server.conf", "mlflow/basic_auth.ini"):
+        mode = (folder / secret).stat().st_mode & 0o777
+        assert mode == 0o600, (secret, oct(mode))  # secrets: the owner's alone
 
 
 @pytest.fixture(scope="module")
