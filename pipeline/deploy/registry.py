@@ -58,6 +58,10 @@ def promotion_lock(
         try:
             client.create_registered_model(name, tags={"holder": holder}, description=_LOCK_DOC)
         except MlflowException as exc:
+            if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+                # MLflow's store, refusing a name that exists, reads the model back to word its
+                # error; the holder let go in between (seen on PostgreSQL): not ours, try again.
+                return False
             if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
             # Ours, when the client retried a create whose first answer was lost.
