@@ -114,6 +114,19 @@ def check_cron(cron: str, timezone: str) -> None:
         ) from None
 
 
+def _ready_to_schedule(cron: str, timezone: str, params_path: str) -> str:
+    """The checks both ways of scheduling make first: params and cron valid, a server answering
+    (whose URL is returned and set for Prefect, before it loads its settings)."""
+    from pipeline.core.config import load_params
+
+    load_params(Path(params_path))  # a bad config is an error now, not at 03:00
+    check_cron(cron, timezone)
+    url = api_url()
+    require_server(url)
+    os.environ["PREFECT_API_URL"] = url
+    return url
+
+
 def serve(
     cron: str,
     name: str = "nightly",
@@ -122,14 +135,7 @@ def serve(
     force: bool = False,
 ) -> None:
     """Create (or update) deployment retrain/<name> with the cron schedule and serve it."""
-    from pipeline.core.config import load_params
-
-    load_params(Path(params_path))  # a bad config is an error now, not at 03:00
-    check_cron(cron, timezone)
-    url = api_url()
-    require_server(url)
-    os.environ["PREFECT_API_URL"] = url  # before Prefect loads its settings
-
+    url = _ready_to_schedule(cron, timezone, params_path)
     from prefect.schedules import Cron
     from prefect.types.entrypoint import EntrypointType
 
@@ -164,14 +170,7 @@ def deploy_to_pool(
     """Create (or update) deployment retrain/<name> for work pool `pool` (a process pool, made if
     missing): its runs execute wherever `prefect worker start --pool POOL` runs, in this
     checkout (its absolute path is the deployment's source). Returns at once; nothing serves."""
-    from pipeline.core.config import load_params
-
-    load_params(Path(params_path))  # a bad config is an error now, not at 03:00
-    check_cron(cron, timezone)
-    url = api_url()
-    require_server(url)
-    os.environ["PREFECT_API_URL"] = url  # before Prefect loads its settings
-
+    url = _ready_to_schedule(cron, timezone, params_path)
     from prefect import flow
     from prefect.schedules import Cron
 

@@ -12,7 +12,6 @@ from typing import Annotated, Any
 
 import typer
 
-from pipeline.core.catalog import STACK_DIR
 from pipeline.core.errors import ConfigError, TinyopsError
 
 app = typer.Typer(
@@ -652,13 +651,23 @@ stack_app = typer.Typer(
 )
 app.add_typer(stack_app, name="stack")
 StackDir = Annotated[
-    Path, typer.Option("--dir", help="The stack's folder: data, configs, secrets, logs.")
+    Path | None,
+    typer.Option(
+        "--dir", help="The stack's folder: data, configs, secrets, logs [.tinyops/stack]."
+    ),
 ]
 
 
+def _stack_dir(folder: Path | None) -> Path:
+    from pipeline.core.catalog import STACK_DIR
+
+    return folder or STACK_DIR
+
+
 @stack_app.command("up")
-def stack_up(folder: StackDir = STACK_DIR) -> None:
+def stack_up(folder: StackDir = None) -> None:
     """Start every service of the stack that is not running; each healthy before the next."""
+    folder = _stack_dir(folder)
     from pipeline.core.extras import require
 
     try:
@@ -674,16 +683,18 @@ def stack_up(folder: StackDir = STACK_DIR) -> None:
 
 
 @stack_app.command("down")
-def stack_down(folder: StackDir = STACK_DIR) -> None:
+def stack_down(folder: StackDir = None) -> None:
     """Stop the stack's services (their data stays in the folder)."""
+    folder = _stack_dir(folder)
     from pipeline.team import stack
 
     stack.down(folder)
 
 
 @stack_app.command("status")
-def stack_status(folder: StackDir = STACK_DIR) -> None:
+def stack_status(folder: StackDir = None) -> None:
     """Each service: up, running but not answering, or down. Exit 13 unless all are up."""
+    folder = _stack_dir(folder)
     from pipeline.core.errors import ServiceError
     from pipeline.team import stack
 
@@ -695,8 +706,9 @@ def stack_status(folder: StackDir = STACK_DIR) -> None:
 
 
 @stack_app.command("env")
-def stack_env(folder: StackDir = STACK_DIR) -> None:
+def stack_env(folder: StackDir = None) -> None:
     """Print the exports that point tinyops (MLflow, Prefect) at the stack, secrets included."""
+    folder = _stack_dir(folder)
     import shlex
 
     from pipeline.team import stack
@@ -710,9 +722,10 @@ def stack_env(folder: StackDir = STACK_DIR) -> None:
 
 
 @stack_app.command("remote")
-def stack_remote(folder: StackDir = STACK_DIR) -> None:
+def stack_remote(folder: StackDir = None) -> None:
     """Make the stack's bucket this clone's default DVC remote: its address in .dvc/config (commit
     it), its keys in .dvc/config.local (never committed)."""
+    folder = _stack_dir(folder)
     import subprocess
 
     from pipeline.team import stack
@@ -722,7 +735,10 @@ def stack_remote(folder: StackDir = STACK_DIR) -> None:
     except TinyopsError as exc:
         _fail(exc)
     for argv in stack.dvc_remote_commands(cfg):
-        subprocess.run([_dvc(), *argv[1:]], check=True, capture_output=True)
+        done = subprocess.run([_dvc(), *argv[1:]], capture_output=True, text=True)
+        if done.returncode != 0:  # not a DVC project, say: DVC's own words, without the key
+            said = (done.stderr or done.stdout).strip().replace(cfg.s3_key, "***")
+            _fail(ConfigError(f"`{' '.join(argv[:4])} …` failed in {Path.cwd()}: {said}"))
     print(f"DVC remote '{stack.DVC_REMOTE}' is the default: `dvc push` and `dvc pull` use it")
 
 
