@@ -742,6 +742,111 @@ def stack_remote(folder: StackDir = None) -> None:
     print(f"DVC remote '{stack.DVC_REMOTE}' is the default: `dvc push` and `dvc pull` use it")
 
 
+field_app = typer.Typer(
+    help="Field data: batches devices send back, checked against their bundle (docs/field.md).",
+    no_args_is_help=True,
+)
+app.add_typer(field_app, name="field")
+token_app = typer.Typer(help="Per-device ingest tokens (stored hashed).", no_args_is_help=True)
+field_app.add_typer(token_app, name="token")
+
+
+@token_app.command("issue")
+def field_token_issue(
+    device: Annotated[str, typer.Argument(help="The device (a key of params.yaml's devices).")],
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Print a new token for DEVICE, once: only its hash is kept. It writes only DEVICE's stream."""
+    from pipeline.core.config import load_params, require_device
+    from pipeline.field.tokens import TokenStore
+
+    try:
+        require_device(load_params(params), device, str(params))
+    except TinyopsError as exc:
+        _fail(exc)
+    print(TokenStore().issue(device))
+
+
+@token_app.command("revoke")
+def field_token_revoke(
+    which: Annotated[str, typer.Argument(help="A token id (its second part), or a device.")],
+) -> None:
+    """Revoke one token, or every token of a device; a running server refuses it at once."""
+    from pipeline.field.tokens import TokenStore
+
+    try:
+        revoked = TokenStore().revoke(which)
+    except TinyopsError as exc:
+        _fail(exc)
+    print(f"revoked: {', '.join(revoked) or 'nothing (already revoked)'}")
+
+
+@token_app.command("list")
+def field_token_list() -> None:
+    """Every token by id and device, and whether it is revoked (never the token itself)."""
+    from pipeline.field.tokens import TokenStore
+
+    for token in TokenStore().tokens().values():
+        print(f"{token.id}  {token.device:<28} {'revoked' if token.revoked else 'active'}")
+
+
+@field_app.command("ingest")
+def field_ingest(
+    file: Annotated[Path, typer.Argument(help="One batch as JSON (docs/field.md); - for stdin.")],
+) -> None:
+    """Check one batch against its device's bundle and store it under data/field/ (all or
+    nothing; a replayed batch id is refused)."""
+    import json
+
+    from pipeline.core.errors import FieldRefusal
+    from pipeline.field.store import FieldStore
+
+    try:
+        text = sys.stdin.read() if str(file) == "-" else file.read_text()
+        stored = FieldStore().ingest(json.loads(text))
+    except (OSError, ValueError) as exc:
+        _fail(FieldRefusal(f"{file}: {exc}"))
+    except TinyopsError as exc:
+        _fail(exc)
+    print(f"stored {stored.samples} samples: {stored.path}")
+
+
+@field_app.command("serve")
+def field_serve(
+    host: Annotated[str, typer.Option(help="Address to bind; another than loopback needs TLS.")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int, typer.Option(help="Port (0: a free one, printed).")] = 8765,
+    max_bytes: Annotated[int, typer.Option(min=1, help="Largest request body.")] = 1 << 20,
+    max_samples: Annotated[int, typer.Option(min=1, help="Most samples in one batch.")] = 256,
+    rate: Annotated[float, typer.Option(min=0.01, help="Batches/s per device, sustained.")] = 20.0,
+    burst: Annotated[int, typer.Option(min=1, help="Batches a device may send at once.")] = 40,
+    tls_cert: Annotated[Path | None, typer.Option(help="PEM certificate (with --tls-key).")] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="PEM private key.")] = None,
+) -> None:
+    """Serve POST /v1/batches to devices' gateways until stopped (Ctrl-C or SIGTERM)."""
+    from pipeline.field.server import Limits, make_server
+    from pipeline.field.store import FieldStore
+    from pipeline.field.tokens import TokenStore
+
+    tls = (tls_cert, tls_key) if tls_cert and tls_key else None
+    try:
+        if (tls_cert is None) != (tls_key is None):
+            raise ConfigError("--tls-cert and --tls-key go together")
+        server = make_server(
+            host, port, FieldStore(max_samples=max_samples), TokenStore(),
+            Limits(max_bytes, rate, burst), tls,
+        )  # fmt: skip
+    except (TinyopsError, OSError) as exc:
+        _fail(exc if isinstance(exc, TinyopsError) else ConfigError(f"{host}:{port}: {exc}"))
+    scheme = "https" if tls else "http"
+    print(f"field endpoint: {scheme}://{host}:{server.server_port}/v1/batches", flush=True)
+    try:
+        server.serve_forever(poll_interval=0.2)
+    finally:
+        server.server_close()
+
+
 def _dvc() -> str:
     local = Path(sys.executable).parent / "dvc"
     return str(local) if local.exists() else "dvc"

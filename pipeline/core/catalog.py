@@ -21,6 +21,7 @@ USER_MODELS = Path("user_models")
 # prepare
 RAW_DIR = Path("data/raw")
 PROCESSED_DIR = Path("data/processed")
+FIELD_DIR = Path("data/field")  # samples devices sent back: <device>/<seq>-<batch id>.npz
 META_FILE = PROCESSED_DIR / "meta.json"
 # train
 MODEL_DIR = Path("models")
@@ -72,6 +73,7 @@ STACK_RUNNING = "running.json"  # in a stack folder: the process group of each r
 TRAIN_METRICS_LOG = STATE_DIR / "train_metrics.jsonl"
 CONFUSION_PNG = STATE_DIR / "confusion_matrix.png"
 LOGGED_MODEL = STATE_DIR / "logged_model.json"  # the MLflow LoggedModel of the latest export
+FIELD_TOKENS = STATE_DIR / "field_tokens.json"  # devices' ingest tokens, hashed (mode 0600)
 
 
 def variant_file(variant: str, export_dir: Path = EXPORT_DIR) -> Path:

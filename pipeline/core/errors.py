@@ -102,6 +102,19 @@ class RegistryContention(TinyopsError):
     exit_code = 14
 
 
+class FieldRefusal(TinyopsError):
+    """A batch of field data was refused (a bad or revoked token, another device's stream, a
+    malformed, oversized or replayed batch, a device over its rate): nothing was written.
+    `http_status` is what `tinyops field serve` answers with."""
+
+    exit_code = 15
+    retryable = False
+
+    def __init__(self, message: str, http_status: int = 400) -> None:
+        super().__init__(message)
+        self.http_status = http_status
+
+
 def _families(cls: type[TinyopsError] = TinyopsError) -> list[type[TinyopsError]]:
     return [cls] + [sub for c in cls.__subclasses__() for sub in _families(c)]
 

@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[2]
 # on one layer are siblings and never import each other.
 LAYERS: list[set[str]] = [
     {"core"},
-    {"data", "models", "tflite", "firmware", "team"},
+    {"data", "models", "tflite", "firmware", "team", "field"},
     {"training", "export", "evaluation", "deploy"},
     {"stages", "orchestration"},
     {"bench", "flows"},

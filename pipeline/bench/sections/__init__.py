@@ -7,6 +7,7 @@ from types import ModuleType
 
 from pipeline.bench.harness import Section
 from pipeline.bench.sections import (
+    drift,
     families,
     firmware,
     frameworks,
@@ -21,7 +22,7 @@ from pipeline.bench.sections import (
 
 ORDER: tuple[ModuleType, ...] = (
     throughput, quantization, latency, memory, overhead, paradigms, frameworks, firmware, preflight,
-    families,
+    families, drift,
 )  # fmt: skip
 
 
