@@ -811,6 +811,31 @@ def field_ingest(
     print(f"stored {stored.samples} samples: {stored.path}")
 
 
+@field_app.command("monitor")
+def field_monitor(
+    device: Annotated[
+        list[str] | None,
+        typer.Option(help="Only this device (repeatable); default: all with data."),
+    ] = None,
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Judge each device's field data against the training split, one monitor interval at a
+    time; write report/drift/<device>/ and say where drift is confirmed."""
+    from pipeline.core.catalog import DRIFT_DIR, DRIFT_MD
+    from pipeline.core.config import load_params
+    from pipeline.monitor.report import monitor_workspace, verdict
+
+    try:
+        parsed = load_params(params)
+        results = monitor_workspace(parsed, device)
+    except TinyopsError as exc:
+        _fail(exc)
+    if not results:
+        print("no field data yet (tinyops field ingest, or tinyops field serve)")
+    for drift in results.values():
+        print(f"{verdict(drift, parsed.monitor)}  [{DRIFT_DIR / drift.device / DRIFT_MD}]")
+
+
 @field_app.command("serve")
 def field_serve(
     host: Annotated[str, typer.Option(help="Address to bind; another than loopback needs TLS.")] = (

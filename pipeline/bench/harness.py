@@ -141,3 +141,23 @@ def checker(out: list[dict[str, Any]]) -> Callable[[str, float | None, bool | No
         out.append({"target": name, "value": value, "status": status})
 
     return check
+
+
+EXAMPLES = {
+    "basicmotions": "examples/basicmotions.yaml",
+    "japanesevowels": "examples/japanesevowels.yaml",
+}
+
+
+def example_params(arch: str | None, source: str) -> Any:
+    """params.yaml with the dataset's example overlaid, as `tinyops example FILE --arch` does
+    (digits: params.yaml itself)."""
+    import yaml
+
+    from pipeline.core.config import DEFAULT_PARAMS, parse_params, with_example
+
+    base = yaml.safe_load(DEFAULT_PARAMS.read_text())
+    if source not in EXAMPLES:
+        return parse_params(base)
+    overlay = yaml.safe_load(Path(EXAMPLES[source]).read_text())
+    return parse_params(with_example(base, overlay, EXAMPLES[source], arch))

@@ -51,6 +51,8 @@ DEPLOY_STATUS_DIR = METRICS_DIR / "deploy"
 REPORT_MD = Path("report/deploy.md")
 REPORT_PNG = Path("report/accuracy_vs_size.png")
 LAYERS_PNG = Path("report/int8_layers.png")
+DRIFT_DIR = Path("report/drift")  # tinyops field monitor: a folder per device, swapped in whole
+DRIFT_MD, DRIFT_PNG, DRIFT_JSON = "report.md", "drift.png", "drift.json"  # in a device's folder
 
 # Generated documentation and bench results (committed; `tinyops docs` regenerates the pages)
 BENCH_RESULTS = Path("bench/results.json")

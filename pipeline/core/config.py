@@ -331,6 +331,19 @@ class EvaluateParams(_Section):
     """Validation accuracy int8 may lose against fp32 before export.qat fine-tunes."""
 
 
+class MonitorParams(_Section):
+    """The drift monitor (`tinyops field monitor`, docs/field.md): each device's field samples,
+    one interval at a time, against the training split."""
+
+    interval_samples: Annotated[int, Field(ge=8)] = 32
+    """Field samples judged at once (a monitor interval); a partial last interval waits."""
+    threshold: Annotated[float, Field(gt=0.0, lt=0.5)] = 0.01
+    """An interval drifted when its smallest p-value, Bonferroni-corrected over the input
+    features and the class mix, is below this (the false-alarm rate per clean interval)."""
+    intervals: PositiveInt = 2
+    """Drifted intervals in a row that make a device's drift confirmed."""
+
+
 class OrchestrateParams(_Section):
     """The Prefect flow: retries of transient stage failures (never of validation errors)."""
 
@@ -457,6 +470,7 @@ class Params(_Section):
     evaluate: EvaluateParams = EvaluateParams()
     deploy: DeployParams = DeployParams()
     orchestrate: OrchestrateParams = OrchestrateParams()
+    monitor: MonitorParams = MonitorParams()
     tflm: TflmParams = TflmParams()
     firmware: FirmwareParams = FirmwareParams()
     devices: dict[str, DeviceProfile] = Field(default_factory=dict, strict=False)

@@ -159,6 +159,16 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def stream(device: str, root: Path = FIELD_DIR) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """A device's stored samples, outputs and labels, every batch in arrival order (None: no
+    batch yet). Only whole files are named `<seq>-<id>.npz`, so a batch being written is skipped."""
+    files = sorted((root / device).glob("*.npz"))
+    if not files:
+        return None
+    batches = [read(path) for path in files]
+    return tuple(np.concatenate([b[k] for b in batches]) for k in ("samples", "outputs", "labels"))  # type: ignore[return-value]
+
+
 def read(path: Path) -> dict[str, np.ndarray]:
     """A stored batch's arrays."""
     with np.load(path) as data:

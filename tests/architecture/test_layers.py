@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[2]
 LAYERS: list[set[str]] = [
     {"core"},
     {"data", "models", "tflite", "firmware", "team", "field"},
-    {"training", "export", "evaluation", "deploy"},
+    {"training", "export", "evaluation", "deploy", "monitor"},
     {"stages", "orchestration"},
     {"bench", "flows"},
     {"cli"},

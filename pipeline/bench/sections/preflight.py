@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 from typing import Any
 
 import yaml
 
-from pipeline.bench.harness import Progress, Targets, checker, summary
+from pipeline.bench.harness import Progress, Targets, checker, example_params, summary
 from pipeline.core import catalog
-from pipeline.core.config import DEFAULT_PARAMS, Params, parse_params, with_example
+from pipeline.core.config import DEFAULT_PARAMS, Params, parse_params
 
 ABOUT = "tinyops preflight: seconds warm for six devices, and its arena against other weights"
 MINUTES = 4
@@ -25,19 +24,6 @@ CASES = {
         for arch in ("cnn1d", "dscnn1d", "tcn", "gru", "lstm", "transformer", "autoencoder")
     },
 }
-EXAMPLES = {
-    "basicmotions": "examples/basicmotions.yaml",
-    "japanesevowels": "examples/japanesevowels.yaml",
-}
-
-
-def _params(arch: str, source: str) -> Params:
-    """params.yaml with the dataset's example overlaid, as `tinyops example FILE --arch` does."""
-    base = yaml.safe_load(DEFAULT_PARAMS.read_text())
-    if source not in EXAMPLES:
-        return parse_params(base)
-    overlay = yaml.safe_load(Path(EXAMPLES[source]).read_text())
-    return parse_params(with_example(base, overlay, EXAMPLES[source], arch))
 
 
 def _timed(params: Params) -> tuple[float, dict[str, Any]]:
@@ -99,12 +85,12 @@ def run(rounds: int, progress: Progress) -> dict[str, Any]:
     cold, report = _timed(default)  # the first call imports torch, litert-torch, TFLite Micro
     warm = [_timed(default)[0] for _ in range(rounds)]
     progress(f"default model, {len(report['devices'])} devices: cold {cold:.1f} s, warm {warm}")
-    transformer = _params("transformer", "basicmotions")
+    transformer = example_params("transformer", "basicmotions")
     warm_t = [_timed(transformer)[0] for _ in range(rounds)]
     arenas = {}
     for arch, sources in CASES.items():
         for source in sources:
-            params = _params(arch, source)
+            params = example_params(arch, source)
             predicted = _timed(params)[1]["graph"]["arena_bytes"]
             arenas[f"{arch}/{source}"] = {"preflight": predicted,
                                           "other_weights": _other_weights_arena(params)}  # fmt: skip
