@@ -817,6 +817,13 @@ def field_monitor(
         list[str] | None,
         typer.Option(help="Only this device (repeatable); default: all with data."),
     ] = None,
+    retrain: Annotated[
+        bool,
+        typer.Option(
+            help="Run the Prefect `monitor` flow: record in MLflow and Prefect, and where drift "
+            "is confirmed with labels, merge them into the raw data and retrain."
+        ),
+    ] = False,
     params: ParamsOpt = Path("params.yaml"),
 ) -> None:
     """Judge each device's field data against the training split, one monitor interval at a
@@ -827,6 +834,9 @@ def field_monitor(
 
     try:
         parsed = load_params(params)
+        if retrain:
+            _monitor_flow(params, device)
+            return
         results = monitor_workspace(parsed, device)
     except TinyopsError as exc:
         _fail(exc)
@@ -834,6 +844,22 @@ def field_monitor(
         print("no field data yet (tinyops field ingest, or tinyops field serve)")
     for drift in results.values():
         print(f"{verdict(drift, parsed.monitor)}  [{DRIFT_DIR / drift.device / DRIFT_MD}]")
+
+
+def _monitor_flow(params: Path, devices: list[str] | None) -> None:
+    from flows.schedule import prefect_defaults
+
+    prefect_defaults()
+    from flows.monitor import monitor
+
+    result = monitor(params_path=str(params), devices=devices)
+    retrained = result.get("result")
+    if not result["drifted"]:
+        print("no labelled drift confirmed: nothing to retrain")
+    elif retrained and retrained.get("skipped"):
+        print(f"skipped: {retrained['reason']}")
+    elif retrained:
+        _print_summary(retrained)
 
 
 @field_app.command("serve")

@@ -22,6 +22,9 @@ USER_MODELS = Path("user_models")
 RAW_DIR = Path("data/raw")
 PROCESSED_DIR = Path("data/processed")
 FIELD_DIR = Path("data/field")  # samples devices sent back: <device>/<seq>-<batch id>.npz
+# The labelled field samples, in raw units, that prepare adds to any source (written when drift
+# triggers retraining; a new raw file, so the flow's ingest versions it and prepare reruns).
+FIELD_LABELLED = RAW_DIR / "field_labelled.npz"
 META_FILE = PROCESSED_DIR / "meta.json"
 # train
 MODEL_DIR = Path("models")

@@ -3,12 +3,14 @@ the checks every dataset passes before use."""
 
 from __future__ import annotations
 
+import dataclasses
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from pipeline.core.catalog import FIELD_LABELLED
 from pipeline.core.config import PrepareParams
 from pipeline.core.errors import DataValidationError
 
@@ -212,5 +214,32 @@ def load_dataset(params: PrepareParams) -> Dataset:
         ds = load_npz_dataset(Path(params.path or ""), params.max_file_bytes)
     else:
         ds = load_imagefolder_dataset(Path(params.path or ""), params)
+    ds = with_field_samples(ds)
     validate_dataset(ds, params.min_samples_per_class)
     return ds
+
+
+def with_field_samples(ds: Dataset, path: Path = FIELD_LABELLED) -> Dataset:
+    """The source plus the labelled samples devices sent back (data/raw/field_labelled.npz, raw
+    units), when there are any: the next split includes them. Their classes are matched by name."""
+    if not path.is_file():
+        return ds
+    with np.load(path, allow_pickle=False) as data:
+        x, y, names = data["x"].astype(np.float32), data["y"], [str(c) for c in data["classes"]]
+    if x.shape[1:] != ds.x.shape[1:]:
+        raise DataValidationError(
+            f"{path}: samples of shape {list(x.shape[1:])}, the source's are {list(ds.x.shape[1:])}"
+        )
+    unknown = sorted(set(names) - set(ds.classes))
+    if unknown:
+        raise DataValidationError(
+            f"{path}: classes {unknown} are not the source's {list(ds.classes)}"
+        )
+    index = np.asarray([ds.classes.index(n) for n in names], dtype=np.int64)
+    lengths = (
+        None if ds.lengths is None else np.concatenate([ds.lengths, np.full(len(x), x.shape[1])])
+    )
+    return dataclasses.replace(
+        ds, x=np.concatenate([ds.x, x]), y=np.concatenate([ds.y, index[y]]), lengths=lengths,
+        origin=f"{ds.origin} + {len(x)} field samples",
+    )  # fmt: skip
