@@ -8,6 +8,11 @@ champion is scored again here: the current test split is brought back to raw val
 run's normalisation and normalised with the champion's own (both are in the manifests), then
 quantised with the champion's own input parameters, exactly as its firmware would.
 
+A retrain on new data (field data, say) also answers to production's own test split, kept with
+its registered version by its sha256: the challenger, scored there, must not be worse than
+production was there by more than the same tolerance (`HeldOut`). A model that wins the new
+split by forgetting the old one is not promoted.
+
 A champion whose input (shape and element type: int8 or float) or class list differs from the
 challenger's is of another lineage: no score can compare them, and `deploy.new_lineage` says
 what to do. Input scale and zero point are not part of a lineage (a retrain on new data moves
@@ -54,6 +59,19 @@ class Champion:
 
 
 @dataclass(frozen=True)
+class HeldOut:
+    """The challenger on the test split production was promoted on, beside production's score
+    there (recorded when it was registered: the same split, the same runtime)."""
+
+    accuracy: float
+    production: float
+    sha256: str
+
+
+SPLIT_ARTIFACT = "test_split"  # in each deploy run: the test split it judged on (split.npz)
+
+
+@dataclass(frozen=True)
 class Decision:
     promote: bool
     reason: str
@@ -72,10 +90,12 @@ def describe(manifest: Manifest, decision: Decision) -> str:
 
 
 def decide(
-    accuracy: float, champion: Champion | None, tolerance: float, new_lineage: str = "refuse"
-) -> Decision:
+    accuracy: float, champion: Champion | None, tolerance: float, new_lineage: str = "refuse",
+    held: HeldOut | None = None,
+) -> Decision:  # fmt: skip
     """Promote unless the challenger scores lower than production, on the same test split, by
-    more than the tolerance; a champion of another lineage is replaced only if asked."""
+    more than the tolerance (and, where production's own split differs, lower there than
+    production scored); a champion of another lineage is replaced only if asked."""
     if champion is None:
         return Decision(True, "first version for this device", None)
     if champion.lineage:
@@ -97,7 +117,19 @@ def decide(
             f"accuracy {accuracy:.4f} is lower than {both} by more than the tolerance {tolerance}",
             champion.version,
         )
-    return Decision(True, f"accuracy {accuracy:.4f} vs {both}", champion.version)
+    reason = f"accuracy {accuracy:.4f} vs {both}"
+    if held is None:
+        return Decision(True, reason, champion.version)
+    there = (
+        f"on the test split production v{champion.version} was promoted on "
+        f"({held.sha256[:12]}), {held.accuracy:.4f} vs its {held.production:.4f}"
+    )
+    if held.accuracy + tolerance < held.production:
+        return Decision(
+            False, f"{reason}, but {there}: lower by more than the tolerance {tolerance}",
+            champion.version,
+        )  # fmt: skip
+    return Decision(True, f"{reason}; {there}", champion.version)
 
 
 def split_sha256(x: np.ndarray, y: np.ndarray) -> str:
@@ -131,11 +163,12 @@ def lineage_difference(champion: Signature, challenger: Signature, version: str)
 
 
 def score(
-    model: bytes, manifest: Manifest, x: np.ndarray, y: np.ndarray, meta: DatasetMeta
+    model: bytes, manifest: Manifest, x: np.ndarray, y: np.ndarray, normalization: dict[str, Any]
 ) -> float:
-    """Accuracy of a bundle's model on this test split, in the bundle's own runtime, decided
-    the way its manifest's task says (argmax; an autoencoder's threshold)."""
-    x = renormalised(x, meta.normalization, manifest.normalization)
+    """Accuracy of a bundle's model on a test split normalised with `normalization`, in the
+    bundle's own runtime, decided the way its manifest's task says (argmax; an autoencoder's
+    threshold)."""
+    x = renormalised(x, normalization, manifest.normalization)
     if manifest.runtime == "tflm":
         scale, zp = manifest.input_scale or 1.0, manifest.input_zero_point or 0
         outputs = tflm.predict(model, litert.quantize_input(x, scale, zp), manifest.host_arena())
@@ -164,4 +197,47 @@ def assess_production(
     different = lineage_difference(theirs, challenger, str(current.version))
     if different:
         return Champion(str(current.version), None, recorded, different)
-    return Champion(str(current.version), score(model, manifest, x, y, meta), recorded, None)
+    accuracy = score(model, manifest, x, y, meta.normalization)
+    return Champion(str(current.version), accuracy, recorded, None)
+
+
+def keep_split(client: Any, run_id: str, x: np.ndarray, y: np.ndarray, normalization: dict) -> None:
+    """The test split a deploy judged on, with its normalisation, as the run's artifact: a later
+    retrain on other data is also scored on it (`on_production_split`)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "split.npz"
+        mean, std = np.asarray(normalization["mean"]), np.asarray(normalization["std"])
+        np.savez(path, x=x, y=y, mean=mean, std=std)
+        client.log_artifact(run_id, str(path), SPLIT_ARTIFACT)
+
+
+def on_production_split(
+    client: Any, device: str, model: bytes, manifest: Manifest, current_sha256: str
+) -> HeldOut | None:
+    """The challenger scored on production's own test split, when production was judged on
+    another split than today's and kept it (versions registered before splits were kept did
+    not: None, and the current split alone decides)."""
+    from mlflow.exceptions import MlflowException
+
+    from pipeline.core.errors import RegistryError
+    from pipeline.deploy import registry
+
+    current = registry.production(client, device)
+    sha = current.tags.get("test_split_sha256") if current is not None else None
+    if current is None or not sha or sha == current_sha256:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            folder = Path(client.download_artifacts(current.run_id, SPLIT_ARTIFACT, tmp))
+        except (MlflowException, OSError):
+            return None
+        with np.load(folder / "split.npz") as kept:
+            x, y = kept["x"], kept["y"]
+            normalization = {"mean": kept["mean"].tolist(), "std": kept["std"].tolist()}
+    if split_sha256(x, y) != sha:
+        raise RegistryError(
+            f"{device}: production v{current.version}'s kept test split does not match the "
+            f"sha256 it was registered with ({sha[:12]}): refusing to judge against it"
+        )
+    accuracy = score(model, manifest, x, y, normalization)
+    return HeldOut(accuracy, float(current.tags.get("accuracy", "nan")), sha)

@@ -298,19 +298,28 @@ def build_and_verify(
 
 def face_champion(
     ctx: DeployContext, manifest: Manifest, staged: Path
-) -> tuple[Champion | None, dict[str, str]]:
-    """Production scored on the current test split beside the challenger, and what the new
-    version records of the match."""
+) -> tuple[Champion | None, champion.HeldOut | None, dict[str, str]]:
+    """Production scored on the current test split beside the challenger (and the challenger on
+    production's own split, where that differs), and what the new version records of the match.
+    The current split is kept with this run, for the next challenger."""
     x, y = ctx.data.x["test"], ctx.data.y["test"]
     model = (staged / manifest.model_file).read_bytes()
     challenger = champion.signature(model, list(manifest.labels))
-    champ = champion.assess_production(ctx.run.client, ctx.device, challenger, x, y, ctx.meta)
+    client = ctx.run.client
+    champ = champion.assess_production(client, ctx.device, challenger, x, y, ctx.meta)
     facts = {"test_split_sha256": champion.split_sha256(x, y)}
+    champion.keep_split(client, ctx.run.run_id, x, y, ctx.meta.normalization)
+    held = None
     if champ is not None:
         facts |= {"champion_version": champ.version, "champion_lineage": champ.lineage or "same"}
         if champ.accuracy is not None:
             facts["champion_accuracy"] = f"{champ.accuracy:.6f}"
-    return champ, facts
+            held = champion.on_production_split(
+                client, ctx.device, model, manifest, facts["test_split_sha256"]
+            )
+    if held is not None:
+        facts |= {"held_out_accuracy": f"{held.accuracy:.6f}", "held_out_split": held.sha256}
+    return champ, held, facts
 
 
 def register_and_promote(
@@ -318,13 +327,13 @@ def register_and_promote(
 ) -> tuple[str, champion.Decision, dict[str, str]]:
     """Register the bundle; move `production` and deploy/<device>/ together only when the
     candidate is no worse than production on the same test split."""
-    champ, facts = face_champion(ctx, manifest, staged)
+    champ, held, facts = face_champion(ctx, manifest, staged)
     # The manifest's scalar fields, as the version's tags (lists stay in manifest.json).
     scalars = {k: v for k, v in manifest.dump().items() if isinstance(v, str | int | float)}
     tags = {k: str(v) for k, v in scalars.items()} | facts
     deploy = ctx.params.deploy
     decision = champion.decide(
-        chosen.accuracy, champ, deploy.promotion_tolerance, deploy.new_lineage
+        chosen.accuracy, champ, deploy.promotion_tolerance, deploy.new_lineage, held
     )
     description = champion.describe(manifest, decision)
     client = ctx.run.client

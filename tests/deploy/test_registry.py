@@ -42,6 +42,22 @@ def test_the_recorded_score_of_another_split_plays_no_part() -> None:
     assert champion.decide(0.96, _champion(0.95), 0.005).promote
 
 
+def test_a_retrain_is_also_judged_on_the_split_production_was_promoted_on() -> None:
+    """Field data moved the test split: the challenger wins the new split (0.97 vs 0.95) but on
+    production's own split it scores 0.90 where production scored 0.99: refused."""
+    forgot = champion.HeldOut(0.90, 0.99, "ab" * 32)
+    refused = champion.decide(0.97, _champion(0.95), 0.005, held=forgot)
+    assert not refused.promote and refused.previous_version == "3"
+    assert (
+        "on the test split production v3 was promoted on (abababababab), 0.9000 vs its "
+        "0.9900: lower by more than the tolerance 0.005" in refused.reason
+    ), refused.reason
+    kept = champion.decide(
+        0.97, _champion(0.95), 0.005, held=champion.HeldOut(0.986, 0.99, "ab" * 32)
+    )
+    assert kept.promote and "0.9860 vs its 0.9900" in kept.reason
+
+
 def test_another_lineage_is_refused_unless_asked() -> None:
     why = "production v3 takes 8×8×1 int8 input with 10 classes; this model takes 28×28×1 ..."
     refused = champion.decide(0.98, _champion(None, why), 0.005)

@@ -64,3 +64,6 @@ def test_drift_triggers_a_retrain_that_the_champion_check_judges(own_ws: Path) -
     status = json.loads((ws / f"metrics/deploy/{DEVICE}.json").read_text())
     assert status["version"] == 2 and status["status"] in ("promoted", "kept"), status
     assert status["test_split_sha256"] != first_split  # judged on the new split, field data in
+    assert (
+        f"on the test split production v1 was promoted on ({first_split[:12]})" in status["reason"]
+    )
