@@ -824,6 +824,13 @@ def field_monitor(
             "is confirmed with labels, merge them into the raw data and retrain."
         ),
     ] = False,
+    deployment: Annotated[
+        str | None,
+        typer.Option(
+            help="With --retrain and a Prefect server: start a run of this deployment "
+            "(retrain/NAME, from tinyops schedule) instead of retraining here."
+        ),
+    ] = None,
     params: ParamsOpt = Path("params.yaml"),
 ) -> None:
     """Judge each device's field data against the training split, one monitor interval at a
@@ -834,8 +841,10 @@ def field_monitor(
 
     try:
         parsed = load_params(params)
+        if deployment and not retrain:
+            raise ConfigError("--deployment goes with --retrain")
         if retrain:
-            _monitor_flow(params, device)
+            _monitor_flow(params, device, deployment)
             return
         results = monitor_workspace(parsed, device)
     except TinyopsError as exc:
@@ -846,13 +855,18 @@ def field_monitor(
         print(f"{verdict(drift, parsed.monitor)}  [{DRIFT_DIR / drift.device / DRIFT_MD}]")
 
 
-def _monitor_flow(params: Path, devices: list[str] | None) -> None:
-    from flows.schedule import prefect_defaults
+def _monitor_flow(params: Path, devices: list[str] | None, deployment: str | None) -> None:
+    from flows.schedule import configured_api_url, prefect_defaults, require_server
 
+    api = configured_api_url()
+    if deployment and api is None:
+        raise ConfigError(f"--deployment {deployment} needs a Prefect server: set PREFECT_API_URL")
+    if api is not None:
+        require_server(api)
     prefect_defaults()
     from flows.monitor import monitor
 
-    result = monitor(params_path=str(params), devices=devices)
+    result = monitor(params_path=str(params), devices=devices, deployment=deployment)
     retrained = result.get("result")
     if not result["drifted"]:
         print("no labelled drift confirmed: nothing to retrain")

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
+from pipeline.bench.harness import example_params
 from pipeline.core.catalog import DEPLOY_ROOT, FIELD_DIR, Manifest
 from pipeline.field.store import FieldStore
 from pipeline.monitor import demo
@@ -67,3 +69,52 @@ def test_drift_triggers_a_retrain_that_the_champion_check_judges(own_ws: Path) -
     assert (
         f"on the test split production v1 was promoted on ({first_split[:12]})" in status["reason"]
     )
+
+
+def test_with_a_server_drift_hands_the_retrain_to_its_deployment(
+    prefect_api: str, tmp_path: Path
+) -> None:
+    """On a Prefect server with a retrain deployment (a work pool's: nothing runs it here), the
+    monitor emits `tinyops.drift.confirmed` and starts a run of that deployment instead of
+    retraining in its own process; a missing deployment is refused before any work."""
+    from pipeline.core.procs import wait_until
+    from tests.conftest import make_workspace
+
+    ws = make_workspace(tmp_path / "ws", devices=(DEVICE,))
+    sc = demo.scenario(example_params(None, "digits").prepare, ws / "data/processed")
+    manifest = sc.manifest.model_copy(update={"device": DEVICE, "normalization": sc.normalization})
+    (ws / "deploy" / DEVICE).mkdir(parents=True)
+    (ws / "deploy" / DEVICE / "manifest.json").write_text(manifest.model_dump_json())
+    x, y = demo.intervals(sc.pool_x, sc.pool_y, 4, 32, seed=2)
+    _send(ws, np.concatenate([x[:64], demo.shifted(x[64:], sc.normalization, 0)]), y, 0)
+    missing = run_cmd(["tinyops", "field", "monitor", "--retrain", "--deployment", "retrain/nope"],
+                      ws, check=False)  # fmt: skip
+    assert missing.returncode == 2 and "retrain/nope is not on the Prefect server" in missing.stderr
+    assert not (ws / "data/raw/field_labelled.npz").exists()
+    run_cmd(
+        ["tinyops", "schedule", "--pool", "drift", "--name", "ondrift", "--cron", "0 3 * * *"], ws
+    )
+    said = run_cmd(
+        ["tinyops", "field", "monitor", "--retrain", "--deployment", "retrain/ondrift"], ws
+    )
+    out = said.stdout + said.stderr
+    assert "retraining handed to retrain/ondrift: flow run" in out, out[-3000:]
+    assert (ws / "data/raw/field_labelled.npz").is_file() and "Running stage" not in out
+    wait_until(  # the server stores events a moment after they arrive
+        lambda: any(e["payload"]["deployment"] == "retrain/ondrift" for e in _post(
+            f"{prefect_api}/events/filter",
+            {"filter": {"event": {"name": ["tinyops.drift.confirmed"]}}},
+        )["events"]), 30, "the tinyops.drift.confirmed event",
+    )  # fmt: skip
+    runs = _post(f"{prefect_api}/flow_runs/filter", {"flow_runs": {"tags": {"all_": ["drift"]}}})
+    assert [r["state_type"] for r in runs] == ["SCHEDULED"], runs
+
+
+def _post(url: str, body: dict) -> Any:
+    import urllib.request
+
+    request = urllib.request.Request(
+        url, json.dumps(body).encode(), {"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
