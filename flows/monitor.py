@@ -110,11 +110,14 @@ def monitor(
     from pipeline.core.quiet import quiet_third_party
     from pipeline.monitor.merge import merge_labelled
     from pipeline.monitor.report import monitor_workspace, verdict
+    from pipeline.orchestration.ingest import version_field
 
     quiet_third_party()
     if deployment:
         _check_deployment(deployment)
     params = load_params(Path(params_path))
+    if version_field():
+        print("field data versioned: dvc add data/field")
     results = monitor_workspace(params, devices)
     for drift in results.values():
         print(verdict(drift, params.monitor))

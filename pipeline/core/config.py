@@ -339,7 +339,8 @@ class MonitorParams(_Section):
     """Field samples judged at once (a monitor interval); a partial last interval waits."""
     threshold: Annotated[float, Field(gt=0.0, lt=0.5)] = 0.01
     """An interval drifted when its smallest p-value, Bonferroni-corrected over the input
-    features and the class mix, is below this (the false-alarm rate per clean interval)."""
+    features, their joint test and the class mix, is below this (the false-alarm rate per clean
+    interval)."""
     intervals: PositiveInt = 2
     """Drifted intervals in a row that make a device's drift confirmed."""
 

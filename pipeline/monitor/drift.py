@@ -1,9 +1,10 @@
 """Drift, measured. Each sample becomes two features per channel (its mean and its spread over
 every axis but the channel's), so a sensor's gain or offset, or an image's contrast, moves a
 feature whatever the input's layout. An interval is judged by a two-sample Kolmogorov-Smirnov
-test per feature against the training split and a chi-square test of its predicted class mix
-against the training labels' mix; the smallest p-value, Bonferroni-corrected over those tests,
-is the interval's, so a clean stream drifts in at most `threshold` of its intervals."""
+test per feature against the training split, a two-sample Hotelling T² test of all features at
+once (a joint move that no single feature shows), and a chi-square test of its predicted class
+mix against the training labels' mix; the smallest p-value, Bonferroni-corrected over those
+tests, is the interval's, so a clean stream drifts in at most `threshold` of its intervals."""
 
 from __future__ import annotations
 
@@ -41,6 +42,14 @@ class Reference:
     class_share: np.ndarray
     names: list[str]
 
+    @property
+    def mean(self) -> np.ndarray:
+        return self.features.mean(axis=0)
+
+    @property
+    def cov(self) -> np.ndarray:
+        return np.atleast_2d(np.cov(self.features, rowvar=False))
+
     @classmethod
     def of(
         cls, x_train: np.ndarray, y_train: np.ndarray, classes: int, channels: list[str]
@@ -59,6 +68,7 @@ class Interval:
     p_value: float  # the smallest, Bonferroni-corrected
     drifted: bool
     feature_p: dict[str, float]
+    joint_p: float  # every feature at once (Hotelling T²)
     class_mix_p: float
     confidence: float  # mean top-class probability of the int8 outputs
     labelled: int
@@ -81,14 +91,33 @@ def judge(ref: Reference, x: np.ndarray, outputs: np.ndarray, labels: np.ndarray
     expected = np.maximum(ref.class_share, 1e-9) * observed.sum()
     expected *= observed.sum() / expected.sum()
     class_p = float(stats.chisquare(observed, expected).pvalue)
-    tests = len(feature_p) + 1
-    corrected = min(1.0, min([*feature_p.values(), class_p]) * tests)
+    joint_p = hotelling(ref, current)
+    tests = len(feature_p) + 2
+    corrected = min(1.0, min([*feature_p.values(), joint_p, class_p]) * tests)
     known = labels >= 0
     accuracy = float((predicted[known] == labels[known]).mean()) if known.any() else None
     return Interval(
-        index, len(x), corrected, corrected < params.threshold, feature_p, class_p,
+        index, len(x), corrected, corrected < params.threshold, feature_p, joint_p, class_p,
         float(probabilities(outputs).max(axis=1).mean()), int(known.sum()), accuracy,
     )  # fmt: skip
+
+
+def hotelling(ref: Reference, current: np.ndarray) -> float:
+    """Two-sample Hotelling T² p-value of the features' means, pooled covariance, F-distributed
+    (exact for normal features; the pseudo-inverse and rank handle a constant feature)."""
+    from scipy import stats
+
+    n1, n2 = len(ref.features), len(current)
+    pooled = ((n1 - 1) * ref.cov + (n2 - 1) * np.atleast_2d(np.cov(current, rowvar=False))) / (
+        n1 + n2 - 2
+    )
+    rank = int(np.linalg.matrix_rank(pooled))
+    dof = n1 + n2 - rank - 1
+    if rank == 0 or dof <= 0:
+        return 1.0
+    diff = current.mean(axis=0) - ref.mean
+    t2 = n1 * n2 / (n1 + n2) * float(diff @ np.linalg.pinv(pooled) @ diff)
+    return float(stats.f.sf(dof / (rank * (n1 + n2 - 2)) * t2, rank, dof))
 
 
 def probabilities(outputs: np.ndarray) -> np.ndarray:

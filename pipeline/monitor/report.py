@@ -74,13 +74,13 @@ def verdict(drift: DeviceDrift, params: MonitorParams) -> str:
 def markdown(drift: DeviceDrift, params: MonitorParams) -> str:
     lines = [f"# Drift: {drift.device}", "", verdict(drift, params), "",
              f"![p-value per interval]({DRIFT_PNG})", "",
-             "| interval | samples | p (corrected) | drifted | most moved | class mix p | "
-             "confidence | labelled | accuracy |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+             "| interval | samples | p (corrected) | drifted | most moved | joint p | class mix p | "
+             "confidence | labelled | accuracy |", "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for i in drift.intervals:
         worst = min(i.feature_p, key=i.feature_p.__getitem__)
         acc = "-" if i.accuracy is None else f"{i.accuracy:.3f}"
         lines.append(f"| {i.index} | {i.samples} | {i.p_value:.2g} | {'yes' if i.drifted else ''} "
-                     f"| {worst} ({i.feature_p[worst]:.2g}) | {i.class_mix_p:.2g} | "
+                     f"| {worst} ({i.feature_p[worst]:.2g}) | {i.joint_p:.2g} | {i.class_mix_p:.2g} | "
                      f"{i.confidence:.3f} | {i.labelled} | {acc} |")  # fmt: skip
     if drift.pending_samples:
         lines += ["", f"{drift.pending_samples} samples wait for the next interval."]

@@ -14,7 +14,7 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-from pipeline.core.catalog import RAW_DIR
+from pipeline.core.catalog import FIELD_DIR, RAW_DIR
 from pipeline.core.errors import DataValidationError
 from pipeline.orchestration.dvc import tool
 from pipeline.orchestration.freshness import NOT_DATA_NAMES
@@ -63,3 +63,13 @@ def ingest_raw(
     on_line(f"new raw data, versioning with dvc add: {', '.join(names)}")
     _dvc(["add", "--quiet", *names], env)
     return names
+
+
+def version_field(env: dict[str, str] | None = None) -> bool:
+    """`dvc add data/field`: the field data a monitor judges, versioned as raw data is (its
+    lock and half-written batches are in .dvcignore). False outside a DVC project or without
+    field data."""
+    if not FIELD_DIR.is_dir() or not Path(".dvc").is_dir():
+        return False
+    _dvc(["add", "--quiet", str(FIELD_DIR)], env)
+    return True

@@ -57,6 +57,7 @@ def test_drift_triggers_a_retrain_that_the_champion_check_judges(own_ws: Path) -
         -4000:
     ]
     assert (ws / "data/raw/field_labelled.npz.dvc").is_file()  # versioned by the flow's ingest
+    assert (ws / "data/field.dvc").is_file()  # the field data itself, by the monitor
     after = json.loads((ws / "data/processed/meta.json").read_text())
     assert sum(after["splits"].values()) == sum(meta["splits"].values()) + 256
     assert (
