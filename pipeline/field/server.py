@@ -120,6 +120,11 @@ class FieldServer(ThreadingHTTPServer):
     def refused(self, client: str, exc: FieldRefusal) -> None:
         print(f"refused {exc.http_status} from {client}: {exc}", file=sys.stderr, flush=True)
 
+    def handle_error(self, request: object, client_address: tuple[str, int]) -> None:
+        """One line, not a traceback: a failed TLS handshake or a dropped connection."""
+        error = sys.exc_info()[1]
+        print(f"connection from {client_address[0]} failed: {error}", file=sys.stderr, flush=True)
+
 
 def make_server(
     host: str, port: int, store: FieldStore, tokens: TokenStore, limits: Limits,
@@ -135,7 +140,10 @@ def make_server(
     if tls is not None:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(*tls)
-        server.socket = context.wrap_socket(server.socket, server_side=True)
+        # the handshake happens in the request's thread: a slow client never holds up accept()
+        server.socket = context.wrap_socket(
+            server.socket, server_side=True, do_handshake_on_connect=False
+        )
     return server
 
 

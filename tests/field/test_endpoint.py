@@ -166,3 +166,59 @@ def test_the_serve_command_answers_and_stops_on_sigterm(field: Field, tmp_path: 
         status = proc.stop(grace=10)  # SIGTERM first
     assert status == 128 + signal.SIGTERM and "terminated" in log.read_text(), log.read_text()
     assert "refused 409 from 127.0.0.1: batch 's1' was stored already" in log.read_text()
+
+
+def test_with_a_certificate_the_endpoint_speaks_tls(field: Field, tmp_path: Path) -> None:
+    """A self-signed certificate for 127.0.0.1: a client that trusts it stores a batch; one
+    that does not is refused by TLS itself, before any token is sent."""
+    import ssl
+
+    cert, key = _self_signed(tmp_path)
+    srv = make_server("127.0.0.1", 0, field.store, field.tokens, Limits(), tls=(cert, key))
+    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        url = f"https://127.0.0.1:{srv.server_port}/v1/batches"
+        body = json.dumps(batch("t1")).encode()
+        request = urllib.request.Request(url, data=body, method="POST")
+        request.add_header("Authorization", f"Bearer {field.token[MCU]}")
+        trusted = ssl.create_default_context(cafile=str(cert))
+        with urllib.request.urlopen(request, timeout=10, context=trusted) as response:
+            assert response.status == 201
+        with pytest.raises(urllib.error.URLError, match="CERTIFICATE_VERIFY_FAILED"):
+            urllib.request.urlopen(request, timeout=10, context=ssl.create_default_context())
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        thread.join()
+    assert len(list((field.root / MCU).glob("*.npz"))) == 1
+
+
+def _self_signed(folder: Path) -> tuple[Path, Path]:
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    here = x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(key.public_key()).serial_number(1)
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(here, False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        .sign(key, hashes.SHA256())
+    )  # fmt: skip
+    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ))  # fmt: skip
+    return cert_path, key_path
