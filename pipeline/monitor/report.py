@@ -26,15 +26,15 @@ from pipeline.monitor.drift import DeviceDrift, Reference, dequantized, monitor_
 
 def monitor_workspace(params: Params, devices: list[str] | None = None) -> dict[str, DeviceDrift]:
     """Every device with field data (or those named), judged and reported."""
+    names = devices or sorted(p.name for p in FIELD_DIR.glob("*") if p.is_dir())
+    streams = {name: data for name in names if (data := stream(name)) is not None}
+    if not streams:
+        return {}
     splits = load_processed()
     meta = splits.meta
     ref = Reference.of(splits.x["train"], splits.y["train"], meta.num_classes, meta.channels)
-    names = devices or sorted(p.name for p in FIELD_DIR.glob("*") if p.is_dir())
     results = {}
-    for device in names:
-        data = stream(device)
-        if data is None:
-            continue
+    for device, data in streams.items():
         manifest = catalog.read(
             DEPLOY_ROOT / device / "manifest.json", Manifest, f"deploy --device {device}"
         )
