@@ -122,15 +122,15 @@ def monitor(
     for drift in results.values():
         print(verdict(drift, params.monitor))
         _record(drift, params.monitor)
-    devices = labelled_drift(results, params.monitor)
-    summary: dict[str, Any] = {"drifted": devices, "retrained": False}
-    if not devices or not retrain_on_drift:
+    drifted = labelled_drift(results, params.monitor)
+    summary: dict[str, Any] = {"drifted": drifted, "retrained": False}
+    if not drifted or not retrain_on_drift:
         return summary
     merged = merge_labelled()
-    print(f"retraining: labelled drift on {', '.join(devices)}; {merged} labelled field samples "
+    print(f"retraining: labelled drift on {', '.join(drifted)}; {merged} labelled field samples "
           "merged into the raw data")  # fmt: skip
     if deployment:
-        return {**summary, "merged": merged, "handed_to": _hand_over(deployment, devices, merged)}
+        return {**summary, "merged": merged, "handed_to": _hand_over(deployment, drifted, merged)}
     from flows.retrain import retrain
 
     result = retrain(params_path=params_path)
