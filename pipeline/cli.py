@@ -850,7 +850,7 @@ def field_monitor(
     except TinyopsError as exc:
         _fail(exc)
     if not results:
-        print("no field data yet (tinyops field ingest, or tinyops field serve)")
+        print("no field data from the deployed models yet (tinyops field ingest or serve)")
     for drift in results.values():
         print(f"{verdict(drift, parsed.monitor)}  [{DRIFT_DIR / drift.device / DRIFT_MD}]")
 

@@ -159,13 +159,18 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def stream(device: str, root: Path = FIELD_DIR) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+def stream(
+    device: str, root: Path = FIELD_DIR, model_sha256: str | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """A device's stored samples, outputs and labels, every batch in arrival order (None: no
-    batch yet). Only whole files are named `<seq>-<id>.npz`, so a batch being written is skipped."""
+    batch yet), only those the model `model_sha256` saw when given. Only whole files are named
+    `<seq>-<id>.npz`, so a batch being written is skipped."""
     files = sorted((root / device).glob("*.npz"))
-    if not files:
-        return None
     batches = [read(path) for path in files]
+    if model_sha256 is not None:
+        batches = [b for b in batches if str(b["model_sha256"]) == model_sha256]
+    if not batches:
+        return None
     return tuple(np.concatenate([b[k] for b in batches]) for k in ("samples", "outputs", "labels"))  # type: ignore[return-value]
 
 

@@ -25,19 +25,26 @@ from pipeline.monitor.drift import DeviceDrift, Reference, dequantized, monitor_
 
 
 def monitor_workspace(params: Params, devices: list[str] | None = None) -> dict[str, DeviceDrift]:
-    """Every device with field data (or those named), judged and reported."""
+    """Every device with field data (or those named), judged and reported: only the samples its
+    deployed model saw, so that a retrain starts the watch afresh (older batches stay stored)."""
     names = devices or sorted(p.name for p in FIELD_DIR.glob("*") if p.is_dir())
-    streams = {name: data for name in names if (data := stream(name)) is not None}
-    if not streams:
+    watched = {}
+    for name in names:
+        if not (FIELD_DIR / name).is_dir():
+            continue
+        manifest = catalog.read(
+            DEPLOY_ROOT / name / "manifest.json", Manifest, f"deploy --device {name}"
+        )
+        data = stream(name, model_sha256=manifest.model_sha256)
+        if data is not None:
+            watched[name] = (manifest, data)
+    if not watched:
         return {}
     splits = load_processed()
     meta = splits.meta
     ref = Reference.of(splits.x["train"], splits.y["train"], meta.num_classes, meta.channels)
     results = {}
-    for device, data in streams.items():
-        manifest = catalog.read(
-            DEPLOY_ROOT / device / "manifest.json", Manifest, f"deploy --device {device}"
-        )
+    for device, (manifest, data) in watched.items():
         x = dequantized(data[0], manifest)
         results[device] = monitor_stream(ref, x, data[1], data[2], device, params.monitor)
         write_report(results[device], params.monitor)

@@ -42,13 +42,19 @@ def test_the_clean_stream_never_confirms_drift(digits: demo.Scenario) -> None:
 
 
 def _stream(
-    store: FieldStore, device: str, x: np.ndarray, y: np.ndarray, sc: demo.Scenario, first: int = 0
+    store: FieldStore,
+    device: str,
+    x: np.ndarray,
+    y: np.ndarray,
+    sc: demo.Scenario,
+    first: int = 0,
+    model: str = "0" * 64,
 ) -> None:
     """As a device sends: batches of 16, int8 inputs, int8 outputs, labels."""
     q, out = demo.quantized(x, sc.manifest), demo.perfect_outputs(y, sc.classes)
     for k in range(0, len(x), 16):
         store.ingest({
-            "device": device, "batch_id": f"b{first + k}", "model_sha256": "0" * 64,
+            "device": device, "batch_id": f"b{first + k}", "model_sha256": model,
             "samples": q[k:k + 16].tolist(), "outputs": out[k:k + 16].tolist(),
             "labels": y[k:k + 16].tolist(),
         })  # fmt: skip
@@ -60,7 +66,7 @@ def test_the_monitor_command_reports_each_device_and_a_stopped_one_changes_nothi
     monkeypatch.chdir(tmp_path)
     (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
     demo.scenario(example_params(None, "digits").prepare, catalog.PROCESSED_DIR)
-    for device in ("quiet", "moved"):
+    for device in ("quiet", "moved", "replaced"):
         manifest = digits.manifest.model_copy(update={"device": device})
         catalog.write(catalog.DEPLOY_ROOT / device / "manifest.json", manifest)
     x, y = demo.intervals(digits.pool_x, digits.pool_y, 6, 32, seed=5)
@@ -73,10 +79,15 @@ def test_the_monitor_command_reports_each_device_and_a_stopped_one_changes_nothi
         y,
         digits,
     )
+    shifted = demo.shifted(x, digits.normalization, 0)
+    _stream(
+        store, "replaced", shifted, y, digits, model="1" * 64
+    )  # seen by a model no longer deployed
     said = CliRunner().invoke(app, ["field", "monitor"])
     assert said.exit_code == 0, said.output
     assert "moved: DRIFT confirmed at interval 4" in said.output, said.output
     assert "quiet: no drift confirmed (6 intervals" in said.output, said.output
+    assert "replaced" not in said.output  # only what the deployed model saw is judged
     report = (catalog.DRIFT_DIR / "moved" / catalog.DRIFT_MD).read_text()
     assert (
         "| 3 | 32 |" in report and (catalog.DRIFT_DIR / "moved" / catalog.DRIFT_PNG).stat().st_size
