@@ -804,10 +804,8 @@ def field_ingest(
     try:
         text = sys.stdin.read() if str(file) == "-" else file.read_text()
         stored = FieldStore().ingest(json.loads(text))
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, FieldRefusal) as exc:  # the file named, with what is wrong
         _fail(FieldRefusal(f"{file}: {exc}"))
-    except TinyopsError as exc:
-        _fail(exc)
     print(f"stored {stored.samples} samples: {stored.path}")
 
 

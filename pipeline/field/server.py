@@ -53,6 +53,7 @@ class RateLimiter:
 class _Handler(BaseHTTPRequestHandler):
     server: FieldServer
     protocol_version = "HTTP/1.1"  # keep-alive: a gateway posts many batches on one connection
+    timeout = 30  # seconds a connection may stay silent: a stalled client never holds a thread
 
     def do_GET(self) -> None:
         if self.path == "/v1/health":

@@ -39,13 +39,19 @@ class _Ledger:
 
     def __init__(self, folder: Path) -> None:
         self.folder, self.ids, self.next_seq, self._offset = folder, set[str](), 1, 0
+        self._checked = False
 
     def refresh(self) -> None:
+        """New ledger lines; the first time, the files too (a process that died between its
+        batch and its line leaves a file the ledger does not name: its id and seq count)."""
         with contextlib.suppress(FileNotFoundError), open(self.folder / LEDGER, "rb") as fh:
             fh.seek(self._offset)
             for line in fh.read().decode().splitlines():
                 self._note(*line.split(" ", 1))
             self._offset = fh.tell()
+        if not self._checked:
+            self.rebuild()
+            self._checked = True
 
     def rebuild(self) -> None:
         """From the files themselves: after a crash between a batch and its ledger line."""
@@ -53,6 +59,7 @@ class _Ledger:
             seq, batch_id = path.stem.split("-", 1)
             if batch_id not in self.ids:
                 self.append(int(seq), batch_id)
+            self.next_seq = max(self.next_seq, int(seq) + 1)
 
     def append(self, seq: int, batch_id: str) -> None:
         with open(self.folder / LEDGER, "ab") as fh:

@@ -81,6 +81,10 @@ def test_a_lost_ledger_line_is_caught_up_and_a_replay_still_refused(field: Field
     with pytest.raises(FieldRefusal, match="stored already"):
         fresh.ingest(batch("b1"))
     assert fresh.ingest(batch("b2")).seq == 2
+    (field.root / MCU / LEDGER).write_text("1 b1\n")  # b2's process died before its line
+    assert FieldStore().ingest(batch("b3")).seq == 3  # not a second seq 2
+    with pytest.raises(FieldRefusal, match="stored already"):
+        FieldStore().ingest(batch("b2"))
 
 
 def test_the_cli_ingests_a_file_and_refuses_a_bad_one_writing_nothing(
@@ -94,7 +98,7 @@ def test_the_cli_ingests_a_file_and_refuses_a_bad_one_writing_nothing(
     assert done.exit_code == 0 and "stored 4 samples" in done.output, done.output
     before = tree_digest(field.root)
     refused = runner.invoke(app, ["field", "ingest", str(bad)])
-    assert refused.exit_code == 15 and "NaN" in refused.output, refused.output
+    assert refused.exit_code == 15 and f"{bad}: samples: NaN" in refused.output, refused.output
     assert tree_digest(field.root) == before
 
 
