@@ -224,8 +224,17 @@ def with_field_samples(ds: Dataset, path: Path = FIELD_LABELLED) -> Dataset:
     units), when there are any: the next split includes them. Their classes are matched by name."""
     if not path.is_file():
         return ds
-    with np.load(path, allow_pickle=False) as data:
-        x, y, names = data["x"].astype(np.float32), data["y"], [str(c) for c in data["classes"]]
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            x, y = data["x"].astype(np.float32), data["y"].astype(np.int64)
+            names = [str(c) for c in data["classes"]]
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+        raise DataValidationError(
+            f"{path}: not the labelled field samples (arrays x, y, classes) that "
+            f"`tinyops field monitor --retrain` writes ({exc}). Remove it, or write it again."
+        ) from None
+    if len(y) != len(x) or (len(y) and (y.min() < 0 or y.max() >= len(names))):
+        raise DataValidationError(f"{path}: y must give a class of `classes` for each sample of x")
     if x.shape[1:] != ds.x.shape[1:]:
         raise DataValidationError(
             f"{path}: samples of shape {list(x.shape[1:])}, the source's are {list(ds.x.shape[1:])}"

@@ -62,3 +62,9 @@ def test_field_samples_of_another_shape_or_class_are_refused(
     np.savez(catalog.FIELD_LABELLED, x=np.zeros((2, 8, 8, 1)), y=np.zeros(2, int), classes=["cat"])
     with pytest.raises(DataValidationError, match="'cat'"):
         load_dataset(prepare)
+    catalog.FIELD_LABELLED.write_bytes(b"not a zip")
+    with pytest.raises(DataValidationError, match=r"field_labelled\.npz: not the labelled field"):
+        load_dataset(prepare)
+    np.savez(catalog.FIELD_LABELLED, x=np.zeros((2, 8, 8, 1)), y=np.array([0, 3]), classes=["0"])
+    with pytest.raises(DataValidationError, match="a class of `classes`"):
+        load_dataset(prepare)
