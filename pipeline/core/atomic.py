@@ -14,7 +14,8 @@ from typing import Any
 from pipeline.core import interrupt
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """A folder's entries to disk (a rename or link in it survives a crash); best effort."""
     with contextlib.suppress(OSError):
         fd = os.open(path, os.O_RDONLY)
         try:
@@ -44,7 +45,7 @@ def atomic_path(target: Path | str) -> Iterator[Path]:
             os.fsync(fh.fileno())
         interrupt.check()  # stopped meanwhile: the old file stays
         os.replace(tmp, target)
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -87,7 +88,7 @@ def atomic_dir(target: Path | str) -> Iterator[Path]:
         if target.exists():
             os.replace(target, backup)
         os.replace(tmp, target)
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
         shutil.rmtree(backup, ignore_errors=True)
     finally:
         if tmp.exists():

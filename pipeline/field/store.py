@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.core import catalog
+from pipeline.core import atomic, catalog
 from pipeline.core.catalog import DEPLOY_ROOT, FIELD_DIR, Manifest
 from pipeline.core.errors import ArtifactError, FieldRefusal
 from pipeline.field.batch import Checked, check, parse
@@ -151,19 +151,11 @@ def _write_new(ledger: _Ledger, checked: Checked) -> Path:
                 ledger.rebuild()
                 if checked.batch.batch_id in ledger.ids:
                     raise FieldRefusal("batch was stored already", http_status=409) from None
-        _fsync_dir(ledger.folder)
+        atomic.fsync_dir(ledger.folder)
         ledger.append(ledger.next_seq, checked.batch.batch_id)
         return path
     finally:
         tmp.unlink(missing_ok=True)
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def stream(

@@ -30,10 +30,11 @@ def shifted(x: np.ndarray, normalization: dict, channel: int) -> np.ndarray:
 
 def quantized(x: np.ndarray, manifest: Manifest) -> np.ndarray:
     """What an int8 bundle's device feeds its model (values beyond int8 saturate, as there)."""
+    from pipeline.tflite.litert import quantize_input
+
     if manifest.input_scale is None:
         return x.astype(np.float32)
-    q = np.round(x / manifest.input_scale) + (manifest.input_zero_point or 0)
-    return np.clip(q, -128, 127).astype(np.int8)
+    return quantize_input(x, manifest.input_scale, manifest.input_zero_point or 0)
 
 
 def perfect_outputs(y: np.ndarray, classes: int) -> np.ndarray:
