@@ -262,6 +262,26 @@ def stage(
         _fail(exc)
 
 
+@app.command()
+def worker(
+    params: ParamsOpt = Path("params.yaml"),
+    rdzv: Annotated[
+        str | None,
+        typer.Option(help="host:port of node 0's rendezvous (default: train.rdzv_endpoint)."),
+    ] = None,
+) -> None:
+    """Join node 0's training job from this machine's own clone (train.nnodes above 1). Its code,
+    params and prepared data must hash as node 0's; run `tinyops stage prepare` here first."""
+    from pipeline.core.config import load_params
+    from pipeline.training.launcher import join
+
+    try:
+        code = join(load_params(params), params, rdzv)
+    except TinyopsError as exc:
+        _fail(exc)
+    raise typer.Exit(code)
+
+
 def _move_production(device: str, move: str, version: str | None = None) -> None:
     """rollback/promote: check the name, move the alias (the bundle is verified), say where."""
     from pipeline.core import tracking

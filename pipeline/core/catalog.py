@@ -161,6 +161,8 @@ class TrainSummary(Artifact):
     parameters: int
     training_samples: int = 0
     world_size: int
+    # An elastic run's world sizes: [{"from_epoch": 1, "world_size": 1}, {"from_epoch": 4, …}].
+    world_history: list[dict[str, int]] = []
     parallelism: str = "data"
     strategy: str = ""
     mesh_dp: int = 1

@@ -217,6 +217,22 @@ def _check_tflite(model: ModelParams) -> None:
         raise ValueError("model.input_mean and model.input_std go together, one value per channel")
 
 
+def node_range(value: Any) -> tuple[int, int]:
+    """train.nnodes as (min, max): a positive integer, or "MIN:MAX" with 1 <= MIN <= MAX."""
+    text = (
+        str(value).strip() if isinstance(value, int | str) and not isinstance(value, bool) else ""
+    )
+    lo, sep, hi = text.partition(":")
+    if not (lo.isdigit() and (hi.isdigit() or not sep)):
+        raise ValueError(f"{value!r} is neither a number of nodes (2) nor a range MIN:MAX (1:2)")
+    low, high = int(lo), int(hi or lo)
+    if low < 1:
+        raise ValueError(f"{value!r}: a job needs at least 1 node")
+    if low > high:
+        raise ValueError(f"{value!r}: MIN {low} is above MAX {high}; did you mean '{high}:{low}'?")
+    return low, high
+
+
 class TrainParams(_Section):
     """Distributed training: launcher, optimisation, reproducibility."""
 
@@ -224,10 +240,16 @@ class TrainParams(_Section):
     """Worker processes on this machine (torchrun --nproc-per-node)."""
     threads_per_proc: PositiveInt = 1
     """OMP/torch threads per worker; nproc_per_node × threads_per_proc must not exceed the cores."""
-    nnodes: PositiveInt = 1
-    """Machines in the job; above 1, rdzv_endpoint is required (see docs/distributed.md)."""
+    nnodes: PositiveInt | str = 1
+    """Machines in the job: a number, or "MIN:MAX" for elastic membership (nodes may join and
+    leave while it trains; parallelism data or fsdp). Above 1, rdzv_endpoint is required; other
+    nodes join with `tinyops worker` (see docs/nodes.md)."""
     rdzv_endpoint: str | None = None
-    """host:port of the rendezvous (c10d) when nnodes > 1."""
+    """host:port of the rendezvous (c10d) when nnodes > 1: this node's address, where the other
+    nodes' `tinyops worker` connects."""
+    rdzv_timeout: PositiveInt = 120
+    """Seconds the rendezvous waits for nodes to (re)join before the job fails; also how long
+    `tinyops worker` waits for node 0 to answer."""
     backend: Literal["auto", "gloo", "nccl"] = "auto"
     """auto: nccl when CUDA is present, else gloo."""
     allreduce: Literal["auto", "shared_memory", "backend"] = "auto"
@@ -295,11 +317,36 @@ class TrainParams(_Section):
                 raise ValueError(f"{entry!r} is not host:port (e.g. 10.0.0.2:23456)")
         return value
 
+    @field_validator("nnodes", mode="before")
+    @classmethod
+    def _node_range(cls, value: Any) -> Any:
+        """2 or "2" → 2; "1:2" → "1:2" (elastic); anything else names the forms it takes."""
+        lo, hi = node_range(value)
+        return lo if lo == hi else f"{lo}:{hi}"
+
+    @property
+    def min_nodes(self) -> int:
+        return node_range(self.nnodes)[0]
+
+    @property
+    def max_nodes(self) -> int:
+        return node_range(self.nnodes)[1]
+
+    @property
+    def elastic(self) -> bool:
+        return self.min_nodes != self.max_nodes
+
     @model_validator(mode="after")
     def _check(self) -> TrainParams:
-        if self.nnodes > 1 and not self.rdzv_endpoint:
+        if self.max_nodes > 1 and not self.rdzv_endpoint:
             raise ValueError("nnodes > 1 needs rdzv_endpoint (host:port of the rendezvous)")
-        if self.allreduce == "shared_memory" and self.nnodes > 1:
+        if self.elastic and self.parallelism not in ("data", "fsdp"):
+            raise ValueError(
+                f"nnodes {self.nnodes!r} (elastic) re-forms the job at another world size, and "
+                f"parallelism {self.parallelism} cuts the model per worker, so its checkpoint "
+                "cannot load at another world: use parallelism data or fsdp, or a fixed nnodes"
+            )
+        if self.allreduce == "shared_memory" and self.max_nodes > 1:
             raise ValueError("allreduce shared_memory needs every worker on one host (nnodes 1)")
         if self.allreduce == "shared_memory" and self.backend == "nccl":
             raise ValueError("allreduce shared_memory needs the gloo backend (CPU)")
@@ -509,7 +556,12 @@ def _check_framework(tp: TrainParams, model: ModelParams) -> None:
             f"model.framework keras trains with tf.distribute.MultiWorkerMirroredStrategy (data "
             f"parallelism); train.parallelism {tp.parallelism} needs model.framework torch"
         )
-    if tp.nnodes > 1 and len(tp.worker_hosts) != tp.nnodes:
+    if tp.elastic:
+        raise ValueError(
+            f"train.nnodes {tp.nnodes!r} (elastic) is for model.framework torch (torchrun's "
+            "elastic agent); MultiWorkerMirroredStrategy needs a fixed worker list: set a number"
+        )
+    if tp.max_nodes > 1 and len(tp.worker_hosts) != tp.max_nodes:
         raise ValueError(
             f"model.framework keras with train.nnodes {tp.nnodes} needs train.worker_hosts: "
             f"host:port of each of the {tp.nnodes} nodes (got {len(tp.worker_hosts)})"
@@ -536,18 +588,24 @@ def _check_family(prep: PrepareParams, model: ModelParams, tp: TrainParams) -> N
         )
 
 
-def parallel_plan(params: Params, batch_size: bool = True) -> ParallelPlan:
-    """The training job's shape for these params (valid: checked when they were loaded)."""
+def parallel_plan(
+    params: Params, batch_size: bool = True, world: int | None = None
+) -> ParallelPlan:
+    """The training job's shape for these params (valid: checked when they were loaded), at
+    `world` workers (an elastic job's current world; by default its largest)."""
     try:
-        return _plan(params.train, params.model, params.train.batch_size if batch_size else None)
+        size = params.train.batch_size if batch_size else None
+        return _plan(params.train, params.model, size, world)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
 
 
-def _plan(tp: TrainParams, model: ModelParams, batch_size: int | None) -> ParallelPlan:
+def _plan(
+    tp: TrainParams, model: ModelParams, batch_size: int | None, world: int | None = None
+) -> ParallelPlan:
     return make_plan(
         tp.parallelism,
-        tp.nproc_per_node * tp.nnodes,
+        world or tp.nproc_per_node * tp.max_nodes,
         blocks=len(model.channels),
         pipeline_stages=tp.pipeline_stages,
         schedule=tp.schedule,

@@ -18,11 +18,8 @@ from pipeline.core import atomic
 from pipeline.core.catalog import LAST_SUCCESS as RECORD
 from pipeline.core.catalog import RAW_DIR
 from pipeline.core.config import Params
-from pipeline.core.provenance import sha256_file
+from pipeline.core.provenance import code_sha256, json_sha256, sha256_file
 
-CODE = ("pipeline", "flows", "user_models")  # every .py under these, plus dvc.yaml
-# user_models/ also holds models trained elsewhere (model.arch tflite): code and data alike.
-MODEL_SUFFIXES = (".tflite",)
 # Written by `dvc add` beside the data: they follow the data, so they are not data themselves.
 NOT_DATA_SUFFIXES = (".dvc",)
 NOT_DATA_NAMES = {".gitignore"}
@@ -59,16 +56,8 @@ def fingerprint(params: Params) -> Fingerprint:
     source = Path(params.prepare.path) if params.prepare.path else None
     if source and source.exists() and not source.resolve().is_relative_to(RAW_DIR.resolve()):
         _hash_tree(source, data)
-    dumped = json.dumps(params.model_dump(mode="json"), sort_keys=True)
-    code = hashlib.sha256()
-    for folder in CODE:
-        found = [p for p in Path(folder).rglob("*") if p.suffix in (".py", *MODEL_SUFFIXES)]
-        for path in sorted(p for p in found if p.is_file()):
-            code.update(f"{path.as_posix()}\0{sha256_file(path)}\n".encode())
-    if Path("dvc.yaml").is_file():
-        code.update(f"dvc.yaml\0{sha256_file('dvc.yaml')}\n".encode())
-    params_hash = hashlib.sha256(dumped.encode()).hexdigest()
-    return Fingerprint(data.hexdigest(), params_hash, code.hexdigest())
+    params_hash = json_sha256(params.model_dump(mode="json"))
+    return Fingerprint(data.hexdigest(), params_hash, code_sha256())
 
 
 def last_success() -> dict[str, Any] | None:

@@ -1,8 +1,10 @@
 """Checkpoints: one per epoch, resumable only by the run they belong to.
 
-A checkpoint carries a key of the train/model params, the data hash and the world size; the
-newest readable checkpoint of an unfinished run with the same key is where a restarted job
-continues. They are DVC outputs, so they pickle to the same bytes on every run.
+A checkpoint carries a key of the train/model params and the data hash (and the world size,
+where the strategy's checkpoint cannot load at another); the newest readable checkpoint of an
+unfinished run with the same key is where a restarted job continues, also one that re-formed at
+another world size (an elastic job, or nproc_per_node changed). They are DVC outputs, so they
+pickle to the same bytes on every run.
 """
 
 from __future__ import annotations
@@ -27,21 +29,28 @@ def canonical(obj: Any) -> Any:
 RUN_FILE = "run.json"  # beside the checkpoints: which training they belong to, and if it finished
 
 
-def run_key(params_dump: dict[str, Any], data_sha256: str, world: int) -> str:
+# train keys that do not change what a checkpoint holds: restarts and retention, and, where the
+# checkpoint reshards, how many workers on how many nodes train it.
+NOT_KEYED = ("max_restarts", "keep_checkpoints", "rdzv_timeout")
+WORLD_KEYS = ("nproc_per_node", "nnodes", "rdzv_endpoint", "threads_per_proc", "oversubscribe",
+              "allreduce", "backend", "worker_hosts")  # fmt: skip
+
+
+def run_key(params_dump: dict[str, Any], data_sha256: str, world: int, reshards: bool) -> str:
     """What the weights depend on: train + model params (not restarts or checkpoint count),
-    the data, the world size. Checkpoints resume only a run with the same key."""
+    the data, and the world size unless the checkpoint reshards (a data-parallel file holds the
+    whole model; DCP reshards an FSDP checkpoint on load). Checkpoints resume only a run with
+    the same key."""
     import hashlib
     import json
 
-    train = {
-        k: v
-        for k, v in params_dump["train"].items()
-        if k not in ("max_restarts", "keep_checkpoints")
-    }
+    skip = NOT_KEYED + (WORLD_KEYS if reshards else ())
+    train = {k: v for k, v in params_dump["train"].items() if k not in skip}
     blob = json.dumps(
-        {"train": train, "model": params_dump["model"], "data": data_sha256, "world": world},
+        {"train": train, "model": params_dump["model"], "data": data_sha256,
+         "world": None if reshards else world},
         sort_keys=True,
-    )
+    )  # fmt: skip
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -107,9 +116,11 @@ def remove_scratch(ckpt_dir: Path) -> None:
 
 class FileCheckpoints:
     """One file per epoch, written by the writer alone: for data parallelism, where every
-    replica holds the same weights."""
+    replica holds the same weights, so it loads at any world size."""
 
-    def find(self, ckpt_dir: Path, key: str, say: Any) -> dict[str, Any] | None:
+    reshards = True
+
+    def find(self, ckpt_dir: Path, key: str, say: Any, world: int = 0) -> dict[str, Any] | None:
         return latest_checkpoint(ckpt_dir, key, say)
 
     def restore(self, strategy: Any, ckpt: dict[str, Any]) -> tuple[dict[str, Any], dict]:
@@ -152,12 +163,27 @@ class FileCheckpoints:
 
 class ShardedCheckpoints:
     """One folder per epoch, a shard per rank (torch.distributed.checkpoint): for fsdp,
-    pipeline and hybrid, where no rank holds the whole model."""
+    pipeline and hybrid, where no rank holds the whole model. DCP reshards an FSDP checkpoint
+    to another world size on load; a pipeline's stages are cut per worker, so it does not."""
 
-    def find(self, ckpt_dir: Path, key: str, say: Any) -> tuple[Path, dict[str, Any]] | None:
+    def __init__(self, reshards: bool = True) -> None:
+        self.reshards = reshards
+
+    def find(
+        self, ckpt_dir: Path, key: str, say: Any, world: int = 0
+    ) -> tuple[Path, dict[str, Any]] | None:
         from pipeline.training import sharded_checkpoint
 
         run = run_file(ckpt_dir)
+        if run.get("key") != key and not run.get("complete") and run.get("world") != world:
+            if not self.reshards and run.get("world"):
+                say(
+                    f"{ckpt_dir} holds an unfinished run at world size {run['world']}; a pipeline "
+                    f"checkpoint loads only at the world that wrote it (its stages are cut per "
+                    f"worker), and this job has {world}. Starting afresh; to resume that run "
+                    f"instead, set train.nproc_per_node × train.nnodes back to {run['world']}."
+                )
+            return None
         if run.get("key") != key or run.get("complete"):
             return None
         return sharded_checkpoint.latest(ckpt_dir, key, say)
@@ -166,7 +192,7 @@ class ShardedCheckpoints:
         from pipeline.training import sharded_checkpoint
 
         folder, meta = found
-        return progress_fields(meta), sharded_checkpoint.load(strategy, folder)
+        return progress_fields(meta), sharded_checkpoint.load(strategy, folder, meta.get("world"))
 
     def save(
         self, strategy: Any, path: Path, fields: dict[str, Any], best_state: dict, writer: bool

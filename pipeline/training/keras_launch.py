@@ -30,7 +30,7 @@ def cluster(params: Params) -> list[str]:
     """Every worker's host:port in task order. One node: free local ports. Several: node i's
     workers listen on its train.worker_hosts port + local rank."""
     tp = params.train
-    if tp.nnodes == 1:
+    if tp.max_nodes == 1:
         return [f"127.0.0.1:{p}" for p in free_ports(tp.nproc_per_node)]
     out = []
     for host_port in tp.worker_hosts:

@@ -85,10 +85,10 @@ class KerasEngine:
             )
             self.optimizer.build(self.model.trainable_variables)
             self.best = [tf.Variable(v.value, trainable=False) for v in self.model.weights]
-        self.writer = is_writer(int(os.environ.get("LOCAL_RANK", "0")), tp.nnodes)
+        self.writer = is_writer(int(os.environ.get("LOCAL_RANK", "0")), tp.max_nodes)
         self.samples = len(self.data.x["train"])
         self.steps = self.samples // tp.batch_size
-        self.key = run_key(params.model_dump(mode="json"), meta.data_sha256, self.world)
+        self.key = run_key(params.model_dump(mode="json"), meta.data_sha256, self.world, False)
         self.seen = 0  # samples this worker trained on since it started (for the split check)
         self.next_lr = tp.lr
         self._step = make_step(self)

@@ -18,11 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline.core import atomic, catalog
+from pipeline.core import atomic, catalog, procs
 from pipeline.core.config import Params, parallel_plan
 from pipeline.core.errors import ConfigError, TrainingError
 from pipeline.core.parallel import STATE_BYTES_PER_PARAM, worker_model_state_bytes
 from pipeline.core.preflight import check_disk, check_threads
+from pipeline.training import nodes
 from pipeline.training.loop import WRITER_ENV
 
 if TYPE_CHECKING:
@@ -79,7 +80,8 @@ def check_world_fits(params: Params, n_train: int, backend: str) -> None:
     if backend != "nccl":
         check_threads(params)
     check_disk()
-    parallel_plan(params)  # the batch splits evenly over replicas × microbatches
+    for count in range(tp.min_nodes, tp.max_nodes + 1):  # every world an elastic job may form
+        parallel_plan(params, world=count * tp.nproc_per_node)  # the batch splits evenly
     if tp.batch_size > n_train:
         raise ConfigError(
             f"train.batch_size = {tp.batch_size} is larger than the training split ({n_train} samples)."
@@ -126,7 +128,11 @@ def _valid(params: Params, parallelism: str) -> bool:
     return True
 
 
-def torchrun_command(params: Params, params_path: Path, backend: str) -> list[str]:
+def torchrun_command(
+    params: Params, params_path: Path, backend: str, node0: bool = True, address: str = ""
+) -> list[str]:
+    """torchrun for this node: standalone on one, or joining the c10d rendezvous (node 0
+    hosting its store) with this node's `address` on several (pipeline/training/nodes.py)."""
     tp = params.train
     cmd = [
         sys.executable,
@@ -137,19 +143,10 @@ def torchrun_command(params: Params, params_path: Path, backend: str) -> list[st
         "--max-restarts",
         str(tp.max_restarts),
     ]
-    if tp.nnodes == 1:
+    if tp.max_nodes == 1:
         cmd += ["--standalone"]
     else:
-        cmd += [
-            "--nnodes",
-            str(tp.nnodes),
-            "--rdzv-backend",
-            "c10d",
-            "--rdzv-endpoint",
-            str(tp.rdzv_endpoint),
-            "--rdzv-id",
-            "tinyops-train",
-        ]
+        cmd += nodes.agent_arguments(params, node0, address or _address(params))
     cmd += [
         "-m",
         "pipeline.training.worker",
@@ -165,8 +162,14 @@ def torchrun_command(params: Params, params_path: Path, backend: str) -> list[st
     return cmd
 
 
-def worker_env(params: Params) -> dict[str, str]:
-    """Thread counts set on purpose per worker; deterministic cuBLAS; quiet torchrun."""
+def _address(params: Params) -> str:
+    """This node's address as the other nodes reach it: node 0's is the rendezvous host."""
+    return nodes.split_endpoint(str(params.train.rdzv_endpoint))[0]
+
+
+def worker_env(params: Params, node0: bool = True, address: str = "") -> dict[str, str]:
+    """Thread counts set on purpose per worker; deterministic cuBLAS; quiet torchrun; the
+    multi-node settings (pipeline/training/nodes.py); whether this node's first worker writes."""
     threads = str(params.train.threads_per_proc)
     env = dict(os.environ)
     env.update(
@@ -176,9 +179,11 @@ def worker_env(params: Params) -> dict[str, str]:
             "CUBLAS_WORKSPACE_CONFIG": ":4096:8",
             "PYTHONHASHSEED": str(params.train.seed),
             "TORCHELASTIC_ERROR_FILE": str(Path(".tinyops/torchrun_error.json").resolve()),
-            WRITER_ENV: "1",
+            WRITER_ENV: "1" if node0 else "0",
         }
     )
+    if params.train.max_nodes > 1:
+        env = nodes.agent_env(address or _address(params), env)
     return env
 
 
@@ -225,11 +230,84 @@ def _start_torchrun(params: Params, params_path: Path, backend: str) -> Any:
     return subprocess.Popen(torchrun_command(params, params_path, backend), env=worker_env(params))
 
 
+class Watcher:
+    """Node 0's rendezvous watcher (several torch nodes): started beside torchrun, stopped with
+    its process group on every path; its log lines (each round's members) are echoed here."""
+
+    def __init__(self, params: Params) -> None:
+        self.params, self.service, self.offset = params, None, 0
+
+    def __enter__(self) -> Watcher:
+        if self.params.train.max_nodes > 1 and self.params.model.framework == "torch":
+            nodes.WATCH_LOG.unlink(missing_ok=True)
+            nodes.WATCH_STATE.unlink(missing_ok=True)
+            command = nodes.watcher_command(self.params, _address(self.params))
+            self.service = procs.start("rendezvous watcher", command, nodes.WATCH_LOG,
+                                       healthy=lambda: True)  # fmt: skip
+        return self
+
+    def echo(self) -> None:
+        if self.service is None:
+            return
+        text = self.service.log_tail(1 << 20)
+        for line in text[self.offset :].splitlines():
+            print(f"nodes: {line}", file=sys.stderr, flush=True)
+        self.offset = len(text)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.service is not None:
+            self.echo()
+            self.service.stop(grace=5.0)
+
+
 def _start_keras(params: Params, params_path: Path, backend: str) -> Any:
     from pipeline.training.keras_launch import WorkerGroup, worker_command
 
     command = worker_command(params_path, TIMING_FILE, METRICS_LOG)
     return WorkerGroup(params, command, say=lambda text: print(text, file=sys.stderr, flush=True))
+
+
+def _wait(proc: Any, forwarder: MetricsForwarder, watcher: Watcher | None = None) -> int:
+    """The workers' exit status, forwarding metrics (and node rounds) while they run; on any
+    interruption the workers are stopped first."""
+    try:
+        while True:
+            try:
+                code = proc.wait(timeout=FLUSH_SECONDS)
+                break
+            except subprocess.TimeoutExpired:
+                forwarder.flush()
+                if watcher:
+                    watcher.echo()
+    except BaseException:
+        _stop(proc)
+        with contextlib.suppress(Exception):
+            forwarder.flush()  # what was trained before the interruption stays visible
+        raise
+    forwarder.flush()
+    return int(code)
+
+
+def join(params: Params, params_path: Path, endpoint: str | None = None) -> int:
+    """`tinyops worker`: this node joins node 0's training job from its own clone, once its
+    code, params and prepared data hash as node 0's do. Its workers print nothing and write
+    nothing: node 0 writes. The torchrun agent's exit status is returned."""
+    tp = params.train
+    if params.model.framework != "torch" or tp.max_nodes == 1:
+        raise ConfigError(
+            "tinyops worker joins a torch job of several nodes: set train.nnodes (2, or '1:2') "
+            "and train.rdzv_endpoint in params.yaml, as on node 0"
+            + (" (Keras nodes: see docs/nodes.md)" if params.model.framework == "keras" else "")
+        )
+    endpoint = endpoint or str(tp.rdzv_endpoint)
+    address = nodes.local_address(endpoint)
+    checked = subprocess.run(nodes.check_command(params, endpoint), capture_output=True, text=True)
+    if checked.returncode != 0:
+        raise ConfigError(checked.stderr.strip() or f"the node check failed ({checked.returncode})")
+    print(f"worker: joining {endpoint} as {address}", file=sys.stderr, flush=True)
+    command = torchrun_command(params, params_path, resolve_backend(params), False, address)
+    proc = subprocess.Popen(command, env=worker_env(params, node0=False, address=address))
+    return _wait(proc, MetricsForwarder(Path(os.devnull), None))
 
 
 # model.framework → how its workers start: a Popen-like object (wait, terminate, kill).
@@ -252,25 +330,14 @@ def train(
     TIMING_FILE.parent.mkdir(parents=True, exist_ok=True)
     METRICS_LOG.unlink(missing_ok=True)
     forwarder = MetricsForwarder(METRICS_LOG, run)
-    proc = LAUNCHERS[params.model.framework](params, params_path, backend)
-    try:
-        while True:
-            try:
-                code = proc.wait(timeout=FLUSH_SECONDS)
-                break
-            except subprocess.TimeoutExpired:
-                forwarder.flush()
-    except BaseException:
-        _stop(proc)
-        with contextlib.suppress(Exception):
-            forwarder.flush()  # what was trained before the interruption stays visible
-        raise
-    forwarder.flush()
+    with Watcher(params) as watcher:
+        code = _wait(LAUNCHERS[params.model.framework](params, params_path, backend), forwarder,
+                     watcher)  # fmt: skip
     if code != 0:
         raise TrainingError(
             f"training ({params.model.framework} workers) exited with status {code}; the "
             "worker's error is printed above (torchrun also records it in "
-            ".tinyops/torchrun_error.json)."
+            ".tinyops/torchrun_error.json)." + nodes.lost_nodes()
         )
     summary = json.loads(catalog.TRAIN_METRICS.read_text())
     timing = json.loads(TIMING_FILE.read_text()) if TIMING_FILE.is_file() else {}

@@ -96,6 +96,16 @@ class Engine(Protocol):
     def finish(self, trained_dir: Path, best_epoch: int) -> Finished: ...  # collective
 
 
+def world_history(history: list[dict[str, Any]]) -> list[dict[str, int]]:
+    """The world sizes an (elastic) run trained at: one entry per stretch of epochs."""
+    spans: list[dict[str, int]] = []
+    for row in history:
+        world = int(row.get("world_size", 0))
+        if not spans or spans[-1]["world_size"] != world:
+            spans.append({"from_epoch": int(row["epoch"]), "world_size": world})
+    return spans
+
+
 @dataclass
 class Loop:
     """Drives an engine for `params.train.epochs` epochs with early stopping on val_loss."""
@@ -147,7 +157,10 @@ class Loop:
             found = self.engine.find_checkpoint(self.ckpt_dir, self.say)
             if found is None:  # a fresh run: checkpoints of any other run go
                 remove_all(self.ckpt_dir)
-            atomic.write_json(self.ckpt_dir / RUN_FILE, {"key": self.engine.key, "complete": False})
+            atomic.write_json(
+                self.ckpt_dir / RUN_FILE,
+                {"key": self.engine.key, "world": self.engine.world, "complete": False},
+            )
         found = self.engine.share(found)
         if found is None:
             return Progress()
@@ -164,6 +177,12 @@ class Loop:
         restart = os.environ.get("TORCHELASTIC_RESTART_COUNT") or os.environ.get(
             "TINYOPS_RESTART", "0"
         )
+        before = progress.history[-1].get("world_size") if progress.history else None
+        if before and before != self.engine.world:
+            self.say(
+                f"world re-formed: {before} → {self.engine.world} workers (the global batch "
+                f"stays {tp.batch_size})"
+            )
         self.say(
             f"resuming from checkpoint epoch {epoch} (restart {restart}); "
             f"continuing at epoch {progress.start}"
@@ -185,7 +204,8 @@ class Loop:
         val_loss, val_accuracy = self.engine.evaluate()
         progress.train_seconds += time.perf_counter() - started
         row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
-               "val_accuracy": val_accuracy, "lr": self.engine.lr()}  # fmt: skip
+               "val_accuracy": val_accuracy, "lr": self.engine.lr(),
+               "world_size": self.engine.world}  # fmt: skip
         improved = self.record(progress, row)
         if reporter:
             reporter.epoch_line(row, self.params.train.epochs, improved)
@@ -226,6 +246,7 @@ class Loop:
             "val_accuracy": round(best["val_accuracy"], 6),
             "training_samples": self.engine.samples,
             "world_size": self.engine.world,
+            "world_history": world_history(progress.history),
             **done.summary,
         })  # fmt: skip
         metrics_dir = Path(self.args.metrics_dir)

@@ -65,6 +65,13 @@ class PipelineParallel(Strategy):
 
     name = "pipeline"
 
+    @property
+    def checkpoints(self) -> Any:
+        """A shard per rank, cut per stage: it loads only at the world that wrote it."""
+        from pipeline.training.checkpoint import ShardedCheckpoints
+
+        return ShardedCheckpoints(reshards=False)
+
     def __init__(self, setting: Setting) -> None:
         super().__init__(setting)
         plan, arch = self.plan, setting.arch

@@ -6,7 +6,8 @@ A folder appears under its final name only when every rank's shard and `meta.jso
 history, early-stopping state, LR schedule, the run key) are on disk, so a killed job resumes
 from the last complete epoch. DCP's metadata normally carries a random save id; ours leaves it
 out, so the same training writes the same bytes (the folders are DVC outputs). Across nodes the
-folder must be on a file system every node sees.
+folder must be on a file system every node sees (docs/nodes.md). A folder written at one world
+size loads at another: DCP reshards each tensor to the ranks that now hold it.
 """
 
 from __future__ import annotations
@@ -33,13 +34,16 @@ class _ReproducibleWriter(FileSystemWriter):
         return None
 
 
-def _state(strategy: Any, best: dict[str, Any]) -> tuple[dict[str, Any], list[Any]]:
+def _state(
+    strategy: Any, best: dict[str, Any], rng_rank: int | None = None
+) -> tuple[dict[str, Any], list[Any]]:
     """The tensors to save (the optimizer's per-parameter state only: its hyperparameters are
-    the params', and the learning rate comes back with the LR schedule), and the param groups."""
+    the params', and the learning rate comes back with the LR schedule), and the param groups.
+    `rng_rank`: whose RNG state this rank takes back (a resharded load has other ranks)."""
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
     model, optim = get_state_dict(strategy.model, strategy.optimizer)
-    rank = dist.get_rank()
+    rank = dist.get_rank() if rng_rank is None else rng_rank
     tensors = {
         "model": model,
         "optim": optim["state"],
@@ -62,7 +66,7 @@ def save(
     dcp.save(tensors, storage_writer=_ReproducibleWriter(partial, thread_count=1))
     dist.barrier()
     if writer:
-        atomic.write_json(partial / META, meta)
+        atomic.write_json(partial / META, {**meta, "world": dist.get_world_size()})
         shutil.rmtree(folder, ignore_errors=True)
         partial.rename(folder)
     dist.barrier()
@@ -82,11 +86,15 @@ def latest(ckpt_dir: Path, key: str, say: Any) -> tuple[Path, dict[str, Any]] | 
     return None
 
 
-def load(strategy: Any, folder: Path) -> dict[str, Any]:
-    """Collective: restore this rank's model, optimizer and RNG; return its best-weights shard."""
+def load(strategy: Any, folder: Path, saved_world: int | None = None) -> dict[str, Any]:
+    """Collective: restore this rank's model, optimizer and RNG; return its best-weights shard.
+    DCP reshards what a world of another size wrote; a rank the writing world did not have
+    takes the RNG state of rank (its rank mod that world)."""
     from torch.distributed.checkpoint.state_dict import set_state_dict
 
-    state, groups = _state(strategy, strategy.state())
+    rank = dist.get_rank()
+    rng_rank = rank % saved_world if saved_world else rank
+    state, groups = _state(strategy, strategy.state(), rng_rank)
     dcp.load(state, checkpoint_id=folder)
     set_state_dict(
         strategy.model,
@@ -94,7 +102,7 @@ def load(strategy: Any, folder: Path) -> dict[str, Any]:
         model_state_dict=state["model"],
         optim_state_dict={"state": state["optim"], "param_groups": groups},
     )
-    torch.set_rng_state(state[f"rng.{dist.get_rank()}"])
+    torch.set_rng_state(state[f"rng.{rng_rank}"])
     return state["best"]
 
 

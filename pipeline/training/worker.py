@@ -56,8 +56,8 @@ class TorchEngine:
 
     def __init__(self, params: Params, data_dir: Path) -> None:
         tp = params.train
-        self.params, self.plan = params, parallel_plan(params)
         self.rank, self.world, self.device = _place(params)
+        self.params, self.plan = params, parallel_plan(params, world=self.world)
         data = load_processed(data_dir)
         self.meta = data.meta
         self.arch = architecture_for(
@@ -76,8 +76,11 @@ class TorchEngine:
         )
         self.samples = len(self.x_train)
         self.steps = len(self.strategy.batches(self.samples, tp.seed, 1, tp.batch_size))
-        self.key = run_key(params.model_dump(mode="json"), data.meta.data_sha256, self.world)
-        self.writer = is_writer(int(os.environ.get("LOCAL_RANK", "0")), tp.nnodes)
+        reshards = self.strategy.checkpoints.reshards
+        self.key = run_key(
+            params.model_dump(mode="json"), data.meta.data_sha256, self.world, reshards
+        )
+        self.writer = is_writer(int(os.environ.get("LOCAL_RANK", "0")), tp.max_nodes)
         flags: list[Any] = [None] * self.world
         dist.all_gather_object(flags, self.writer)
         self.writer_rank = flags.index(True)
@@ -98,7 +101,7 @@ class TorchEngine:
         return box[0]
 
     def find_checkpoint(self, ckpt_dir: Path, say: Any) -> Any:
-        return self.strategy.checkpoints.find(ckpt_dir, self.key, say)
+        return self.strategy.checkpoints.find(ckpt_dir, self.key, say, self.world)
 
     def restore(self, found: Any, ckpt_dir: Path) -> dict[str, Any]:
         fields, self.best_state = self.strategy.checkpoints.restore(self.strategy, found)

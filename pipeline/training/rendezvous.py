@@ -1,0 +1,104 @@
+"""The rendezvous store's other users, as small processes (they import torch; the launcher and
+the CLI do not). Node 0 runs `watch`; a joining node runs `check` before its agent starts.
+
+    python -m pipeline.training.rendezvous watch --endpoint H:P --address A --fingerprint J ...
+    python -m pipeline.training.rendezvous check --endpoint H:P --fingerprint J --timeout S
+
+`watch` connects to the c10d store node 0's torchrun agent hosts, publishes the fingerprint
+(pipeline/training/nodes.py), then reads the rendezvous state once a second and logs each new
+round's members: the log of who trained when. `check` waits (bounded) for node 0 to answer and
+compares fingerprints; exit status 3 with the reason on stderr when it must not join.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pickle
+import sys
+import time
+from base64 import b64decode
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from pipeline.core import atomic
+from pipeline.training.nodes import FINGERPRINT_KEY, RDZV_ID, differences, split_endpoint
+
+STATE_KEY = f"torch.rendezvous.{RDZV_ID}"  # torch's c10d rendezvous backend keeps its state here
+REFUSED = 3
+
+
+def connect(endpoint: str, timeout: float) -> Any:
+    """A client of the store at `endpoint`, waiting up to `timeout` s for it to answer."""
+    import torch.distributed as dist
+
+    host, port = split_endpoint(endpoint)
+    return dist.TCPStore(
+        host, port, is_master=False, timeout=timedelta(seconds=timeout), wait_for_workers=False
+    )
+
+
+def members(store: Any) -> tuple[int, list[str]] | None:
+    """The rendezvous round and its members' addresses, once a round has completed."""
+    raw = store.get(STATE_KEY) if store.check([STATE_KEY]) else b""
+    try:
+        state = pickle.loads(b64decode(raw))  # written by torch's own agents: trusted as they are
+    except Exception:  # the "no state yet" sentinel, or a round being written
+        return None
+    if not getattr(state, "complete", False):
+        return None
+    return state.round, sorted(node.addr for node in state.participants)
+
+
+def watch(args: argparse.Namespace) -> int:
+    store = connect(args.endpoint, args.timeout)
+    store.set(FINGERPRINT_KEY, args.fingerprint)
+    seen: list[str] = [args.address]
+    last: tuple[int, list[str]] | None = None
+    while True:
+        now = members(store)
+        if now and now != last:
+            last = now
+            seen += [a for a in now[1] if a not in seen]
+            print(f"rendezvous round {now[0]}: {len(now[1])} node(s): {', '.join(now[1])}",
+                  flush=True)  # fmt: skip
+            atomic.write_json(Path(args.state), {"seen": seen, "participants": now[1]})
+        time.sleep(1.0)
+
+
+def check(args: argparse.Namespace) -> int:
+    try:
+        store = connect(args.endpoint, args.timeout)
+        store.wait([FINGERPRINT_KEY], timedelta(seconds=args.timeout))
+    except Exception as exc:
+        print(
+            f"nobody answered at the rendezvous {args.endpoint} within {args.timeout:g} s "
+            f"(train.rdzv_timeout): start `tinyops run` on node 0 first, and check that this "
+            f"node reaches that address and port ({type(exc).__name__})",
+            file=sys.stderr,
+        )
+        return REFUSED
+    theirs = json.loads(store.get(FINGERPRINT_KEY))
+    wrong = differences(json.loads(args.fingerprint), theirs)
+    if wrong:
+        print("this node does not train what node 0 trains; it will not join:\n  "
+              + "\n  ".join(wrong), file=sys.stderr)  # fmt: skip
+        return REFUSED
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("action", choices=["watch", "check"])
+    parser.add_argument("--endpoint", required=True)
+    parser.add_argument("--fingerprint", required=True)
+    parser.add_argument("--timeout", type=float, default=120.0)
+    parser.add_argument("--address", default="")
+    parser.add_argument("--state", default="")
+    args = parser.parse_args(argv)
+    return watch(args) if args.action == "watch" else check(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
