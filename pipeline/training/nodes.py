@@ -23,6 +23,7 @@ import json
 import socket
 import struct
 import sys
+import time
 from pathlib import Path
 
 from pipeline.core import catalog
@@ -32,6 +33,8 @@ from pipeline.core.provenance import code_sha256, json_sha256
 
 RDZV_ID = "tinyops-train"
 FINGERPRINT_KEY = "tinyops/fingerprint"
+# A node whose last rendezvous keep-alive beat (every 5 s) is older than this has gone.
+LOST_SECONDS = 12.0
 LAST_CALL_SECONDS = 2  # how long a forming rendezvous waits for more nodes once it has its min
 WATCH_LOG = Path(".tinyops/rendezvous.log")  # node 0's watcher: membership, round by round
 WATCH_STATE = Path(".tinyops/rendezvous.json")  # the nodes it saw, and those in the last round
@@ -140,11 +143,13 @@ def lost_nodes() -> str:
         state = json.loads(WATCH_STATE.read_text())
     except (OSError, ValueError):
         return ""
-    gone = [a for a in state.get("seen", []) if a not in state.get("participants", [])]
+    beats, now = state.get("beats", {}), time.time()
+    gone = [a for a in state.get("seen", []) if a != state.get("node0")
+            and now - beats.get(a, 0.0) > LOST_SECONDS]  # fmt: skip
     if not gone:
         return ""
     return (
-        f" Node(s) {', '.join(gone)} took part and were not in the last rendezvous round: "
-        "the job waited train.rdzv_timeout for them to come back. Restart `tinyops worker` "
-        "there, or make the job elastic (train.nnodes '1:2') to go on without them."
+        f" Node(s) {', '.join(gone)} took part and stopped answering the rendezvous: the job "
+        "waited train.rdzv_timeout for them to come back. Restart `tinyops worker` there, or "
+        "make the job elastic (train.nnodes '1:2') to go on without them."
     )

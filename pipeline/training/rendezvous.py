@@ -39,31 +39,44 @@ def connect(endpoint: str, timeout: float) -> Any:
     )
 
 
-def members(store: Any) -> tuple[int, list[str]] | None:
-    """The rendezvous round and its members' addresses, once a round has completed."""
+def members(store: Any) -> tuple[tuple[int, list[str]] | None, dict[str, float]]:
+    """The round and its members once it has formed (None while one forms), and each node's
+    last keep-alive beat (Unix time): a node SIGKILLed, or cut off, stops beating."""
     raw = store.get(STATE_KEY) if store.check([STATE_KEY]) else b""
     try:
         state = pickle.loads(b64decode(raw))  # written by torch's own agents: trusted as they are
     except Exception:  # the "no state yet" sentinel, or a round being written
-        return None
-    if not getattr(state, "complete", False):
-        return None
-    return state.round, sorted(node.addr for node in state.participants)
+        return None, {}
+    beats: dict[str, float] = {}
+    for node, beat in state.last_heartbeats.items():
+        beats[node.addr] = max(beats.get(node.addr, 0.0), beat.timestamp())
+    if not state.complete or not state.participants:
+        return None, beats
+    return (state.round, sorted(node.addr for node in state.participants)), beats
 
 
 def watch(args: argparse.Namespace) -> int:
     store = connect(args.endpoint, args.timeout)
     store.set(FINGERPRINT_KEY, args.fingerprint)
     seen: list[str] = [args.address]
-    last: tuple[int, list[str]] | None = None
+    last: Any = None
+    record: dict[str, Any] = {}
+    beats: dict[str, float] = {}
     while True:
-        now = members(store)
-        if now and now != last:
-            last = now
-            seen += [a for a in now[1] if a not in seen]
-            print(f"rendezvous round {now[0]}: {len(now[1])} node(s): {', '.join(now[1])}",
-                  flush=True)  # fmt: skip
-            atomic.write_json(Path(args.state), {"seen": seen, "participants": now[1]})
+        try:
+            formed, now_beats = members(store)
+        except Exception:  # the agent, and its store, ended with the job
+            return 0
+        beats.update(now_beats)
+        if formed and formed != last:
+            last = formed
+            seen += [a for a in formed[1] if a not in seen]
+            print(f"rendezvous round {formed[0]}: {len(formed[1])} node(s): "
+                  f"{', '.join(formed[1])}", flush=True)  # fmt: skip
+        now = {"node0": args.address, "seen": list(seen), "beats": dict(beats)}
+        if now != record:
+            record = now
+            atomic.write_json(Path(args.state), now)
         time.sleep(1.0)
 
 
