@@ -154,12 +154,14 @@ def test_elastic_job_grows_and_shrinks_and_records_it(
     last checkpoint), then is lost (it re-forms at world 1) and training ends: every epoch once,
     the world size of each in train.json, the history and MLflow."""
     a, b = pair
-    ws0, ws1, _ = _clones(tmp_path, a, {"nnodes": "1:2", "epochs": 14, "patience": 14,
-                                         "rdzv_timeout": 30})  # fmt: skip
+    # Small batches make an epoch long enough (about 0.6 s here) that the joins land mid-run.
+    epochs = 60
+    ws0, ws1, _ = _clones(tmp_path, a, {"nnodes": "1:2", "epochs": epochs, "patience": epochs,
+                                         "batch_size": 8, "rdzv_timeout": 30})  # fmt: skip
     node0 = _start(a, ws0, "stage", "train")
     node1 = None
     try:
-        wait_until(lambda: len(_rows(ws0)) >= 2, 120, "two epochs on node 0 alone")
+        wait_until(lambda: len(_rows(ws0)) >= 1, 120, "an epoch on node 0 alone")
         node1 = _start(b, ws1, "worker")
         wait_until(lambda: sum(r["metrics"]["world_size"] == 2 for r in _rows(ws0)) >= 2, 120,
                    "two epochs at world 2")  # fmt: skip
@@ -173,7 +175,9 @@ def test_elastic_job_grows_and_shrinks_and_records_it(
     worlds = [span["world_size"] for span in summary["world_history"]]
     assert worlds == [1, 2, 1], summary["world_history"]
     history = (ws0 / "metrics/train_history.csv").read_text().splitlines()[1:]
-    assert [int(line.split(",")[0]) for line in history] == list(range(1, 15)), "each epoch once"
+    assert [int(line.split(",")[0]) for line in history] == list(range(1, epochs + 1)), (
+        "each epoch once"
+    )
     log = _log(ws0)
     assert "world re-formed: 1 → 2 workers" in log and "world re-formed: 2 → 1 workers" in log
     db = sqlite3.connect(ws0 / "mlflow/mlflow.db")
@@ -182,4 +186,5 @@ def test_elastic_job_grows_and_shrinks_and_records_it(
     assert {1.0, 2.0} <= set(logged), logged
     from pipeline.models.store import load_model
 
-    assert load_model(ws0 / "models/trained") is not None  # what export loads
+    model, _, _ = load_model(ws0 / "models/trained/model.pt")  # what export loads
+    assert sum(p.numel() for p in model.parameters()) == summary["parameters"]
