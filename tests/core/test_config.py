@@ -93,6 +93,20 @@ def test_bad_device_profiles_name_the_device_and_key(devices: dict, phrases: lis
         ({"prepare": {"val_fraction": 0.5, "test_fraction": 0.45}}, ["below 0.9"]),
         ({"prepare": {"val_fraction": 1.5}}, ["'prepare.val_fraction'", "less than 1"]),
         ({"train": {"nnodes": 2}}, ["needs rdzv_endpoint"]),
+        (
+            {"train": {"nnodes": "2:1", "rdzv_endpoint": "h:1"}},
+            ["'train.nnodes'", "MIN 2 is above MAX 1", "did you mean '1:2'"],
+        ),
+        ({"train": {"nnodes": "1:x"}}, ["'train.nnodes'", "range MIN:MAX"]),
+        ({"train": {"nnodes": "0:2"}}, ["'train.nnodes'", "at least 1 node"]),
+        (
+            {"train": {"nnodes": "1:2", "rdzv_endpoint": "h:1", "parallelism": "pipeline"}},
+            ["elastic", "parallelism pipeline", "data or fsdp"],
+        ),
+        (
+            {"model": {"framework": "keras"}, "train": {"nnodes": "1:2", "rdzv_endpoint": "h:1"}},
+            ["elastic", "model.framework torch"],
+        ),
         ({"train": {"backend": "mpi"}}, ["'train.backend'", "'auto', 'gloo' or 'nccl'"]),
         ({"model": {"channels": []}}, ["'model.channels'", "at least 1"]),
         ({"model": {"kernel_size": 4}}, ["'model.kernel_size'", "3 or 5"]),
@@ -309,3 +323,15 @@ def test_check_write_fills_in_the_left_out_tracked_keys_and_keeps_the_rest(
     filled = load_params(path)
     assert filled.train.epochs == 7 and filled.train.lr == Params().train.lr
     assert (tmp_path / "params.yaml.bak").read_text().count("lr:") == 0
+
+
+def test_node_counts_and_ranges() -> None:
+    """2, "2" and "2:2" are one fixed count; "1:2" is elastic, planned at its largest world."""
+    for value in (2, "2", "2:2"):
+        tp = parse_params({"train": {"nnodes": value, "rdzv_endpoint": "h:1"}}).train
+        assert (tp.nnodes, tp.min_nodes, tp.max_nodes, tp.elastic) == (2, 2, 2, False)
+    params = parse_params({"train": {"nnodes": " 1:2 ", "rdzv_endpoint": "h:1"}})
+    assert (params.train.nnodes, params.train.elastic) == ("1:2", True)
+    from pipeline.core.config import parallel_plan
+
+    assert parallel_plan(params).world == 4 and parallel_plan(params, world=2).dp == 2

@@ -3,6 +3,7 @@ what to do, and every existing output unchanged (hashed before and after)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections.abc import Callable
@@ -210,6 +211,46 @@ def bad_cron(ws: Path) -> list[str]:
     return ["schedule", "--cron", "61 3 * * *"]
 
 
+_NODE0_STORES: list[object] = []  # node 0's rendezvous stores, kept open for the case's run
+
+
+def _node0(ws: Path) -> str:
+    """A rendezvous store on 127.0.0.1 with node 0's fingerprint published in it, as node 0's
+    watcher leaves it; node 0 trains what `ws` trains now. Its host:port."""
+    import contextlib
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    from pipeline.core.config import load_params
+    from pipeline.core.procs import free_port
+    from pipeline.training.nodes import FINGERPRINT_KEY, fingerprint
+
+    port = free_port()
+    store = dist.TCPStore("127.0.0.1", port, is_master=True, timeout=timedelta(seconds=30))
+    _NODE0_STORES.append(store)
+    with contextlib.chdir(ws):
+        store.set(FINGERPRINT_KEY, json.dumps(fingerprint(load_params(Path("params.yaml")))))
+    return f"127.0.0.1:{port}"
+
+
+def worker_other_code(ws: Path) -> list[str]:
+    """A node whose checkout differs from node 0's by one line of code."""
+    _params(ws, train={"nnodes": 2, "rdzv_endpoint": "127.0.0.1:1", "nproc_per_node": 1})
+    endpoint = _node0(ws)
+    with (ws / "pipeline/stages.py").open("a") as f:
+        f.write("# a local change\n")
+    return ["worker", "--rdzv", endpoint]
+
+
+def worker_nobody_answers(ws: Path) -> list[str]:
+    from pipeline.core.procs import free_port
+
+    _params(ws, train={"nnodes": 2, "rdzv_endpoint": f"127.0.0.1:{free_port()}",
+                       "nproc_per_node": 1, "rdzv_timeout": 3})  # fmt: skip
+    return ["worker"]
+
+
 # case → (exit code, phrases the message must hold: what is wrong, where, and what to do)
 CASES: dict[str, tuple[Callable[[Path], list[str]], int, list[str]]] = {
     "truncated_npz": (truncated, 3, ["bad.npz", "not a readable .npz", "truncated"]),
@@ -256,6 +297,26 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], int, list[str]]] = {
             "train.parallelism data needs 1.44 MiB",
             "max_worker_memory_mb = 1.2",
             "pipeline (1.15 MiB) would fit",
+        ],
+    ),
+    "nnodes_min_above_max": (
+        _train(nnodes="2:1", rdzv_endpoint="127.0.0.1:29400"),
+        2,
+        ["params.yaml", "'train.nnodes'", "MIN 2 is above MAX 1", "did you mean '1:2'"],
+    ),
+    "worker_other_code": (
+        worker_other_code,
+        2,
+        ["will not join", "code differs", "check out node 0's commit"],
+    ),
+    "worker_nobody_answers": (
+        worker_nobody_answers,
+        2,
+        [
+            "nobody answered at the rendezvous 127.0.0.1:",
+            "within 3 s",
+            "train.rdzv_timeout",
+            "start `tinyops run` on node 0 first",
         ],
     ),
     "device_zero_ram": (_device(ram_bytes=0), 2, ["devices.esp32_s3.ram_bytes", "greater than 0"]),
