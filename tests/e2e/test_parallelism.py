@@ -94,3 +94,28 @@ def test_a_killed_pipeline_worker_resumes_to_the_same_bytes(
     assert kept and all(k.is_dir() for k in kept)
     for folder in kept:  # DVC outputs: the shards and metadata come out byte for byte the same
         assert tree_digest(ws / "models/checkpoints" / folder.name) == tree_digest(folder)
+
+
+def test_an_fsdp_checkpoint_resumes_at_another_world(pipeline_run: Path, tmp_path: Path) -> None:
+    """FSDP on 2 workers, a worker SIGKILLed after epoch 2 with no restart left: the job fails.
+    The same run on 1 worker resumes it: the run key leaves the world out for a checkpoint that
+    reshards, and DCP loads the 2 shards of the model and optimizer into the one worker."""
+    train = {"parallelism": "fsdp", "epochs": 4, "patience": 4, "max_restarts": 0}
+    ws = make_workspace(tmp_path / "ws", train)
+    shutil.copytree(pipeline_run / "data/processed", ws / "data/processed")
+    code, out, killed = train_killing_a_worker(ws, "epoch   2/4")
+    assert code != 0 and killed, out[-3000:]
+    params = yaml.safe_load((ws / "params.yaml").read_text())
+    params["train"]["nproc_per_node"] = 1
+    (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    proc = run_cmd(["tinyops", "stage", "train"], ws)
+    out = proc.stdout + proc.stderr
+    resumed = re.search(r"resuming from checkpoint epoch (\d+)", out)
+    assert resumed and "world re-formed: 2 → 1 workers" in out, out[-3000:]
+    epoch = int(resumed.group(1))
+    summary = json.loads((ws / "metrics/train.json").read_text())
+    assert summary["world_history"] == [
+        {"from_epoch": 1, "world_size": 2},
+        {"from_epoch": epoch + 1, "world_size": 1},
+    ]
+    assert summary["epochs_run"] == 4 and out.count("epoch   1/4") == 0

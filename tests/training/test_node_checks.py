@@ -44,3 +44,18 @@ def test_a_lost_node_is_one_whose_beats_stopped(tmp_path: Path, monkeypatch) -> 
     said = nodes.lost_nodes()
     assert "Node(s) 10.0.0.2 took part and stopped answering" in said
     assert "10.0.0.1" not in said and "10.0.0.3" not in said
+
+
+def test_a_pipeline_checkpoint_at_another_world_says_what_to_change(tmp_path: Path) -> None:
+    """A pipeline's shards are cut per stage: at another world the job starts afresh, saying
+    which world would resume it; a resharding (FSDP) checkpoint is looked up by its key."""
+    from pipeline.training.checkpoint import RUN_FILE, ShardedCheckpoints
+
+    (tmp_path / RUN_FILE).write_text(json.dumps({"key": "k2", "world": 2, "complete": False}))
+    said: list[str] = []
+    assert ShardedCheckpoints(reshards=False).find(tmp_path, "k4", said.append, 4) is None
+    assert len(said) == 1 and "loads only at the world that wrote it" in said[0]
+    assert "set train.nproc_per_node × train.nnodes back to 2" in said[0]
+    said.clear()
+    assert ShardedCheckpoints(reshards=True).find(tmp_path, "k", said.append, 4) is None
+    assert said == []
