@@ -28,7 +28,7 @@ from pipeline.core.config import Params, load_params
 from pipeline.data.prepare import load_processed
 from pipeline.models.architecture import architecture_for
 from pipeline.models.tasks import task_for
-from pipeline.training.checkpoint import run_file, run_key
+from pipeline.training.checkpoint import prune, run_file, run_key
 from pipeline.training.loop import Finished, Loop, is_writer, worker_arguments
 
 STATE_BYTES_PER_PARAM = 16  # fp32 weights, gradients and AdamW's two moments
@@ -86,6 +86,9 @@ class KerasEngine:
             self.optimizer.build(self.model.trainable_variables)
             self.best = [tf.Variable(v.value, trainable=False) for v in self.model.weights]
         self.writer = is_writer(int(os.environ.get("LOCAL_RANK", "0")), tp.max_nodes)
+        # Each node's first worker keeps the checkpoints in its own clone (node 0's is the
+        # writer), so a restarted group on any node resumes without a shared file system.
+        self.keeper = os.environ.get("LOCAL_RANK", "0") == "0"
         self.samples = len(self.data.x["train"])
         self.steps = self.samples // tp.batch_size
         self.key = run_key(params.model_dump(mode="json"), meta.data_sha256, self.world, False)
@@ -117,8 +120,14 @@ class KerasEngine:
 
     def restore(self, found: Any, ckpt_dir: Path) -> dict[str, Any]:
         folder = ckpt_dir / f"epoch-{found:04d}"
+        fields = json.loads((folder / "progress.json").read_text())
+        if fields.get("key") != self.key:  # another node's clone kept another run's epoch
+            raise RuntimeError(
+                f"{folder.resolve()} belongs to another training run than node 0's; remove "
+                f"{ckpt_dir.resolve()} on this node and start the job again"
+            )
         tf_checkpoint(self).read(str(folder / "ckpt")).assert_consumed()
-        return json.loads((folder / "progress.json").read_text())
+        return fields
 
     def batches(self, epoch: int) -> list[np.ndarray]:
         """This worker's sample indices per step: one seeded permutation cut into global batches
@@ -160,16 +169,18 @@ class KerasEngine:
         published as epoch-NNNN/ once complete, the others' scratch copies are removed. Written
         with Checkpoint.write (no CheckpointManager state file, which records wall time)."""
         scratch = path.with_name(
-            path.name + (".partial" if self.writer else f".worker-{self.rank}")
+            path.name + (".partial" if self.keeper else f".worker-{self.rank}")
         )
         shutil.rmtree(scratch, ignore_errors=True)
         tf_checkpoint(self).write(str(scratch / "ckpt"))
-        if not self.writer:
+        if not self.keeper:
             shutil.rmtree(scratch, ignore_errors=True)
             return
         atomic.write_json(scratch / "progress.json", fields)
         shutil.rmtree(path, ignore_errors=True)
         os.replace(scratch, path)
+        if not self.writer:  # another node's keeper: the loop prunes node 0's only
+            prune(path.parent, self.params.train.keep_checkpoints)
 
     def finish(self, trained_dir: Path, best_epoch: int) -> Finished:
         """Collective: what each worker trained on; the best epoch's weights, saved by the chief."""

@@ -238,10 +238,12 @@ class Watcher:
         self.params, self.service, self.offset = params, None, 0
 
     def __enter__(self) -> Watcher:
-        if self.params.train.max_nodes > 1 and self.params.model.framework == "torch":
+        if self.params.train.max_nodes > 1:
             nodes.WATCH_LOG.unlink(missing_ok=True)
             nodes.WATCH_STATE.unlink(missing_ok=True)
+            # Keras has no rendezvous agent: the watcher hosts the store it publishes in.
             command = nodes.watcher_command(self.params, _address(self.params))
+            command += ["--host"] if self.params.model.framework == "keras" else []
             self.service = procs.start("rendezvous watcher", command, nodes.WATCH_LOG,
                                        healthy=lambda: True)  # fmt: skip
         return self
@@ -291,13 +293,12 @@ def _wait(proc: Any, forwarder: MetricsForwarder, watcher: Watcher | None = None
 def join(params: Params, params_path: Path, endpoint: str | None = None) -> int:
     """`tinyops worker`: this node joins node 0's training job from its own clone, once its
     code, params and prepared data hash as node 0's do. Its workers print nothing and write
-    nothing: node 0 writes. The torchrun agent's exit status is returned."""
+    nothing but their own checkpoints: node 0 writes. The workers' exit status is returned."""
     tp = params.train
-    if params.model.framework != "torch" or tp.max_nodes == 1:
+    if tp.max_nodes == 1:
         raise ConfigError(
-            "tinyops worker joins a torch job of several nodes: set train.nnodes (2, or '1:2') "
-            "and train.rdzv_endpoint in params.yaml, as on node 0"
-            + (" (Keras nodes: see docs/nodes.md)" if params.model.framework == "keras" else "")
+            "tinyops worker joins a job of several nodes: set train.nnodes (2, or '1:2' for "
+            "torch) and train.rdzv_endpoint in params.yaml, as on node 0"
         )
     endpoint = endpoint or str(tp.rdzv_endpoint)
     address = nodes.local_address(endpoint)
@@ -305,13 +306,32 @@ def join(params: Params, params_path: Path, endpoint: str | None = None) -> int:
     if checked.returncode != 0:
         raise ConfigError(checked.stderr.strip() or f"the node check failed ({checked.returncode})")
     print(f"worker: joining {endpoint} as {address}", file=sys.stderr, flush=True)
-    command = torchrun_command(params, params_path, resolve_backend(params), False, address)
-    proc = subprocess.Popen(command, env=worker_env(params, node0=False, address=address))
+    proc = JOINERS[params.model.framework](params, params_path, address)
     return _wait(proc, MetricsForwarder(Path(os.devnull), None))
+
+
+def _join_torchrun(params: Params, params_path: Path, address: str) -> Any:
+    command = torchrun_command(params, params_path, resolve_backend(params), False, address)
+    return subprocess.Popen(command, env=worker_env(params, node0=False, address=address))
+
+
+def _join_keras(params: Params, params_path: Path, address: str) -> Any:
+    """This node's Keras workers at its place in train.worker_hosts (found by its address)."""
+    from pipeline.training.keras_launch import NODE_RANK_ENV
+
+    hosts = [entry.rpartition(":")[0] for entry in params.train.worker_hosts]
+    if address not in hosts[1:]:
+        raise ConfigError(
+            f"this node's address {address} is not among train.worker_hosts after node 0's "
+            f"({', '.join(params.train.worker_hosts)}): list it there, in node order"
+        )
+    os.environ[NODE_RANK_ENV] = str(hosts.index(address, 1))
+    return _start_keras(params, params_path, "tf")
 
 
 # model.framework → how its workers start: a Popen-like object (wait, terminate, kill).
 LAUNCHERS = {"torch": _start_torchrun, "keras": _start_keras}
+JOINERS = {"torch": _join_torchrun, "keras": _join_keras}  # the same on a node that joins
 
 
 def train(

@@ -29,13 +29,14 @@ STATE_KEY = f"torch.rendezvous.{RDZV_ID}"  # torch's c10d rendezvous backend kee
 REFUSED = 3
 
 
-def connect(endpoint: str, timeout: float) -> Any:
-    """A client of the store at `endpoint`, waiting up to `timeout` s for it to answer."""
+def connect(endpoint: str, timeout: float, host_it: bool = False) -> Any:
+    """A client of the store at `endpoint`, waiting up to `timeout` s for it to answer; or,
+    `host_it`, the store itself (a Keras job: no torchrun agent hosts one)."""
     import torch.distributed as dist
 
     host, port = split_endpoint(endpoint)
     return dist.TCPStore(
-        host, port, is_master=False, timeout=timedelta(seconds=timeout), wait_for_workers=False
+        host, port, is_master=host_it, timeout=timedelta(seconds=timeout), wait_for_workers=False
     )
 
 
@@ -56,7 +57,7 @@ def members(store: Any) -> tuple[tuple[int, list[str]] | None, dict[str, float]]
 
 
 def watch(args: argparse.Namespace) -> int:
-    store = connect(args.endpoint, args.timeout)
+    store = connect(args.endpoint, args.timeout, args.host)
     store.set(FINGERPRINT_KEY, args.fingerprint)
     seen: list[str] = [args.address]
     last: Any = None
@@ -109,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=120.0)
     parser.add_argument("--address", default="")
     parser.add_argument("--state", default="")
+    parser.add_argument("--host", action="store_true", help="host the store (no agent does)")
     args = parser.parse_args(argv)
     return watch(args) if args.action == "watch" else check(args)
 

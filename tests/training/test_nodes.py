@@ -45,12 +45,14 @@ def _prefix(host: hosts.Host) -> list[str]:
     return host.prefix() if host.netns else []
 
 
-def _clones(tmp_path: Path, a: hosts.Host, train: dict) -> tuple[Path, Path, str]:
+def _clones(
+    tmp_path: Path, a: hosts.Host, train: dict, model: dict | None = None
+) -> tuple[Path, Path, str]:
     """Node 0's and node 1's clones, each with the data prepared by itself."""
     endpoint = f"{a.address}:{free_port() if not a.netns else 29400}"
     train = {**NODE, "rdzv_endpoint": endpoint, **train}
-    ws0 = make_workspace(tmp_path / "node0", train)
-    ws1 = make_workspace(tmp_path / "node1", train)
+    ws0 = make_workspace(tmp_path / "node0", train, model)
+    ws1 = make_workspace(tmp_path / "node1", train, model)
     for ws in (ws0, ws1):
         run_cmd(["tinyops", "stage", "prepare"], ws)
     return ws0, ws1, endpoint
@@ -188,3 +190,34 @@ def test_elastic_job_grows_and_shrinks_and_records_it(
 
     model, _, _ = load_model(ws0 / "models/trained/model.pt")  # what export loads
     assert sum(p.numel() for p in model.parameters()) == summary["parameters"]
+
+
+def test_keras_trains_across_two_hosts_and_a_killed_worker_restarts_both_groups(
+    pair: tuple[hosts.Host, hosts.Host], tmp_path: Path
+) -> None:
+    """MultiWorkerMirroredStrategy with train.worker_hosts on the two hosts: node 1's worker
+    SIGKILLed after an epoch; its group restarts it, node 0's group restarts on the broken
+    collective, and both resume from their own clone's copy of the last checkpoint."""
+    import psutil
+
+    a, b = pair
+    port = 29500 if a.netns else free_port()
+    workers = [f"{a.address}:{port}", f"{b.address}:{port if b.netns else free_port()}"]
+    ws0, ws1, _ = _clones(tmp_path, a, {"nnodes": 2, "epochs": 4, "patience": 4,
+                                         "worker_hosts": workers}, {"framework": "keras"})  # fmt: skip
+    node0 = _start(a, ws0, "stage", "train")
+    node1 = _start(b, ws1, "worker")
+    try:
+        wait_until(lambda: len(_rows(ws0)) >= 2, 240, "two Keras epochs on two hosts")
+        (victim,) = [p for p in psutil.Process(node1.pid).children(recursive=True)
+                     if "pipeline.training.keras_worker" in " ".join(p.cmdline())]  # fmt: skip
+        victim.kill()
+        assert _finish(node0, ws0) == 0, _log(ws0)[-3000:]
+        assert _finish(node1, ws1) == 0, _log(ws1)[-3000:]
+    finally:
+        _kill(node0), _kill(node1)
+    assert "keras worker 0 exited with status -9; restarting all workers" in _log(ws1)
+    assert "resuming from checkpoint epoch" in _log(ws0), _log(ws0)[-3000:]
+    summary = json.loads((ws0 / "metrics/train.json").read_text())
+    assert summary["framework"] == "keras" and summary["world_size"] == 2
+    assert summary["epochs_run"] == 4
