@@ -39,8 +39,11 @@ class Section:
     in_full_run: bool = True
 
 
-def run_json(cmd: list[str], threads: int, procs: int = 1) -> dict[str, Any]:
-    """Run `cmd` as `procs` ranks of one job on this host and return rank 0's JSON line.
+def run_json(
+    cmd: list[str], threads: int, procs: int = 1, hosts: list[Any] | None = None
+) -> dict[str, Any]:
+    """Run `cmd` as `procs` ranks of one job on this host and return rank 0's JSON line; with
+    `hosts` (pipeline/core/hosts.py), rank r on hosts[r], one rank per host, over the link.
 
     The ranks get torchrun's environment (RANK, WORLD_SIZE, LOCAL_*, MASTER_*) directly: only
     the steady-state step is timed, and torchrun's agent would add a torch import per run."""
@@ -48,8 +51,8 @@ def run_json(cmd: list[str], threads: int, procs: int = 1) -> dict[str, Any]:
     if procs > 1:
         base |= {
             "WORLD_SIZE": str(procs),
-            "LOCAL_WORLD_SIZE": str(procs),
-            "MASTER_ADDR": "127.0.0.1",
+            "LOCAL_WORLD_SIZE": "1" if hosts else str(procs),
+            "MASTER_ADDR": hosts[0].address if hosts else "127.0.0.1",
             "MASTER_PORT": str(free_port()),
         }
     import tempfile
@@ -59,8 +62,12 @@ def run_json(cmd: list[str], threads: int, procs: int = 1) -> dict[str, Any]:
         ranks = []
         for r, (out, err) in enumerate(logs):
             env = base | ({"RANK": str(r), "LOCAL_RANK": str(r)} if procs > 1 else {})
+            prefix: list[str] = []
+            if hosts:
+                env |= {"LOCAL_RANK": "0", "GLOO_SOCKET_IFNAME": hosts[r].iface}
+                prefix = hosts[r].prefix()
             with out.open("w") as o, err.open("w") as e:
-                ranks.append(subprocess.Popen(cmd, env=env, stdout=o, stderr=e))
+                ranks.append(subprocess.Popen([*prefix, *cmd], env=env, stdout=o, stderr=e))
         # A rank that fails would leave the others waiting for it: stop them all.
         while any(p.poll() is None for p in ranks):
             if any(p.poll() not in (None, 0) for p in ranks):

@@ -53,6 +53,21 @@ def _preflight(p: dict[str, Any]) -> list[str]:
     return head + arenas + (["", *_table(columns, sizes)] if sizes else [])
 
 
+def _nodes(n: dict[str, Any]) -> list[str]:
+    """The network's price (section `nodes`): each layout's rate against shared memory's."""
+    body = []
+    for model, layouts in n.items():
+        base = next(iter(layouts.values()))["samples_per_s"]["median"]
+        for name, row in layouts.items():
+            rate = row["samples_per_s"]["median"]
+            body.append((model, name, f"{rate:,.0f}", f"{rate / base:.2f}",
+                         f"{row['allreduce_ms_per_step']:.2f}", f"{row['sent_bytes_per_step']:,}",
+                         f"{row['effective_gbit_per_s']:.1f}"))  # fmt: skip
+    columns = ("model", "layout", "samples/s", "÷ first row", "all-reduce ms/step",
+               "bytes sent/step", "Gbit/s")  # fmt: skip
+    return [*_table(columns, body), "", "Why the ratios are what they are: [nodes.md](nodes.md)."]
+
+
 def markdown(r: dict[str, Any]) -> str:
     """The whole page: machine, the measured rows, the sequence-family table, the targets."""
     lines = [
@@ -74,5 +89,7 @@ def markdown(r: dict[str, Any]) -> str:
         lines += ["## Sequence families", "", family_table(r).rstrip("\n"), ""]
     if r.get("preflight"):
         lines += ["## Preflight", "", *_preflight(r["preflight"]), ""]
+    if r.get("nodes"):
+        lines += ["## Several nodes", "", *_nodes(r["nodes"]), ""]
     lines += ["## Targets", "", *_targets(r), ""]
     return "\n".join(lines)

@@ -36,6 +36,7 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--schedule", default="1f1b")
     parser.add_argument("--microbatches", type=int, default=1)
     parser.add_argument("--batch", type=int, default=128, help="global batch")
+    parser.add_argument("--allreduce", choices=["auto", "backend"], default="auto")
     parser.add_argument("--warmup", type=float, default=0.5)
     parser.add_argument("--seconds", type=float, default=2.0)
     return parser.parse_args(argv)
@@ -71,6 +72,26 @@ def _one_way_seconds(strategy: Any, micro: int) -> float:
     return statistics.median(times[5:])
 
 
+def _allreduce_seconds(strategy: Any) -> float:
+    """Median time of one all-reduce of the model's gradients, by the path the step uses
+    (shared memory, or the backend over TCP)."""
+    from pipeline.training import shm_allreduce
+
+    grads = torch.randn(sum(p.numel() for p in strategy.model.parameters()))
+    if strategy.shared_memory:
+        shm = shm_allreduce.SharedMemoryAllReduce(grads.numel() * grads.element_size())
+        reduce: Any = shm.allreduce_mean_
+    else:
+        reduce = dist.all_reduce
+    times = []
+    for _ in range(25):
+        dist.barrier()
+        start = time.perf_counter()
+        reduce(grads)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times[5:])
+
+
 def _pipeline_figures(strategy: Any, plan: Any, micro: int, step_s: float) -> dict[str, Any]:
     busy = strategy.compute_seconds(micro) * plan.microbatches
     one_way = _one_way_seconds(strategy, micro)
@@ -98,7 +119,8 @@ def main(argv: list[str] | None = None) -> None:
     )  # fmt: skip
     micro = args.batch // (plan.dp * plan.microbatches)
     torch.manual_seed(0)
-    strategy = make_strategy(Setting(plan, arch, torch.device("cpu"), 1e-3, 1e-4, "auto", micro))
+    setting = Setting(plan, arch, torch.device("cpu"), 1e-3, 1e-4, args.allreduce, micro)
+    strategy = make_strategy(setting)
     per_replica = args.batch // plan.dp
     x = torch.randn(per_replica, *arch.input_shape)
     y = torch.randint(0, arch.num_classes, (per_replica,))
@@ -111,6 +133,8 @@ def main(argv: list[str] | None = None) -> None:
     }
     if plan.pipelined:
         mine |= _pipeline_figures(strategy, plan, micro, seconds / steps)
+    if plan.parallelism == "data" and world > 1:
+        mine["allreduce_s"] = _allreduce_seconds(strategy)
     rows: list[Any] = [None] * world
     dist.all_gather_object(rows, mine)
     if dist.get_rank() == 0:

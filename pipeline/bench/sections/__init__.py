@@ -13,6 +13,7 @@ from pipeline.bench.sections import (
     frameworks,
     latency,
     memory,
+    nodes,
     overhead,
     paradigms,
     preflight,
@@ -22,7 +23,7 @@ from pipeline.bench.sections import (
 
 ORDER: tuple[ModuleType, ...] = (
     throughput, quantization, latency, memory, overhead, paradigms, frameworks, firmware, preflight,
-    families, drift,
+    families, drift, nodes,
 )  # fmt: skip
 
 
