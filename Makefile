@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.tinyops-installed
 EXTRAS := $(VENV)/.tinyops-extras
 PIP    := $(BIN)/python -m pip install -q --disable-pip-version-check --no-deps
 
-.PHONY: install extras run test lint bench lock clean firmware-tools team-tools
+.PHONY: install extras run test lint bench lock clean firmware-tools team-tools node-tools
 
 # Install exactly the versions in requirements.lock (no resolver run, so it is fast and the same
 # every time), then the project itself in editable mode.
@@ -50,10 +50,20 @@ team-tools:
 	  else echo "tinyops: for the team stack, run: sudo apt-get install $(TEAM_PACKAGES)"; fi; \
 	fi
 
+# iproute2's `ip`, for the two-host tests and `tinyops bench --only nodes` (network namespaces,
+# docs/nodes.md). Installed when missing and root; otherwise those tests run on 127.0.0.1.
+node-tools:
+	@if ! command -v ip >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "tinyops: installing iproute2"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends iproute2 >/dev/null; \
+	  else echo "tinyops: for the two-host tests, run: sudo apt-get install iproute2"; fi; \
+	fi
+
 run: $(STAMP) firmware-tools
 	$(BIN)/tinyops run
 
-test: $(EXTRAS) firmware-tools team-tools
+test: $(EXTRAS) firmware-tools team-tools node-tools
 	$(BIN)/python -m pytest
 
 # Training throughput and overheads, interleaved runs, medians and ratios (bench/results.json).

@@ -69,7 +69,8 @@ def watch(args: argparse.Namespace) -> int:
         except Exception:  # the agent, and its store, ended with the job
             return 0
         beats.update(now_beats)
-        if formed and formed != last:
+        # A round without node 0 is one node 0's agent is leaving to restart: not a job.
+        if formed and formed != last and args.address in formed[1]:
             last = formed
             seen += [a for a in formed[1] if a not in seen]
             print(f"rendezvous round {formed[0]}: {len(formed[1])} node(s): "

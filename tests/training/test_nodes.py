@@ -128,24 +128,31 @@ def test_two_hosts_train_the_bytes_of_one_host(
     ).read_bytes()
 
 
-def test_a_lost_node_of_a_fixed_job_fails_naming_it(
+def test_a_fixed_job_waits_for_a_lost_node_then_fails_naming_it(
     pair: tuple[hosts.Host, hosts.Host], tmp_path: Path
 ) -> None:
     """nnodes 2: node 1 SIGKILLed mid-training; node 0 restarts its worker and waits up to
-    train.rdzv_timeout for node 1 to come back; it does not, so the job fails naming it."""
+    train.rdzv_timeout. Node 1 comes back (`tinyops worker` again): training resumes from the
+    last checkpoint at world 2. Lost again and not restarted: the job fails, naming it."""
     a, b = pair
-    ws0, ws1, _ = _clones(tmp_path, a, {"nnodes": 2, "epochs": 30, "patience": 30,
-                                         "rdzv_timeout": 10, "max_restarts": 1})  # fmt: skip
+    train = {"nnodes": 2, "epochs": 60, "patience": 60, "batch_size": 8, "rdzv_timeout": 20,
+             "max_restarts": 2}  # fmt: skip
+    ws0, ws1, _ = _clones(tmp_path, a, train)
     node0 = _start(a, ws0, "stage", "train")
     node1 = _start(b, ws1, "worker")
     try:
         wait_until(lambda: len(_rows(ws0)) >= 1, 120, "the first epoch on two nodes")
+        _kill(node1)
+        done = len(_rows(ws0))
+        node1 = _start(b, ws1, "worker")  # back within train.rdzv_timeout
+        wait_until(lambda: len(_rows(ws0)) >= done + 2, 120, "two epochs after node 1 came back")
         _kill(node1)
         code = _finish(node0, ws0, timeout=180)
     finally:
         _kill(node0), _kill(node1)
     log = " ".join(_log(ws0).split())
     assert code != 0, log[-3000:]
+    assert log.count("resuming from checkpoint epoch") >= 1, log[-3000:]
     assert f"Node(s) {b.address} took part and stopped answering" in log, log[-3000:]
 
 
