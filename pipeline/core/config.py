@@ -293,7 +293,7 @@ class TrainParams(_Section):
     but slower; the run is labelled oversubscribed."""
     worker_hosts: tuple[str, ...] = Field(default=(), strict=False)
     """model.framework keras with nnodes > 1: host:port of each node, in node order (node i's
-    workers listen on port + local rank; a node's index comes from TINYOPS_NODE_RANK). On one
+    workers listen on port + local rank; `tinyops worker` finds its node by its address). On one
     node, free 127.0.0.1 ports are picked."""
     max_worker_memory_mb: Annotated[float, Field(gt=0.0)] | None = None
     """Per-worker budget for model state (parameters, gradients, AdamW's two moments), checked

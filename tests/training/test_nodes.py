@@ -45,16 +45,32 @@ def _prefix(host: hosts.Host) -> list[str]:
     return host.prefix() if host.netns else []
 
 
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """data/processed as `tinyops stage prepare` leaves it (the same bytes on every node)."""
+    ws = make_workspace(tmp_path_factory.mktemp("prepared"))
+    run_cmd(["tinyops", "stage", "prepare"], ws)
+    return ws / "data/processed"
+
+
 def _clones(
-    tmp_path: Path, a: hosts.Host, train: dict, model: dict | None = None
+    tmp_path: Path,
+    a: hosts.Host,
+    train: dict,
+    model: dict | None = None,
+    processed: Path | None = None,
 ) -> tuple[Path, Path, str]:
-    """Node 0's and node 1's clones, each with the data prepared by itself."""
+    """Node 0's and node 1's clones, each with the data prepared by itself (or a copy of
+    `processed`, which is what prepare would write there)."""
     endpoint = f"{a.address}:{free_port() if not a.netns else 29400}"
     train = {**NODE, "rdzv_endpoint": endpoint, **train}
     ws0 = make_workspace(tmp_path / "node0", train, model)
     ws1 = make_workspace(tmp_path / "node1", train, model)
     for ws in (ws0, ws1):
-        run_cmd(["tinyops", "stage", "prepare"], ws)
+        if processed:
+            shutil.copytree(processed, ws / "data/processed")
+        else:
+            run_cmd(["tinyops", "stage", "prepare"], ws)
     return ws0, ws1, endpoint
 
 
@@ -129,15 +145,15 @@ def test_two_hosts_train_the_bytes_of_one_host(
 
 
 def test_a_fixed_job_waits_for_a_lost_node_then_fails_naming_it(
-    pair: tuple[hosts.Host, hosts.Host], tmp_path: Path
+    pair: tuple[hosts.Host, hosts.Host], prepared: Path, tmp_path: Path
 ) -> None:
     """nnodes 2: node 1 SIGKILLed mid-training; node 0 restarts its worker and waits up to
     train.rdzv_timeout. Node 1 comes back (`tinyops worker` again): training resumes from the
     last checkpoint at world 2. Lost again and not restarted: the job fails, naming it."""
     a, b = pair
-    train = {"nnodes": 2, "epochs": 60, "patience": 60, "batch_size": 8, "rdzv_timeout": 20,
+    train = {"nnodes": 2, "epochs": 60, "patience": 60, "batch_size": 8, "rdzv_timeout": 15,
              "max_restarts": 2}  # fmt: skip
-    ws0, ws1, _ = _clones(tmp_path, a, train)
+    ws0, ws1, _ = _clones(tmp_path, a, train, processed=prepared)
     node0 = _start(a, ws0, "stage", "train")
     node1 = _start(b, ws1, "worker")
     try:
@@ -157,16 +173,17 @@ def test_a_fixed_job_waits_for_a_lost_node_then_fails_naming_it(
 
 
 def test_elastic_job_grows_and_shrinks_and_records_it(
-    pair: tuple[hosts.Host, hosts.Host], tmp_path: Path
+    pair: tuple[hosts.Host, hosts.Host], prepared: Path, tmp_path: Path
 ) -> None:
     """nnodes '1:2': node 0 starts alone; node 1 joins (the job re-forms at world 2 from the
     last checkpoint), then is lost (it re-forms at world 1) and training ends: every epoch once,
     the world size of each in train.json, the history and MLflow."""
     a, b = pair
     # Small batches make an epoch long enough (about 0.6 s here) that the joins land mid-run.
-    epochs = 60
-    ws0, ws1, _ = _clones(tmp_path, a, {"nnodes": "1:2", "epochs": epochs, "patience": epochs,
-                                         "batch_size": 8, "rdzv_timeout": 30})  # fmt: skip
+    epochs = 32
+    train = {"nnodes": "1:2", "epochs": epochs, "patience": epochs, "batch_size": 8,
+             "rdzv_timeout": 30}  # fmt: skip
+    ws0, ws1, _ = _clones(tmp_path, a, train, processed=prepared)
     node0 = _start(a, ws0, "stage", "train")
     node1 = None
     try:
@@ -200,7 +217,7 @@ def test_elastic_job_grows_and_shrinks_and_records_it(
 
 
 def test_keras_trains_across_two_hosts_and_a_killed_worker_restarts_both_groups(
-    pair: tuple[hosts.Host, hosts.Host], tmp_path: Path
+    pair: tuple[hosts.Host, hosts.Host], prepared: Path, tmp_path: Path
 ) -> None:
     """MultiWorkerMirroredStrategy with train.worker_hosts on the two hosts: node 1's worker
     SIGKILLed after an epoch; its group restarts it, node 0's group restarts on the broken
@@ -210,8 +227,8 @@ def test_keras_trains_across_two_hosts_and_a_killed_worker_restarts_both_groups(
     a, b = pair
     port = 29500 if a.netns else free_port()
     workers = [f"{a.address}:{port}", f"{b.address}:{port if b.netns else free_port()}"]
-    ws0, ws1, _ = _clones(tmp_path, a, {"nnodes": 2, "epochs": 4, "patience": 4,
-                                         "worker_hosts": workers}, {"framework": "keras"})  # fmt: skip
+    train = {"nnodes": 2, "epochs": 4, "patience": 4, "worker_hosts": workers}
+    ws0, ws1, _ = _clones(tmp_path, a, train, {"framework": "keras"}, prepared)
     node0 = _start(a, ws0, "stage", "train")
     node1 = _start(b, ws1, "worker")
     try:
