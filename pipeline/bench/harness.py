@@ -110,6 +110,19 @@ def timed(
     return time.perf_counter() - start
 
 
+def samples_per_s(
+    job: Callable[[], dict[str, Any]], keep: list[dict[str, Any]]
+) -> Callable[[], float]:
+    """A config for `interleave` from a job that prints JSON: its samples/s, the whole JSON kept."""
+
+    def measure() -> float:
+        out = job()
+        keep.append(out)
+        return float(out["samples_per_s"])
+
+    return measure
+
+
 def interleave(
     configs: dict[str, Callable[[], float]], rounds: int, on_progress: Callable[[str], None]
 ) -> dict[str, list[float]]:

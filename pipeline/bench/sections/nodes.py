@@ -6,10 +6,18 @@ and the bytes each rank sends per step; the link's effective rate is bytes ÷ al
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
-from pipeline.bench.harness import Progress, Targets, interleave, run_json, summary
+from pipeline.bench.harness import (
+    Progress,
+    Targets,
+    interleave,
+    run_json,
+    samples_per_s,
+    summary,
+)
 from pipeline.bench.sections.paradigms import _paradigm_cmd
 from pipeline.core import hosts
 
@@ -30,13 +38,8 @@ def _measure(model: str, rounds: int, pair: Any, on_progress: Progress) -> dict[
         if linked and pair is None:
             continue
         cmd = [*_paradigm_cmd(model, "data", "1f1b", 1), "--allreduce", allreduce]
-
-        def run(name: str = name, cmd: list[str] = cmd, linked: bool = linked) -> float:
-            out = run_json(cmd, 1, 2, list(pair) if linked else None)
-            got.setdefault(name, []).append(out)
-            return float(out["samples_per_s"])
-
-        configs[name] = run
+        job = functools.partial(run_json, cmd, 1, 2, list(pair) if linked else None)
+        configs[name] = samples_per_s(job, got.setdefault(name, []))
     samples = interleave(configs, rounds, lambda s: on_progress(f"{model}: {s}"))
     return {name: _row(values, got[name][1:]) for name, values in samples.items()}
 

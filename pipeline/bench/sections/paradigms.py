@@ -3,12 +3,20 @@ the strategies themselves, side by side, on the default CNN and a deeper one."""
 
 from __future__ import annotations
 
+import functools
 import statistics
 import sys
 from collections.abc import Callable
 from typing import Any
 
-from pipeline.bench.harness import Progress, Targets, interleave, run_json, summary
+from pipeline.bench.harness import (
+    Progress,
+    Targets,
+    interleave,
+    run_json,
+    samples_per_s,
+    summary,
+)
 from pipeline.core.preflight import cores
 
 ABOUT = "data, pipeline (GPipe, 1F1B), FSDP and hybrid parallelism side by side"
@@ -50,14 +58,8 @@ def paradigms(model: str, rounds: int, on_progress: Progress) -> dict[str, Any]:
         if procs > cores() and OVERSUBSCRIBED not in name:
             continue
 
-        cmd = _paradigm_cmd(model, parallelism, schedule, m)
-
-        def run(name: str = name, procs: int = procs, cmd: list[str] = cmd) -> float:
-            got = run_json(cmd, 1, procs)
-            runs.setdefault(name, []).append(got)
-            return float(got["samples_per_s"])
-
-        configs[name] = run
+        job = functools.partial(run_json, _paradigm_cmd(model, parallelism, schedule, m), 1, procs)
+        configs[name] = samples_per_s(job, runs.setdefault(name, []))
     samples = interleave(configs, rounds, lambda s: on_progress(f"{model}: {s}"))
     return {name: _paradigm_row(values, runs[name][1:]) for name, values in samples.items()}
 
