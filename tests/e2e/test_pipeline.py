@@ -75,8 +75,9 @@ def test_training_ran_ddp_on_two_workers_and_rank0_wrote(pipeline_ws: Path) -> N
     ckpts = sorted((pipeline_ws / "models/checkpoints").glob("epoch-*.pt"))
     assert len(ckpts) == 2 and ckpts[-1].name == f"epoch-{summary['epochs_run']:04d}.pt"
     history = (pipeline_ws / "metrics/train_history.csv").read_text().splitlines()
-    assert history[0] == "epoch,train_loss,val_loss,val_accuracy,lr"
+    assert history[0] == "epoch,train_loss,val_loss,val_accuracy,lr,world_size"
     assert len(history) == summary["epochs_run"] + 1
+    assert summary["world_history"] == [{"from_epoch": 1, "world_size": 2}]
 
 
 def test_mlflow_holds_parent_with_stage_runs(pipeline_ws: Path) -> None:

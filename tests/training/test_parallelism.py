@@ -97,9 +97,11 @@ def _weights(ws: Path) -> dict[str, torch.Tensor]:
 
 
 def _curve(ws: Path) -> list[dict[str, str]]:
+    """The training curve; the world size it was trained at aside (the references train alone)."""
     lines = (ws / "metrics/train_history.csv").read_text().splitlines()
     head = lines[0].split(",")
-    return [dict(zip(head, line.split(","), strict=True)) for line in lines[1:]]
+    rows = [dict(zip(head, line.split(","), strict=True)) for line in lines[1:]]
+    return [{k: v for k, v in row.items() if k != "world_size"} for row in rows]
 
 
 @pytest.mark.parametrize(
