@@ -62,7 +62,8 @@ class KerasEngine:
     BatchNorm moving statistics averaged over the workers once per epoch; tf.train.Checkpoint.
     The loss and the validation figures are the task's (pipeline/models/tasks.py)."""
 
-    def __init__(self, params: Params, data_dir: Path) -> None:
+    def __init__(self, params: Params, data_dir: Path, ckpt_dir: Path | None = None) -> None:
+        self.ckpt_dir = ckpt_dir or Path("models/checkpoints")
         tp = params.train
         tf = configure_tensorflow(tp.threads_per_proc, tp.seed, tp.deterministic)
         import keras
@@ -111,9 +112,18 @@ class KerasEngine:
         )
 
     def share(self, found: Any) -> Any:
-        """The chief's checkpoint epoch on every worker (0: none), through an all-reduce."""
-        epoch = int(self.sum_all([float(found or 0)])[0])
-        return epoch or None
+        """The epoch every worker resumes from (None: start afresh): the chief's newest, or an
+        older one that every node's keeper holds too (a node lost while it saved the newest
+        lacks it). Each worker's answer in its own slot of one all-reduce."""
+        chief = int(self.sum_all([float(found or 0)])[0])
+        if not chief:
+            return None
+        mine = float(found or 0) if self.writer else float(chief)
+        if self.keeper and not self.writer:
+            mine = float(_held(self.ckpt_dir, self.key, chief))
+        slots = [0.0] * self.world
+        slots[self.rank] = mine
+        return int(min(self.sum_all(slots))) or None
 
     def find_checkpoint(self, ckpt_dir: Path, say: Any) -> int | None:
         return _latest(ckpt_dir, self.key, say) or None
@@ -311,11 +321,24 @@ def _latest(ckpt_dir: Path, key: str, say: Any) -> int:
     return 0
 
 
+def _held(ckpt_dir: Path, key: str, at_most: int) -> int:
+    """Another node's keeper: its newest complete checkpoint of this run up to `at_most`."""
+    for folder in sorted(ckpt_dir.glob("epoch-[0-9][0-9][0-9][0-9]"), reverse=True):
+        try:
+            fields = json.loads((folder / "progress.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if fields.get("key") == key and int(fields["epoch"]) <= at_most:
+            return int(fields["epoch"])
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = worker_arguments("tinyops Keras worker (TF_CONFIG names its task)", argv)
     try:
         params = load_params(args.params)
-        Loop(KerasEngine(params, Path(args.data_dir)), params, args).run()
+        engine = KerasEngine(params, Path(args.data_dir), Path(args.out_dir) / "checkpoints")
+        Loop(engine, params, args).run()
     except Exception as exc:
         rank, _ = task_of_tf_config()
         print(f"keras worker {rank}: {type(exc).__name__}: {exc}", file=sys.stderr)

@@ -245,7 +245,7 @@ class Watcher:
             command = nodes.watcher_command(self.params, _address(self.params))
             command += ["--host"] if self.params.model.framework == "keras" else []
             self.service = procs.start("rendezvous watcher", command, nodes.WATCH_LOG,
-                                       healthy=lambda: True)  # fmt: skip
+                                       healthy=lambda: True, env=nodes.quiet_env())  # fmt: skip
         return self
 
     def echo(self) -> None:
@@ -302,7 +302,9 @@ def join(params: Params, params_path: Path, endpoint: str | None = None) -> int:
         )
     endpoint = endpoint or str(tp.rdzv_endpoint)
     address = nodes.local_address(endpoint)
-    checked = subprocess.run(nodes.check_command(params, endpoint), capture_output=True, text=True)
+    checked = subprocess.run(
+        nodes.check_command(params, endpoint), capture_output=True, text=True, env=nodes.quiet_env()
+    )
     if checked.returncode != 0:
         raise ConfigError(checked.stderr.strip() or f"the node check failed ({checked.returncode})")
     print(f"worker: joining {endpoint} as {address}", file=sys.stderr, flush=True)

@@ -20,6 +20,7 @@ import contextlib
 import fcntl
 import ipaddress
 import json
+import os
 import socket
 import struct
 import sys
@@ -120,6 +121,12 @@ def agent_env(address: str, env: dict[str, str]) -> dict[str, str]:
     if iface and "GLOO_SOCKET_IFNAME" not in env:
         out["GLOO_SOCKET_IFNAME"] = iface
     return out
+
+
+def quiet_env() -> dict[str, str]:
+    """For the watcher and the check: c10d's C++ warnings off (a host without reverse DNS gets
+    "the hostname of the client socket cannot be retrieved" on every connection)."""
+    return {**os.environ, "TORCH_CPP_LOG_LEVEL": "ERROR"}
 
 
 def watcher_command(params: Params, address: str) -> list[str]:
