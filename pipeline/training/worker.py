@@ -209,8 +209,21 @@ def _init_process_group(backend: str) -> None:
     )
 
 
+def _die_with_agent() -> None:
+    """torchrun starts each worker in its own session: if its agent is SIGKILLed (a node lost,
+    an OOM kill), the worker would train on as an orphan and hold the others' collectives. On
+    Linux the kernel SIGKILLs it when the agent dies (PR_SET_PDEATHSIG)."""
+    if not sys.platform.startswith("linux") or "TORCHELASTIC_RUN_ID" not in os.environ:
+        return
+    import ctypes
+    import signal
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+
+
 def main(argv: list[str] | None = None) -> int:
     args = worker_arguments("tinyops torch training worker (run under torchrun)", argv)
+    _die_with_agent()
     _init_process_group(args.backend)
     try:
         params = load_params(args.params)

@@ -96,6 +96,20 @@ def _kill(proc: subprocess.Popen[str]) -> None:
     proc.wait(timeout=30)
 
 
+def _kill_agent(proc: subprocess.Popen[str]) -> None:
+    """SIGKILL node 1's agent (`tinyops worker` and torchrun: one process group) and nothing
+    else: its workers, each in its own session, must die with it instead of training on."""
+    import psutil
+
+    workers = [w for w in psutil.Process(proc.pid).children(recursive=True)
+               if "pipeline.training.worker" in " ".join(w.cmdline())]  # fmt: skip
+    assert workers, "node 1 has a training worker"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    wait_until(lambda: not any(w.is_running() and w.status() != "zombie" for w in workers), 10,
+               "node 1's workers to die with their agent")  # fmt: skip
+
+
 def _rows(ws: Path) -> list[dict]:
     try:
         text = (ws / LOG).read_text()
@@ -147,9 +161,10 @@ def test_two_hosts_train_the_bytes_of_one_host(
 def test_a_fixed_job_waits_for_a_lost_node_then_fails_naming_it(
     pair: tuple[hosts.Host, hosts.Host], prepared: Path, tmp_path: Path
 ) -> None:
-    """nnodes 2: node 1 SIGKILLed mid-training; node 0 restarts its worker and waits up to
-    train.rdzv_timeout. Node 1 comes back (`tinyops worker` again): training resumes from the
-    last checkpoint at world 2. Lost again and not restarted: the job fails, naming it."""
+    """nnodes 2: node 1's agent SIGKILLed mid-training (its worker dies with it); node 0
+    restarts its worker and waits up to train.rdzv_timeout. Node 1 comes back (`tinyops
+    worker` again): training resumes from the last checkpoint at world 2. Lost again and not
+    restarted: the job fails, naming it."""
     a, b = pair
     train = {"nnodes": 2, "epochs": 60, "patience": 60, "batch_size": 8, "rdzv_timeout": 15,
              "max_restarts": 2}  # fmt: skip
@@ -158,7 +173,7 @@ def test_a_fixed_job_waits_for_a_lost_node_then_fails_naming_it(
     node1 = _start(b, ws1, "worker")
     try:
         wait_until(lambda: len(_rows(ws0)) >= 1, 120, "the first epoch on two nodes")
-        _kill(node1)
+        _kill_agent(node1)
         done = len(_rows(ws0))
         node1 = _start(b, ws1, "worker")  # back within train.rdzv_timeout
         wait_until(lambda: len(_rows(ws0)) >= done + 2, 120, "two epochs after node 1 came back")
