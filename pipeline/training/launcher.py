@@ -129,10 +129,16 @@ def _valid(params: Params, parallelism: str) -> bool:
 
 
 def torchrun_command(
-    params: Params, params_path: Path, backend: str, node0: bool = True, address: str = ""
+    params: Params,
+    params_path: Path,
+    backend: str,
+    node0: bool = True,
+    address: str = "",
+    endpoint: str | None = None,
 ) -> list[str]:
     """torchrun for this node: standalone on one, or joining the c10d rendezvous (node 0
-    hosting its store) with this node's `address` on several (pipeline/training/nodes.py)."""
+    hosting its store; `endpoint` as this node reaches it) with this node's `address` on
+    several (pipeline/training/nodes.py)."""
     tp = params.train
     cmd = [
         sys.executable,
@@ -146,7 +152,7 @@ def torchrun_command(
     if tp.max_nodes == 1:
         cmd += ["--standalone"]
     else:
-        cmd += nodes.agent_arguments(params, node0, address or _address(params))
+        cmd += nodes.agent_arguments(params, node0, address or _address(params), endpoint)
     cmd += [
         "-m",
         "pipeline.training.worker",
@@ -308,17 +314,19 @@ def join(params: Params, params_path: Path, endpoint: str | None = None) -> int:
     if checked.returncode != 0:
         raise ConfigError(checked.stderr.strip() or f"the node check failed ({checked.returncode})")
     print(f"worker: joining {endpoint} as {address}", file=sys.stderr, flush=True)
-    proc = JOINERS[params.model.framework](params, params_path, address)
+    proc = JOINERS[params.model.framework](params, params_path, address, endpoint)
     return _wait(proc, MetricsForwarder(Path(os.devnull), None))
 
 
-def _join_torchrun(params: Params, params_path: Path, address: str) -> Any:
-    command = torchrun_command(params, params_path, resolve_backend(params), False, address)
+def _join_torchrun(params: Params, params_path: Path, address: str, endpoint: str) -> Any:
+    backend = resolve_backend(params)
+    command = torchrun_command(params, params_path, backend, False, address, endpoint)
     return subprocess.Popen(command, env=worker_env(params, node0=False, address=address))
 
 
-def _join_keras(params: Params, params_path: Path, address: str) -> Any:
-    """This node's Keras workers at its place in train.worker_hosts (found by its address)."""
+def _join_keras(params: Params, params_path: Path, address: str, endpoint: str) -> Any:
+    """This node's Keras workers at its place in train.worker_hosts (found by its address);
+    they reach the others there, so `endpoint` served the fingerprint check only."""
     from pipeline.training.keras_launch import NODE_RANK_ENV
 
     hosts = [entry.rpartition(":")[0] for entry in params.train.worker_hosts]

@@ -104,12 +104,15 @@ def interface_of(address: str) -> str | None:
     return None
 
 
-def agent_arguments(params: Params, hosts_store: bool, address: str) -> list[str]:
-    """torchrun's rendezvous flags for this node of a multi-node (or elastic) job."""
+def agent_arguments(
+    params: Params, hosts_store: bool, address: str, endpoint: str | None = None
+) -> list[str]:
+    """torchrun's rendezvous flags for this node of a multi-node (or elastic) job; `endpoint`:
+    node 0's rendezvous as this node reaches it (`tinyops worker --rdzv`), else the params'."""
     tp = params.train
     conf = f"is_host={int(hosts_store)},join_timeout={tp.rdzv_timeout},last_call_timeout={LAST_CALL_SECONDS}"
     return ["--nnodes", str(tp.nnodes), "--rdzv-backend", "c10d", "--rdzv-endpoint",
-            str(tp.rdzv_endpoint), "--rdzv-id", RDZV_ID, "--rdzv-conf", conf,
+            endpoint or str(tp.rdzv_endpoint), "--rdzv-id", RDZV_ID, "--rdzv-conf", conf,
             "--local-addr", address]  # fmt: skip
 
 

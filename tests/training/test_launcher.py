@@ -54,6 +54,8 @@ def test_torchrun_command_shapes() -> None:
     assert joining[joining.index("--nnodes") + 1] == "1:2"
     assert joining[joining.index("--local-addr") + 1] == "10.0.0.2"
     assert "is_host=0,join_timeout=120" in joining[joining.index("--rdzv-conf") + 1]
+    via = torchrun_command(elastic, Path("params.yaml"), "gloo", False, "10.0.0.2", "node0:29400")
+    assert via[via.index("--rdzv-endpoint") + 1] == "node0:29400", "tinyops worker --rdzv"
 
 
 def test_pruning_keeps_complete_checkpoints_and_ignores_scratch_copies(tmp_path: Path) -> None:
