@@ -75,12 +75,13 @@ lint: $(EXTRAS)
 
 # Re-resolve requirements.lock from requirements/*.txt (needs uv; installs it into the venv).
 lock: $(STAMP)
-	$(BIN)/python -m pip install -q uv
+	$(BIN)/python -m pip install -q 'uv==0.13.9'  # flwr (extras) wants uv<0.14
 	$(BIN)/uv pip compile requirements/requirements.in \
 	  --override requirements/overrides.txt -c requirements/constraints.txt \
 	  --python-version 3.11.7 --python-platform x86_64-manylinux_2_28 \
 	  $(if $(wildcard /opt/wheels),--find-links /opt/wheels) --no-header -o requirements.lock
 	$(BIN)/uv pip compile requirements/extras.in -c requirements.lock \
+	  --override requirements/extras-overrides.txt \
 	  --python-version 3.11.7 --python-platform x86_64-manylinux_2_28 --no-header \
 	  -o requirements-extras.lock
 

@@ -20,7 +20,7 @@ from pipeline.core.config import Params, load_params, require_device
 from pipeline.core.errors import TinyopsError
 
 STAGE_SECTIONS = {
-    "prepare": ("prepare",),
+    "prepare": ("prepare", "train.paradigm", "train.federated"),
     "train": ("train", "model"),
     "export": ("export", "train.seed", "train.lr", "train.batch_size", "evaluate.max_int8_drop"),
     "evaluate": ("evaluate",),
@@ -77,7 +77,8 @@ def run_prepare(params_path: Path) -> dict[str, Any]:
     with tracking.stage_run(
         "prepare", stage_params(params, "prepare"), tracking.run_tags("prepare")
     ) as run:
-        meta = prepare(params.prepare).meta
+        federated = params.train.federated if params.train.federated_on else None
+        meta = prepare(params.prepare, federated=federated).meta
         run.set_tags({"data_sha256": meta.data_sha256})
         run.log_metrics(
             {f"{k}_samples": v for k, v in meta.splits.items()} | {"num_classes": meta.num_classes}

@@ -26,6 +26,12 @@ FIELD_DIR = Path("data/field")  # samples devices sent back: <device>/<seq>-<bat
 # triggers retraining; a new raw file, so the flow's ingest versions it and prepare reruns).
 FIELD_LABELLED = RAW_DIR / "field_labelled.npz"
 META_FILE = PROCESSED_DIR / "meta.json"
+# train.paradigm federated: one shard per client (its own training and validation samples),
+# written by prepare from the training split, and what each holds (sizes, label histograms).
+CLIENTS_DIR = PROCESSED_DIR / "clients"
+PARTITIONS_FILE = CLIENTS_DIR / "partitions.json"
+PARTITIONS_PNG = Path("report/partitions.png")
+FLOWER_DIR = Path(".tinyops/flower")  # a federated run's scratch: the app bundle, logs, ports
 # train
 MODEL_DIR = Path("models")
 TRAINED_DIR = MODEL_DIR / "trained"  # the trained model, in its framework's own files:
@@ -146,6 +152,31 @@ class DatasetMeta(Artifact):
     seed: int
     data_sha256: str
     processed_sha256: str
+
+
+def client_shard(client: int, clients_dir: Path = CLIENTS_DIR) -> Path:
+    """One client's shard, a folder of x_train, y_train, x_val, y_val .npy files (normalised
+    like the splits; .npy, not .npz: a zip member carries its write time, and the bytes must
+    not change run to run)."""
+    return clients_dir / f"client-{client:03d}"
+
+
+class ClientShard(Artifact):
+    client: int
+    train: int
+    val: int
+    labels: dict[str, int]
+    """Training samples per class name."""
+    owner: str = ""
+
+
+class Partitions(Artifact):
+    """data/processed/clients/partitions.json, written by prepare for train.paradigm federated."""
+
+    partition: str
+    clients: list[ClientShard]
+    seed: int
+    settings: dict[str, Any] = {}
 
 
 class TrainSummary(Artifact):

@@ -233,9 +233,96 @@ def node_range(value: Any) -> tuple[int, int]:
     return low, high
 
 
+class DifferentialPrivacy(_Section):
+    """train.federated.dp: each client clips its model update and adds Gaussian noise before
+    it leaves the client (local, client-level DP); the epsilon it buys is reported."""
+
+    clip: Annotated[float, Field(gt=0.0)] | None = None
+    """L2 norm each client's update (its weights minus the global ones) is clipped to; null: DP off."""
+    noise_multiplier: Annotated[float, Field(gt=0.0)] = 1.0
+    """Noise standard deviation as a multiple of clip."""
+    delta: Annotated[float, Field(gt=0.0, lt=1.0)] = 1e-5
+    """The delta of the (epsilon, delta) guarantee reported."""
+
+
+class FederatedParams(_Section):
+    """train.paradigm federated: clients that keep their data train the model with Flower
+    (docs/federated.md). A round is one step of the training loop."""
+
+    clients: Annotated[int, Field(ge=2)] = 10
+    """Clients the training split is partitioned across (one shard each, written by prepare)."""
+    rounds: PositiveInt = 20
+    """Most rounds; patience may end sooner. Replaces train.epochs."""
+    patience: PositiveInt = 5
+    """Stop after this many rounds without a lower central validation loss. Replaces
+    train.patience."""
+    local_epochs: PositiveInt = 1
+    """Passes each sampled client makes over its own training shard per round."""
+    fraction: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
+    """Share of the clients sampled each round (at least min_clients); seeded per round."""
+    min_clients: PositiveInt = 2
+    """A round fails unless at least this many sampled clients reply (a dropped client is left
+    out of that round's aggregate)."""
+    min_samples: PositiveInt = 8
+    """The fewest training samples a client's shard may hold; a partition leaving fewer is
+    refused, naming the client."""
+    strategy: Literal["fedavg", "fedprox", "fedavgm", "fedadam"] = "fedavg"
+    """Aggregation: fedavg (weighted mean), fedprox (fedavg with a proximal term mu on the
+    clients), fedavgm (server momentum), fedadam (server Adam)."""
+    mu: Annotated[float, Field(ge=0.0)] = 0.1
+    """fedprox: weight of the proximal term (mu/2)·||w - w_global||² in each client's loss."""
+    server_lr: Annotated[float, Field(gt=0.0)] | None = None
+    """fedavgm and fedadam: the server's learning rate; null: 1.0 for fedavgm, 0.01 for fedadam."""
+    server_momentum: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.9
+    """fedavgm: the server's momentum."""
+    partition: Literal["iid", "dirichlet", "by_class", "natural"] = "iid"
+    """How the training split is cut into client shards: iid (shuffled, equal), dirichlet
+    (each class spread by Dirichlet(alpha)), by_class (classes_per_client classes each), natural
+    (one client per owner: a series_npz `subject` or `owner` array)."""
+    alpha: Annotated[float, Field(gt=0.0)] = 0.5
+    """dirichlet: concentration; small values (0.1) give skewed, non-IID clients."""
+    classes_per_client: PositiveInt = 2
+    """by_class: distinct classes in each client's shard."""
+    local_val_fraction: Fraction = 0.2
+    """Share of each client's shard kept on it for its own evaluation."""
+    engine: Literal["simulation", "deployment"] = "simulation"
+    """simulation: Flower's Simulation Engine (Ray actors, one CPU each); deployment: a SuperLink
+    and one SuperNode process per client on 127.0.0.1, as a real fleet runs."""
+    round_timeout: PositiveInt = 300
+    """Seconds a round waits for the sampled clients' replies; a client later than that is
+    dropped from the round."""
+    dp: DifferentialPrivacy = DifferentialPrivacy()
+    """Client-side clipping and noise; off unless dp.clip is set."""
+
+    @model_validator(mode="after")
+    def _check(self) -> FederatedParams:
+        if self.min_clients > self.clients:
+            raise ValueError(
+                f"min_clients {self.min_clients} is more than clients {self.clients}: a round "
+                "could never aggregate; lower train.federated.min_clients"
+            )
+        if self.min_clients > max(1, round(self.fraction * self.clients)):
+            raise ValueError(
+                f"fraction {self.fraction} of {self.clients} clients samples "
+                f"{max(1, round(self.fraction * self.clients))} per round, fewer than "
+                f"min_clients {self.min_clients}: raise train.federated.fraction"
+            )
+        return self
+
+    @property
+    def sampled(self) -> int:
+        """Clients sampled per round."""
+        return max(self.min_clients, round(self.fraction * self.clients))
+
+
 class TrainParams(_Section):
     """Distributed training: launcher, optimisation, reproducibility."""
 
+    paradigm: Literal["centralized", "federated"] = "centralized"
+    """centralized: the workers below train on the whole training split; federated: clients
+    that keep their own shards train it with Flower (train.federated, docs/federated.md)."""
+    federated: FederatedParams = FederatedParams()
+    """train.paradigm federated: clients, rounds, strategy, partition, engine."""
     nproc_per_node: PositiveInt = 2
     """Worker processes on this machine (torchrun --nproc-per-node)."""
     threads_per_proc: PositiveInt = 1
@@ -336,6 +423,20 @@ class TrainParams(_Section):
     def elastic(self) -> bool:
         return self.min_nodes != self.max_nodes
 
+    @property
+    def federated_on(self) -> bool:
+        return self.paradigm == "federated"
+
+    @property
+    def loop_steps(self) -> int:
+        """The training loop's most steps: epochs, or a federated job's rounds."""
+        return self.federated.rounds if self.federated_on else self.epochs
+
+    @property
+    def loop_patience(self) -> int:
+        """Steps without a lower validation loss before the loop stops."""
+        return self.federated.patience if self.federated_on else self.patience
+
     @model_validator(mode="after")
     def _check(self) -> TrainParams:
         if self.max_nodes > 1 and not self.rdzv_endpoint:
@@ -346,11 +447,32 @@ class TrainParams(_Section):
                 f"parallelism {self.parallelism} cuts the model per worker, so its checkpoint "
                 "cannot load at another world: use parallelism data or fsdp, or a fixed nnodes"
             )
+        if self.paradigm == "federated":
+            _check_federated(self)
         if self.allreduce == "shared_memory" and self.max_nodes > 1:
             raise ValueError("allreduce shared_memory needs every worker on one host (nnodes 1)")
         if self.allreduce == "shared_memory" and self.backend == "nccl":
             raise ValueError("allreduce shared_memory needs the gloo backend (CPU)")
         return self
+
+
+def _check_federated(tp: TrainParams) -> None:
+    """What a round replaces, and what a federated job does not do (clients are not torchrun
+    workers)."""
+    replaced = {"epochs": "rounds", "patience": "patience"}
+    given = [k for k in replaced if k in tp.model_fields_set]
+    if given:
+        names = " and ".join(f"train.{k}" for k in given)
+        instead = " and ".join(f"train.federated.{replaced[k]}" for k in given)
+        raise ValueError(
+            f"{names} do not apply with train.paradigm federated (a round is the training "
+            f"loop's step): remove {'them' if len(given) > 1 else 'it'} and set {instead}"
+        )
+    if tp.max_nodes > 1 or tp.parallelism != "data":
+        raise ValueError(
+            "train.paradigm federated trains each client in one process: leave train.nnodes 1 "
+            "and train.parallelism data (the clients are the parallelism)"
+        )
 
 
 class ExportParams(_Section):
@@ -529,6 +651,7 @@ class Params(_Section):
         """Strategy, world size and model depth validated together (pipeline/core/parallel.py)."""
         _plan(self.train, self.model, batch_size=None)
         _check_framework(self.train, self.model)
+        _check_federated_data(self.prepare, self.model, self.train)
         _check_family(self.prepare, self.model, self.train)
         if self.export.qat and self.model.framework == "keras":
             raise ValueError(
@@ -565,6 +688,26 @@ def _check_framework(tp: TrainParams, model: ModelParams) -> None:
         raise ValueError(
             f"model.framework keras with train.nnodes {tp.nnodes} needs train.worker_hosts: "
             f"host:port of each of the {tp.nnodes} nodes (got {len(tp.worker_hosts)})"
+        )
+
+
+def _check_federated_data(prep: PrepareParams, model: ModelParams, tp: TrainParams) -> None:
+    """Federated training is torch's (its clients train with the house's torch models), and a
+    natural partition needs data that names each sample's owner."""
+    if not tp.federated_on:
+        return
+    if model.trainer != "torch":
+        raise ValueError(
+            f"train.paradigm federated trains torch models on the clients; model.framework "
+            f"{model.framework}"
+            + (f" (model.arch {model.arch})" if model.arch == "tflite" else "")
+            + " is not supported there: set model.framework torch, or train.paradigm centralized"
+        )
+    if tp.federated.partition == "natural" and prep.source != "series_npz":
+        raise ValueError(
+            f"train.federated.partition natural needs data that names each sample's owner: a "
+            f"`subject` or `owner` array in a series_npz file; prepare.source {prep.source} has "
+            "none. Use partition iid, dirichlet or by_class"
         )
 
 

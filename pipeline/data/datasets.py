@@ -28,6 +28,7 @@ class Dataset:
     origin: str
     lengths: np.ndarray | None = None
     channels: tuple[str, ...] = ()
+    owners: tuple[str, ...] = ()  # each sample's owner, when the data names one
 
     @property
     def layout(self) -> str:
@@ -207,7 +208,7 @@ def load_dataset(params: PrepareParams) -> Dataset:
 
         data = sequences.load_sequences(params)
         x, lengths = sequences.fixed_length(data, params.sequence_length)
-        ds = Dataset(x, data.y, data.classes, data.origin, lengths, data.channels)
+        ds = Dataset(x, data.y, data.classes, data.origin, lengths, data.channels, data.owners)
     elif params.source == "digits":
         ds = load_digits_dataset()
     elif params.source == "npz":
@@ -251,4 +252,5 @@ def with_field_samples(ds: Dataset, path: Path = FIELD_LABELLED) -> Dataset:
     return dataclasses.replace(
         ds, x=np.concatenate([ds.x, x]), y=np.concatenate([ds.y, index[y]]), lengths=lengths,
         origin=f"{ds.origin} + {len(x)} field samples",
+        owners=ds.owners + ("field",) * len(x) if ds.owners else (),
     )  # fmt: skip

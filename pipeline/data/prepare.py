@@ -12,7 +12,7 @@ import numpy as np
 
 from pipeline.core import atomic, catalog
 from pipeline.core.catalog import PROCESSED_DIR, DatasetMeta
-from pipeline.core.config import PrepareParams
+from pipeline.core.config import FederatedParams, PrepareParams
 from pipeline.core.errors import ArtifactError, DataValidationError
 from pipeline.data.datasets import Dataset, load_dataset
 
@@ -75,8 +75,11 @@ def channel_statistics(ds: Dataset, train: np.ndarray) -> tuple[np.ndarray, np.n
     return mean, np.where(std < 1e-8, 1.0, std)
 
 
-def prepare(params: PrepareParams, out_dir: Path = PROCESSED_DIR) -> PrepareResult:
-    """Validate first, then write every split and meta.json in one atomic folder swap."""
+def prepare(
+    params: PrepareParams, out_dir: Path = PROCESSED_DIR, federated: FederatedParams | None = None
+) -> PrepareResult:
+    """Validate first, then write every split and meta.json in one atomic folder swap; with
+    `federated`, the training split's client shards too (pipeline/federated/partition.py)."""
     ds = load_dataset(params)
     parts = split_indices(ds.y, params)
     mean, std = channel_statistics(ds, parts["train"])
@@ -114,6 +117,12 @@ def prepare(params: PrepareParams, out_dir: Path = PROCESSED_DIR) -> PrepareResu
         for key, arr in arrays.items():
             np.save(tmp / f"{key}.npy", arr, allow_pickle=False)
         catalog.write(tmp / catalog.META_FILE.name, meta)
+        if federated is not None:
+            from pipeline.federated.partition import write_shards
+
+            owners = tuple(ds.owners[i] for i in parts["train"]) if ds.owners else ()
+            write_shards(tmp, arrays["x_train"], arrays["y_train"], owners, meta.classes,
+                         federated, params.seed)  # fmt: skip
     return PrepareResult(out_dir=out_dir, meta=meta)
 
 

@@ -29,6 +29,9 @@ CHANNELS = {
 }
 
 
+OWNER_ARRAYS = ("subject", "owner")  # series_npz: the array naming each sample's owner
+
+
 @dataclass(frozen=True)
 class RaggedSeries:
     """Validated series, each (T_i, C) float32, with a name (file, row or index) per sample."""
@@ -39,6 +42,7 @@ class RaggedSeries:
     names: list[str]
     channels: tuple[str, ...]
     origin: str
+    owners: tuple[str, ...] = ()  # who each sample came from (a `subject` or `owner` array)
 
 
 def _check_values(arr: np.ndarray, name: str, min_length: int, width: int) -> None:
@@ -164,7 +168,22 @@ def load_series_npz(path: Path, params: PrepareParams) -> RaggedSeries:
     top = int(y.max()) + 1 if len(y) else 0
     classes = tuple(str(c) for c in arrays.get("classes", np.arange(top)))
     channels = tuple(str(c) for c in arrays.get("channels", np.arange(x.shape[2])))
-    return RaggedSeries(series, y.astype(np.int64), classes, names, channels, str(path))
+    owners = _owners(arrays, len(x), path)
+    return RaggedSeries(series, y.astype(np.int64), classes, names, channels, str(path), owners)
+
+
+def _owners(arrays: dict[str, np.ndarray], n: int, path: Path) -> tuple[str, ...]:
+    """The optional `subject` (or `owner`) array: one owner per sample, for federated
+    training's natural partition (one client per owner)."""
+    key = next((k for k in OWNER_ARRAYS if k in arrays), None)
+    if key is None:
+        return ()
+    owner = arrays[key]
+    if owner.shape != (n,):
+        raise DataValidationError(
+            f"{path}: {key} has shape {owner.shape}; expected one owner per sample ({n},)."
+        )
+    return tuple(str(o) for o in owner)
 
 
 def _read_csv(file: Path, header: list[str] | None) -> tuple[np.ndarray, list[str]]:

@@ -344,6 +344,38 @@ LAUNCHERS = {"torch": _start_torchrun, "keras": _start_keras}
 JOINERS = {"torch": _join_torchrun, "keras": _join_keras}  # the same on a node that joins
 
 
+def _start_centralized(params: Params, params_path: Path, backend: str) -> Any:
+    return LAUNCHERS[params.model.framework](params, params_path, backend)
+
+
+def _start_federated(params: Params, params_path: Path, backend: str) -> Any:
+    """Flower's engine (pipeline/federated/engines.py): the server runs the training loop."""
+    from pipeline.federated.engines import start
+
+    check_partitions(params)
+    return start(params, params_path)
+
+
+# train.paradigm → what trains: torchrun's or Keras's workers, or a federated engine.
+PARADIGMS = {"centralized": _start_centralized, "federated": _start_federated}
+
+
+def check_partitions(params: Params) -> None:
+    """The client shards prepare wrote are this job's (prepare reruns under DVC when
+    train.federated changes; by hand, it may not have)."""
+    from pipeline.core.extras import require
+
+    require("flwr", "train.paradigm federated")
+    require("ray", "train.paradigm federated")
+    fp = params.train.federated
+    parts = catalog.read(catalog.PARTITIONS_FILE, catalog.Partitions, "prepare")
+    if len(parts.clients) != fp.clients or parts.partition != fp.partition:
+        raise ConfigError(
+            f"{catalog.PARTITIONS_FILE} holds {len(parts.clients)} {parts.partition} shards; "
+            f"params ask for {fp.clients} {fp.partition}: run `tinyops stage prepare` again"
+        )
+
+
 def train(
     params: Params,
     params_path: Path,
@@ -361,7 +393,7 @@ def train(
     METRICS_LOG.unlink(missing_ok=True)
     forwarder = MetricsForwarder(METRICS_LOG, run)
     with Watcher(params) as watcher:
-        code = _wait(LAUNCHERS[params.model.framework](params, params_path, backend), forwarder,
+        code = _wait(PARADIGMS[params.train.paradigm](params, params_path, backend), forwarder,
                      watcher)  # fmt: skip
     if code != 0:
         raise TrainingError(

@@ -108,7 +108,8 @@ def world_history(history: list[dict[str, Any]]) -> list[dict[str, int]]:
 
 @dataclass
 class Loop:
-    """Drives an engine for `params.train.epochs` epochs with early stopping on val_loss."""
+    """Drives an engine for `train.loop_steps` steps (epochs, or federated rounds) with early
+    stopping on val_loss."""
 
     engine: Engine
     params: Params
@@ -118,7 +119,8 @@ class Loop:
     def __post_init__(self) -> None:
         tp, e = self.params.train, self.engine
         if e.writer:
-            self.reporter = Reporter(Path(self.args.metrics_log), tp.epochs, e.steps)
+            unit = "round" if tp.federated_on else "epoch"
+            self.reporter = Reporter(Path(self.args.metrics_log), tp.loop_steps, e.steps, unit)
 
     @property
     def ckpt_dir(self) -> Path:
@@ -138,15 +140,16 @@ class Loop:
             self.reporter.progress.start()
         progress = self.resume()
         tp = self.params.train
-        for epoch in range(progress.start, tp.epochs + 1):
+        unit = "round" if tp.federated_on else "epoch"
+        for epoch in range(progress.start, tp.loop_steps + 1):
             self.epoch(progress, epoch)
-            if progress.stale >= tp.patience and epoch < tp.epochs:
+            if progress.stale >= tp.loop_patience and epoch < tp.loop_steps:
                 self.say(
-                    f"early stop: no lower val_loss for {tp.patience} epochs; "
-                    f"best epoch {progress.best['epoch']}"
+                    f"early stop: no lower val_loss for {tp.loop_patience} {unit}s; "
+                    f"best {unit} {progress.best['epoch']}"
                 )
                 break
-        if progress.start > tp.epochs and progress.history:
+        if progress.start > tp.loop_steps and progress.history:
             self.say("training had already ended at the checkpoint; writing its best model")
         self.finish(progress)
 
@@ -172,7 +175,7 @@ class Loop:
             stale=fields["stale"],
             train_seconds=seconds_before(self.timing_file, epoch),
             # A crash after the epoch that ended training: nothing left to train.
-            start=tp.epochs + 1 if fields["stale"] >= tp.patience else epoch + 1,
+            start=tp.loop_steps + 1 if fields["stale"] >= tp.loop_patience else epoch + 1,
         )
         restart = os.environ.get("TORCHELASTIC_RESTART_COUNT") or os.environ.get(
             "TINYOPS_RESTART", "0"
@@ -208,7 +211,8 @@ class Loop:
                "world_size": self.engine.world}  # fmt: skip
         improved = self.record(progress, row)
         if reporter:
-            reporter.epoch_line(row, self.params.train.epochs, improved)
+            extra = getattr(self.engine, "step_metrics", dict)()  # a federated round's own
+            reporter.epoch_line(row, self.params.train.loop_steps, improved, extra)
         self.checkpoint(progress, epoch)
 
     def record(self, progress: Progress, row: dict[str, float]) -> bool:

@@ -19,8 +19,8 @@ class Reporter:
     metrics per epoch that the launcher forwards to MLflow in batches (training/launcher.py), so
     a worker never imports mlflow nor waits on the tracking store."""
 
-    def __init__(self, metrics_log: Path, epochs: int, steps: int) -> None:
-        self.metrics_log = metrics_log
+    def __init__(self, metrics_log: Path, epochs: int, steps: int, unit: str = "epoch") -> None:
+        self.metrics_log, self.unit = metrics_log, unit
         from rich.console import Console
         from rich.progress import (
             BarColumn,
@@ -32,7 +32,7 @@ class Reporter:
 
         self.console = Console(stderr=True, soft_wrap=True)  # whole lines in logs
         self.progress = Progress(
-            TextColumn("[bold]train[/] epoch {task.fields[epoch]}/" + str(epochs)),
+            TextColumn(f"[bold]train[/] {unit} " + "{task.fields[epoch]}/" + str(epochs)),
             BarColumn(),
             MofNCompleteColumn(),
             TimeRemainingColumn(),
@@ -47,13 +47,17 @@ class Reporter:
         with self.metrics_log.open("a", encoding="utf-8") as f:
             f.write(line + "\n")
 
-    def epoch_line(self, row: dict[str, float], epochs: int, improved: bool) -> None:
+    def epoch_line(
+        self, row: dict[str, float], epochs: int, improved: bool, extra: dict[str, float]
+    ) -> None:
+        """The console line, and the metrics line with `extra` (figures MLflow gets but the
+        history CSV does not: a federated round's timings and bytes)."""
         self.console.print(
-            f"epoch {row['epoch']:3d}/{epochs}  train_loss {row['train_loss']:.4f}  "
+            f"{self.unit} {row['epoch']:3d}/{epochs}  train_loss {row['train_loss']:.4f}  "
             f"val_loss {row['val_loss']:.4f}  val_acc {row['val_accuracy']:.4f}"
             + ("  *best" if improved else "")
         )
-        self.metrics(int(row["epoch"]), {k: v for k, v in row.items() if k != "epoch"})
+        self.metrics(int(row["epoch"]), {k: v for k, v in row.items() if k != "epoch"} | extra)
 
 
 def progress_file(timing_file: Path) -> Path:
