@@ -17,7 +17,7 @@ import torch
 from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-from pipeline.core import catalog
+from pipeline.core import atomic, catalog
 from pipeline.core.config import Params
 from pipeline.core.errors import TrainingError
 from pipeline.data.prepare import load_processed
@@ -250,7 +250,14 @@ def main(grid: Grid, context: Context) -> None:
         Loop(FederatedEngine(here.params, grid), here.params, worker_arguments("server", [])).run()
     except BaseException as exc:
         FAILURE.append(exc)
+        _status(f"{type(exc).__name__}: {exc}")
         raise
+    _status("")
+
+
+def _status(error: str) -> None:
+    """How the ServerApp ended, for the deployment engine's driver (another process)."""
+    atomic.write_json(catalog.FLOWER_DIR / "status.json", {"ok": not error, "error": error})
 
 
 def _quiet_flower() -> None:
