@@ -95,6 +95,8 @@ def run_train(params_path: Path) -> dict[str, Any]:
         summary = TRAINERS[params.model.trainer](params, params_path, run)
         _log_train_summary(run, summary)
         run.log_artifact(catalog.TRAIN_HISTORY)
+        if params.train.federated_on:
+            _log_partitions(run)
     return summary
 
 
@@ -129,6 +131,20 @@ TRAINERS: dict[str, Callable[[Params, Path, tracking.Run], dict[str, Any]]] = {
     "keras": _train_workers,
     "tflite": _adopt,
 }
+
+
+def _log_partitions(run: tracking.Run) -> None:
+    """A federated job's client shards: partitions.json and its plot, beside the rounds."""
+    import tempfile
+
+    from pipeline.core.charts import partition_chart
+
+    parts = catalog.read(catalog.PARTITIONS_FILE, catalog.Partitions, "prepare")
+    run.log_artifact(catalog.PARTITIONS_FILE, "partitions")
+    with tempfile.TemporaryDirectory() as tmp:
+        plot = Path(tmp) / catalog.PARTITIONS_PNG.name
+        plot.write_bytes(partition_chart(parts))
+        run.log_artifact(plot, "partitions")
 
 
 def _log_train_summary(run: tracking.Run, summary: dict[str, Any]) -> None:
@@ -303,6 +319,7 @@ def run_report(params_path: Path) -> dict[str, Any]:
         run.log_artifact(md, "report")
         run.log_artifact(png, "report")
         run.log_artifact(catalog.LAYERS_PNG, "report")
+        run.log_artifact(catalog.PARTITIONS_PNG, "report")
     return {"markdown": str(md), "chart": str(png)}
 
 

@@ -465,7 +465,8 @@ def _check_federated(tp: TrainParams) -> None:
         names = " and ".join(f"train.{k}" for k in given)
         instead = " and ".join(f"train.federated.{replaced[k]}" for k in given)
         raise ValueError(
-            f"{names} do not apply with train.paradigm federated (a round is the training "
+            f"{names} {'do' if len(given) > 1 else 'does'} not apply with train.paradigm "
+            "federated (a round is the training "
             f"loop's step): remove {'them' if len(given) > 1 else 'it'} and set {instead}"
         )
     if tp.max_nodes > 1 or tp.parallelism != "data":

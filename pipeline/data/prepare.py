@@ -79,7 +79,7 @@ def prepare(
     params: PrepareParams, out_dir: Path = PROCESSED_DIR, federated: FederatedParams | None = None
 ) -> PrepareResult:
     """Validate first, then write every split and meta.json in one atomic folder swap; with
-    `federated`, the training split's client shards too (pipeline/federated/partition.py)."""
+    `federated`, the training split's client shards too (pipeline/data/partition.py)."""
     ds = load_dataset(params)
     parts = split_indices(ds.y, params)
     mean, std = channel_statistics(ds, parts["train"])
@@ -117,13 +117,21 @@ def prepare(
         for key, arr in arrays.items():
             np.save(tmp / f"{key}.npy", arr, allow_pickle=False)
         catalog.write(tmp / catalog.META_FILE.name, meta)
-        if federated is not None:
-            from pipeline.federated.partition import write_shards
-
-            owners = tuple(ds.owners[i] for i in parts["train"]) if ds.owners else ()
-            write_shards(tmp, arrays["x_train"], arrays["y_train"], owners, meta.classes,
-                         federated, params.seed)  # fmt: skip
+        _partition(tmp, ds, parts["train"], arrays, meta, params.seed, federated)
     return PrepareResult(out_dir=out_dir, meta=meta)
+
+
+def _partition(tmp: Path, ds: Dataset, train: np.ndarray, arrays: dict[str, np.ndarray],
+               meta: DatasetMeta, seed: int, federated: FederatedParams | None) -> None:  # fmt: skip
+    """clients/partitions.json: federated, a shard per client; centralized, one holder."""
+    from pipeline.data import partition
+
+    if federated is None:
+        partition.write_whole(tmp, arrays["y_train"], meta.classes, seed)
+        return
+    owners = tuple(ds.owners[i] for i in train) if ds.owners else ()
+    partition.write_shards(tmp, arrays["x_train"], arrays["y_train"], owners, meta.classes,
+                           federated, seed)  # fmt: skip
 
 
 @dataclass(frozen=True)

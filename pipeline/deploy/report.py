@@ -3,7 +3,6 @@ variant with each device's model-size budget drawn in, and int8 against float la
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from pipeline.core.catalog import (
     TrainSummary,
     Variants,
 )
+from pipeline.core.charts import partition_chart, png
 from pipeline.core.config import Params
 
 
@@ -128,10 +128,32 @@ def _champion_lines(statuses: dict[str, DeployStatus]) -> list[str]:
     return header + rows
 
 
+def federated_line(trained: TrainSummary) -> str:
+    """A federated job: who trained, how, for how long, and the privacy it bought."""
+    extra = trained.model_dump()
+    dp = (
+        f", DP epsilon {extra['dp_epsilon']:g} at delta {extra['dp_delta']:g}"
+        if "dp_epsilon" in extra
+        else ""
+    )
+    return (
+        f"Trained federated: {extra.get('clients', '?')} clients, {trained.epochs_run} rounds "
+        f"(best round {trained.best_epoch}), strategy {extra.get('federated_strategy', '?')}, "
+        f"partition {extra.get('partition', '?')}{dp}; central validation accuracy "
+        f"{trained.val_accuracy:.4f}."
+    )
+
+
+# train.json's parallelism → its own line; the rest are centralized (torchrun or Keras workers).
+TRAINING_LINES = {"federated": federated_line}
+
+
 def training_line(trained: TrainSummary | None) -> str:
     """How the model was trained: strategy, shape and the model state each worker held."""
     if trained is None:
         return "Training: metrics/train.json is missing."
+    if trained.parallelism in TRAINING_LINES:
+        return TRAINING_LINES[trained.parallelism](trained)
     if trained.framework == "tflite":
         return (
             f"Trained elsewhere (model.arch tflite): adopted as given, {trained.parameters:,} "
@@ -200,17 +222,6 @@ def markdown(
     return "\n".join(lines) + "\n"
 
 
-def _png(fig: Any) -> bytes:
-    """The figure as PNG bytes with no timestamp or software stamp (reproducible), closed."""
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", metadata={"Software": None})
-    plt.close(fig)
-    return buf.getvalue()
-
-
 def layer_lines(layers: dict[str, Any], shown: int = 5) -> list[str]:
     """Where int8 departs most from float: the worst layers by SNR (metrics/int8_layers.json)."""
     rows = layers.get("layers") or []
@@ -251,7 +262,7 @@ def layer_chart(layers: dict[str, Any]) -> bytes:
     ax.set_xlabel("quantized tensor, in graph order")
     ax.set_ylabel("SNR against float (dB)")
     ax.set_title("int8 against float, layer by layer")
-    return _png(fig)
+    return png(fig)
 
 
 def chart(params: Params, table: Variants) -> bytes:
@@ -293,7 +304,7 @@ def chart(params: Params, table: Variants) -> bytes:
     ax.set_xlabel("model size (bytes, log); dashed: each device's flash budget for the model")
     ax.set_ylabel("test accuracy (int8: TFLite Micro; others: LiteRT)")
     ax.set_title("Accuracy against size, every variant")
-    return _png(fig)
+    return png(fig)
 
 
 def write_report(params: Params, status_dir: Path = catalog.DEPLOY_STATUS_DIR) -> tuple[Path, Path]:
@@ -309,4 +320,7 @@ def write_report(params: Params, status_dir: Path = catalog.DEPLOY_STATUS_DIR) -
     atomic.write_text(REPORT_MD, markdown(params, evaluate, statuses, trained, layers))
     atomic.write_bytes(REPORT_PNG, chart(params, variants))
     atomic.write_bytes(LAYERS_PNG, layer_chart(layers))
+    if catalog.PARTITIONS_FILE.is_file():
+        parts = catalog.read(catalog.PARTITIONS_FILE, catalog.Partitions, "prepare")
+        atomic.write_bytes(catalog.PARTITIONS_PNG, partition_chart(parts))
     return REPORT_MD, REPORT_PNG

@@ -33,17 +33,31 @@ from pipeline.orchestration.dvc import (
 )
 
 
+def _centralized_shape(params: Params) -> str:
+    from pipeline.core.config import parallel_plan
+
+    return parallel_plan(params, batch_size=False).tag()
+
+
+def _federated_shape(params: Params) -> str:
+    fp = params.train.federated
+    return f"{fp.strategy}-c{fp.clients}r{fp.rounds}"
+
+
+# train.paradigm → the run name's shape: ddp2, fsdp2, dp2pp2…; fedavg-c10r20 (clients, rounds).
+SHAPES = {"centralized": _centralized_shape, "federated": _federated_shape}
+
+
 def run_name(params: Params, params_sha256: str) -> str:
     """Dataset, family, framework, strategy and params hash: `basicmotions-gru-torch-ddp2 · 3f2a1c`
     (pp2 for a 2-stage pipeline, fsdp2, dp2pp2 for a hybrid mesh; a custom model's module name
     for the family), so the MLflow UI's run list says what each parent trained without opening
-    it. A model trained elsewhere: `digits-kws-tflite · 3f2a1c` (its file's name; no training)."""
-    from pipeline.core.config import parallel_plan
-
+    it. A model trained elsewhere: `digits-kws-tflite · 3f2a1c` (its file's name; no training).
+    Federated: `digits-cnn2d-torch-fedavg-c10r20 · 3f2a1c` (strategy, clients, rounds)."""
     model, tail = params.model, params_sha256[:6]
     if model.path:
         return f"{params.prepare.source}-{Path(model.path).stem}-tflite · {tail}"
-    shape = parallel_plan(params, batch_size=False).tag()
+    shape = SHAPES[params.train.paradigm](params)
     family = model.module.partition(":")[0].rsplit(".", 1)[-1] if model.module else model.arch
     return f"{params.prepare.source}-{family}-{model.framework}-{shape} · {tail}"
 

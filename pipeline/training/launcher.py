@@ -349,8 +349,8 @@ def _start_centralized(params: Params, params_path: Path, backend: str) -> Any:
 
 
 def _start_federated(params: Params, params_path: Path, backend: str) -> Any:
-    """Flower's engine (pipeline/federated/engines.py): the server runs the training loop."""
-    from pipeline.federated.engines import start
+    """Flower's engine (pipeline/training/federated/engines.py): the server runs the training loop."""
+    from pipeline.training.federated.engines import start
 
     check_partitions(params)
     return start(params, params_path)

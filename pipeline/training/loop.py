@@ -186,9 +186,10 @@ class Loop:
                 f"world re-formed: {before} → {self.engine.world} workers (the global batch "
                 f"stays {tp.batch_size})"
             )
+        unit = "round" if tp.federated_on else "epoch"
         self.say(
-            f"resuming from checkpoint epoch {epoch} (restart {restart}); "
-            f"continuing at epoch {progress.start}"
+            f"resuming from checkpoint {unit} {epoch} (restart {restart}); "
+            f"continuing at {unit} {progress.start}"
         )
         return progress
 

@@ -178,6 +178,21 @@ def too_big_batch(ws: Path) -> list[str]:
     return ["stage", "train"]
 
 
+def _federated(keep_epochs: bool = False, **federated: object) -> Callable[[Path], list[str]]:
+    """train.paradigm federated with these train.federated keys (train.epochs and
+    train.patience removed, as a federated params.yaml has them, unless keep_epochs)."""
+
+    def case(ws: Path) -> list[str]:
+        params = yaml.safe_load((ws / "params.yaml").read_text())
+        if not keep_epochs:
+            del params["train"]["epochs"], params["train"]["patience"]
+        params["train"].update({"paradigm": "federated", "federated": federated})
+        (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        return ["stage", "prepare"]
+
+    return case
+
+
 def _train(**train: object) -> Callable[[Path], list[str]]:
     def case(ws: Path) -> list[str]:
         _params(ws, train=train)
@@ -318,6 +333,39 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], int, list[str]]] = {
             "train.rdzv_timeout",
             "start `tinyops run` on node 0 first",
         ],
+    ),
+    "federated_with_epochs": (
+        _federated(keep_epochs=True),
+        2,
+        [
+            "train.epochs and train.patience do not apply with train.paradigm federated",
+            "set train.federated.rounds and train.federated.patience",
+        ],
+    ),
+    "federated_min_clients_over_clients": (
+        _federated(clients=3, min_clients=4),
+        2,
+        ["'train.federated'", "min_clients 4 is more than clients 3"],
+    ),
+    "federated_client_below_min_samples": (
+        _federated(clients=40, partition="dirichlet", alpha=0.05, min_samples=20),
+        3,
+        [
+            "train.federated.partition dirichlet (alpha 0.05)",
+            "fewer than train.federated.min_samples 20",
+            "client 0 has",
+            "a larger alpha",
+        ],
+    ),
+    "federated_natural_without_owners": (
+        _federated(partition="natural"),
+        2,
+        ["partition natural needs data that names each sample's owner", "prepare.source digits"],
+    ),
+    "federated_strategy_typo": (
+        _federated(strategy="fedavgn"),
+        2,
+        ["'train.federated.strategy'", "Did you mean 'fedavg'"],
     ),
     "device_zero_ram": (_device(ram_bytes=0), 2, ["devices.esp32_s3.ram_bytes", "greater than 0"]),
     "device_negative_clock": (_device(clock_mhz=-240), 2, ["devices.esp32_s3.clock_mhz"]),

@@ -1,4 +1,4 @@
-"""On PYTHONPATH for the processes of a federated run only (pipeline/federated/job.py).
+"""On PYTHONPATH for the processes of a federated run only (pipeline/training/federated/job.py).
 
 Flower's simulation runtime imports TensorFlow whenever it is installed, for a GPU memory
 helper tinyops never calls: 3-10 s and hundreds of MB in the driver and in every Ray actor.

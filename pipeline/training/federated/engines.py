@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.core.config import Params
-from pipeline.federated.job import job_env
+from pipeline.training.federated.job import job_env
 
 
 class Group:
@@ -42,11 +42,15 @@ class Group:
 
 
 def _simulation(params: Params, params_path: Path) -> Any:
-    return Group([sys.executable, "-m", "pipeline.federated.simulation"], job_env(params_path))
+    return Group(
+        [sys.executable, "-m", "pipeline.training.federated.simulation"], job_env(params_path)
+    )
 
 
 def _deployment(params: Params, params_path: Path) -> Any:
-    return Group([sys.executable, "-m", "pipeline.federated.deployment"], job_env(params_path))
+    return Group(
+        [sys.executable, "-m", "pipeline.training.federated.deployment"], job_env(params_path)
+    )
 
 
 ENGINES = {"simulation": _simulation, "deployment": _deployment}

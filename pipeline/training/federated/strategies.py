@@ -1,7 +1,7 @@
 """train.federated.strategy → Flower's own strategy, used for what it computes: the message
 each sampled client gets (configure_train) and the aggregate of their replies (aggregate_train).
 Sampling, the order replies are aggregated in, and the round loop are the server's
-(pipeline/federated/server.py): stock FedAvg samples at random and sums replies in arrival
+(pipeline/training/federated/server.py): stock FedAvg samples at random and sums replies in arrival
 order, and the same params must give the same weights.
 """
 

@@ -21,10 +21,14 @@ from pipeline.core import atomic, catalog
 from pipeline.core.config import Params
 from pipeline.core.errors import TrainingError
 from pipeline.data.prepare import load_processed
-from pipeline.federated import job
-from pipeline.federated.dp import epsilon
-from pipeline.federated.strategies import Sampled, load_state, make_strategy, state_of
-from pipeline.federated.weights import (
+from pipeline.models.architecture import block_parameters
+from pipeline.models.store import save_model, save_torch
+from pipeline.models.tasks import task_for
+from pipeline.training.checkpoint import canonical, latest_checkpoint, progress_fields, run_key
+from pipeline.training.federated import job
+from pipeline.training.federated.dp import epsilon
+from pipeline.training.federated.strategies import Sampled, load_state, make_strategy, state_of
+from pipeline.training.federated.weights import (
     architecture,
     initial_model,
     load_arrays,
@@ -33,10 +37,6 @@ from pipeline.federated.weights import (
     stream_seed,
     to_arrays,
 )
-from pipeline.models.architecture import block_parameters
-from pipeline.models.store import save_model, save_torch
-from pipeline.models.tasks import task_for
-from pipeline.training.checkpoint import canonical, latest_checkpoint, progress_fields, run_key
 from pipeline.training.loop import Finished, Loop, worker_arguments
 
 app = ServerApp()

@@ -143,6 +143,19 @@ def write_shards(out_dir: Path, x: np.ndarray, y: np.ndarray, owners: tuple[str,
     return result
 
 
+def write_whole(out_dir: Path, y: np.ndarray, classes: list[str], seed: int) -> catalog.Partitions:
+    """Centralized training: partitions.json with one holder of the whole training split (its
+    label histogram is what the report plots), and no shards."""
+    clients_dir = out_dir / catalog.CLIENTS_DIR.name
+    clients_dir.mkdir(parents=True, exist_ok=True)
+    counts = np.bincount(y, minlength=len(classes))
+    row = catalog.ClientShard(client=0, train=len(y), val=0,
+                              labels={c: int(n) for c, n in zip(classes, counts, strict=True)})  # fmt: skip
+    result = catalog.Partitions(partition="centralized", clients=[row], seed=seed)
+    catalog.write(clients_dir / catalog.PARTITIONS_FILE.name, result)
+    return result
+
+
 def load_shard(client: int, clients_dir: Path = catalog.CLIENTS_DIR) -> dict[str, np.ndarray]:
     """One client's own arrays: all a client process ever reads of the data."""
     path = catalog.client_shard(client, clients_dir)

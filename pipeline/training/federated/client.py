@@ -16,10 +16,11 @@ from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from pipeline.core import catalog
-from pipeline.federated import job
-from pipeline.federated.dp import privatize
-from pipeline.federated.partition import load_shard
-from pipeline.federated.weights import (
+from pipeline.data.partition import load_shard
+from pipeline.models.tasks import task_for
+from pipeline.training.federated import job
+from pipeline.training.federated.dp import privatize
+from pipeline.training.federated.weights import (
     architecture,
     initial_model,
     load_arrays,
@@ -27,7 +28,6 @@ from pipeline.federated.weights import (
     stream_seed,
     to_arrays,
 )
-from pipeline.models.tasks import task_for
 from pipeline.training.strategy import make_optimizer
 
 app = ClientApp()

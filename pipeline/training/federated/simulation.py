@@ -1,6 +1,6 @@
 """train.federated.engine simulation: the ServerApp and ClientApp in Flower's Simulation Engine,
 one Ray actor per concurrently trained client, each given one CPU. Run by the launcher as its
-own process group (`python -m pipeline.federated.simulation`), so Ray and its actors go with it
+own process group (`python -m pipeline.training.federated.simulation`), so Ray and its actors go with it
 on every path."""
 
 from __future__ import annotations
@@ -11,15 +11,15 @@ import time
 
 
 def main() -> int:
-    from pipeline.federated import job
+    from pipeline.training.federated import job
 
     here = job.current()
     os.chdir(here.workspace)
     started = time.perf_counter()
     from flwr.simulation import run_simulation
 
-    from pipeline.federated import server
-    from pipeline.federated.client import app as client_app
+    from pipeline.training.federated import server
+    from pipeline.training.federated.client import app as client_app
 
     server._quiet_flower()
     cores = len(os.sched_getaffinity(0))

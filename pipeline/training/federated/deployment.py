@@ -20,7 +20,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from pipeline.core import atomic, catalog, interrupt, procs
-from pipeline.federated import job
+from pipeline.training.federated import job
 
 CONNECTION = "tinyops"  # the SuperLink connection's name in this run's FLWR_HOME
 # The Flower App `flwr run` bundles: a manifest only. Its components are tinyops's own modules,
@@ -32,7 +32,7 @@ build-backend = "hatchling.build"
 [project]
 name = "tinyops-federated"
 version = "1.0.0"
-description = "tinyops federated training (pipeline/federated)"
+description = "tinyops federated training (pipeline/training/federated)"
 license = "Apache-2.0"
 dependencies = []
 
@@ -43,8 +43,8 @@ packages = ["."]
 publisher = "tinyops"
 
 [tool.flwr.app.components]
-serverapp = "pipeline.federated.server:app"
-clientapp = "pipeline.federated.client:app"
+serverapp = "pipeline.training.federated.server:app"
+clientapp = "pipeline.training.federated.client:app"
 
 [tool.flwr.app.config]
 """
