@@ -91,5 +91,10 @@ def markdown(r: dict[str, Any]) -> str:
         lines += ["## Preflight", "", *_preflight(r["preflight"]), ""]
     if r.get("nodes"):
         lines += ["## Several nodes", "", *_nodes(r["nodes"]), ""]
+    if r.get("federated"):
+        from pipeline.bench.federated import federated_table
+
+        lines += ["## Federated against centralized (medians over 3 seeds)", "",
+                  federated_table(r), ""]  # fmt: skip
     lines += ["## Targets", "", *_targets(r), ""]
     return "\n".join(lines)

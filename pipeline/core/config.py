@@ -456,10 +456,14 @@ class TrainParams(_Section):
         return self
 
 
+# train keys a federated job has no use for, and the train.federated keys that replace them.
+FEDERATED_REPLACES = {"epochs": "rounds", "patience": "patience"}
+
+
 def _check_federated(tp: TrainParams) -> None:
     """What a round replaces, and what a federated job does not do (clients are not torchrun
     workers)."""
-    replaced = {"epochs": "rounds", "patience": "patience"}
+    replaced = FEDERATED_REPLACES
     given = [k for k in replaced if k in tp.model_fields_set]
     if given:
         names = " and ".join(f"train.{k}" for k in given)
@@ -874,8 +878,13 @@ def load_params(path: Path | str = DEFAULT_PARAMS) -> Params:
 def missing_keys(raw: dict[str, Any], tracked: Sequence[str]) -> list[str]:
     """The keys DVC tracks (dvc.yaml's `params`: a section, or section.key) that the file
     leaves out. A tracked section counts as every one of its fields: DVC hashes the section as
-    written, so a key left to its default would change no hash if the default changed."""
+    written, so a key left to its default would change no hash if the default changed. A
+    federated job's train.epochs and train.patience are absent by design (they are refused)."""
     missing: list[str] = []
+    train = raw.get("train")
+    if isinstance(train, dict) and train.get("paradigm") == "federated":  # left out on purpose
+        tracked = [k for k in tracked if k not in {f"train.{f}" for f in FEDERATED_REPLACES}]
+        raw = {**raw, "train": {**train, **dict.fromkeys(FEDERATED_REPLACES)}}
     for key in tracked:
         section, _, leaf = key.partition(".")
         block = raw.get(section)

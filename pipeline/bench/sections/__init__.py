@@ -9,6 +9,7 @@ from pipeline.bench.harness import Section
 from pipeline.bench.sections import (
     drift,
     families,
+    federated,
     firmware,
     frameworks,
     latency,
@@ -23,7 +24,7 @@ from pipeline.bench.sections import (
 
 ORDER: tuple[ModuleType, ...] = (
     throughput, quantization, latency, memory, overhead, paradigms, frameworks, firmware, preflight,
-    families, drift, nodes,
+    families, drift, nodes, federated,
 )  # fmt: skip
 
 

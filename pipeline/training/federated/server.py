@@ -62,7 +62,7 @@ class FederatedEngine:
         self.nodes = discover(grid, self.fp.clients, self.fp.round_timeout)
         self.best_state: dict[str, torch.Tensor] = {}
         self.last: dict[str, float] = {}
-        self.totals = {"bytes_sent": 0, "bytes_received": 0, "rounds_with_drops": 0}
+        self.totals = {"bytes_sent_total": 0, "bytes_received_total": 0, "rounds_with_drops": 0}
         self.taken: dict[int, int] = {}  # client → rounds it took part in (for DP's epsilon)
 
     def describe(self) -> str:
@@ -110,8 +110,8 @@ class FederatedEngine:
         evaluated = self._client_evaluation(
             epoch, [int(r.content["metrics"]["client"]) for r in replies]
         )
-        self.totals["bytes_sent"] += sent
-        self.totals["bytes_received"] += received
+        self.totals["bytes_sent_total"] += sent
+        self.totals["bytes_received_total"] += received
         self.last = {"clients_reported": len(replies), "clients_sampled": len(sampled),
                      "bytes_sent": sent, "bytes_received": received,
                      "round_seconds": time.perf_counter() - started, **evaluated}  # fmt: skip
