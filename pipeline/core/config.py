@@ -272,7 +272,8 @@ class FederatedParams(_Section):
     mu: Annotated[float, Field(ge=0.0)] = 0.1
     """fedprox: weight of the proximal term (mu/2)·||w - w_global||² in each client's loss."""
     server_lr: Annotated[float, Field(gt=0.0)] | None = None
-    """fedavgm and fedadam: the server's learning rate; null: 1.0 for fedavgm, 0.01 for fedadam."""
+    """fedavgm and fedadam: the server's learning rate; null: 1 − server_momentum for fedavgm
+    (an effective rate of 1 once momentum builds up, Hsu et al. 2019), 0.01 for fedadam."""
     server_momentum: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.9
     """fedavgm: the server's momentum."""
     partition: Literal["iid", "dirichlet", "by_class", "natural"] = "iid"

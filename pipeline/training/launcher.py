@@ -360,6 +360,27 @@ def _start_federated(params: Params, params_path: Path, backend: str) -> Any:
 PARADIGMS = {"centralized": _start_centralized, "federated": _start_federated}
 
 
+def _centralized_failed(params: Params, code: int) -> str:
+    return (
+        f"training ({params.model.framework} workers) exited with status {code}; the worker's "
+        "error is printed above (torchrun also records it in .tinyops/torchrun_error.json)."
+        + nodes.lost_nodes()
+    )
+
+
+def _federated_failed(params: Params, code: int) -> str:
+    engine = params.train.federated.engine
+    return (
+        f"federated training ({engine} engine) exited with status {code}; the server's error is "
+        f"printed above"
+        + (f" (Flower's logs: {catalog.FLOWER_DIR}/)." if engine == "deployment" else ".")
+        + " Rerun to resume from the last complete round."
+    )
+
+
+FAILED = {"centralized": _centralized_failed, "federated": _federated_failed}
+
+
 def check_partitions(params: Params) -> None:
     """The client shards prepare wrote are this job's (prepare reruns under DVC when
     train.federated changes; by hand, it may not have)."""
@@ -396,11 +417,7 @@ def train(
         code = _wait(PARADIGMS[params.train.paradigm](params, params_path, backend), forwarder,
                      watcher)  # fmt: skip
     if code != 0:
-        raise TrainingError(
-            f"training ({params.model.framework} workers) exited with status {code}; the "
-            "worker's error is printed above (torchrun also records it in "
-            ".tinyops/torchrun_error.json)." + nodes.lost_nodes()
-        )
+        raise TrainingError(FAILED[params.train.paradigm](params, code))
     summary = json.loads(catalog.TRAIN_METRICS.read_text())
     timing = json.loads(TIMING_FILE.read_text()) if TIMING_FILE.is_file() else {}
     if timing:

@@ -9,7 +9,7 @@ from pipeline.bench.federated import federated, federated_targets
 from pipeline.bench.harness import Progress
 
 ABOUT = "federated (FedAvg, FedProx, FedAvgM; IID to by-class) against centralized, 3 seeds"
-MINUTES = 60
+MINUTES = 45
 IN_FULL_RUN = False
 targets = federated_targets
 

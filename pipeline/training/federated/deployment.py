@@ -97,6 +97,13 @@ def main() -> int:
     here = job.current()
     os.chdir(here.workspace)
     root = catalog.FLOWER_DIR
+    try:
+        return _deploy(here, root)
+    except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: the services are stopped by now
+        return 143 if isinstance(stop, interrupt.Terminated) else 130
+
+
+def _deploy(here: job.Job, root: Path) -> int:
     with ExitStack() as stack:
         env = dict(os.environ)
         link = start_fleet(stack, root, here.params.train.federated.clients, env)

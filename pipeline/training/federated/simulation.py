@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from typing import Any
 
 
 def main() -> int:
@@ -23,10 +24,29 @@ def main() -> int:
 
     server._quiet_flower()
     cores = len(os.sched_getaffinity(0))
+    try:
+        _simulate(
+            run_simulation, server.app, client_app, here.params.train.federated.clients, cores
+        )
+    except Exception:
+        if not server.FAILURE:
+            raise
+    if server.FAILURE:
+        exc = server.FAILURE[0]
+        print(f"federated training failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    print(f"simulation engine: {time.perf_counter() - started:.1f} s in all", file=sys.stderr)
+    return 0
+
+
+def _simulate(
+    run_simulation: Any, server_app: Any, client_app: Any, clients: int, cores: int
+) -> None:
+    """One Ray actor per concurrently trained client, one CPU each; no dashboard."""
     run_simulation(
-        server_app=server.app,
+        server_app=server_app,
         client_app=client_app,
-        num_supernodes=here.params.train.federated.clients,
+        num_supernodes=clients,
         backend_config={
             "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
             "init_args": {
@@ -37,12 +57,6 @@ def main() -> int:
             },
         },
     )
-    if server.FAILURE:
-        exc = server.FAILURE[0]
-        print(f"federated training failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 2
-    print(f"simulation engine: {time.perf_counter() - started:.1f} s in all", file=sys.stderr)
-    return 0
 
 
 if __name__ == "__main__":

@@ -23,7 +23,9 @@ STRATEGIES: dict[str, Callable[[FederatedParams], Strategy]] = {
     "fedavg": lambda fp: FedAvg(**_ALL),
     "fedprox": lambda fp: FedProx(proximal_mu=fp.mu, **_ALL),
     "fedavgm": lambda fp: FedAvgM(
-        server_learning_rate=fp.server_lr or 1.0, server_momentum=fp.server_momentum, **_ALL
+        server_learning_rate=fp.server_lr or 1.0 - fp.server_momentum,
+        server_momentum=fp.server_momentum,
+        **_ALL,
     ),
     "fedadam": lambda fp: FedAdam(eta=fp.server_lr or 0.01, **_ALL),
 }
