@@ -322,7 +322,7 @@ def test_check_write_fills_in_the_left_out_tracked_keys_and_keeps_the_rest(
     assert path.read_text().startswith("# my notes\n\n")
     filled = load_params(path)
     assert filled.train.epochs == 7 and filled.train.lr == Params().train.lr
-    assert (tmp_path / "params.yaml.bak").read_text().count("lr:") == 0
+    assert (tmp_path / "params.yaml.bak").read_text().count("\n  lr:") == 0  # train.lr itself
 
 
 def test_node_counts_and_ranges() -> None:
