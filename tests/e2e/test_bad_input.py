@@ -353,7 +353,7 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], int, list[str]]] = {
         [
             "train.federated.partition dirichlet (alpha 0.05)",
             "fewer than train.federated.min_samples 20",
-            "client 0 has",
+            "client 1 has 5",
             "a larger alpha",
         ],
     ),
