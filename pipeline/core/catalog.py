@@ -32,6 +32,7 @@ CLIENTS_DIR = PROCESSED_DIR / "clients"
 PARTITIONS_FILE = CLIENTS_DIR / "partitions.json"
 PARTITIONS_PNG = Path("report/partitions.png")
 FLOWER_DIR = Path(".tinyops/flower")  # a federated run's scratch: the app bundle, logs, ports
+FLOWER_STATUS = FLOWER_DIR / "status.json"  # how the ServerApp ended: {"ok": bool, "error": str}
 # train
 MODEL_DIR = Path("models")
 TRAINED_DIR = MODEL_DIR / "trained"  # the trained model, in its framework's own files:

@@ -48,7 +48,6 @@ clientapp = "pipeline.training.federated.client:app"
 
 [tool.flwr.app.config]
 """
-STATUS = "status.json"  # the ServerApp's last word: {"ok": bool, "error": str}
 
 
 def _listening(port: int) -> bool:
@@ -66,7 +65,7 @@ def _prepare(root: Path, port: int) -> dict[str, str]:
     atomic.write_text(home / "config.toml", f'[superlink]\ndefault = "{CONNECTION}"\n\n'
                       f'[superlink.{CONNECTION}]\naddress = "{procs.LOOPBACK}:{port}"\n'
                       "insecure = true\n")  # fmt: skip
-    (root / STATUS).unlink(missing_ok=True)
+    catalog.FLOWER_STATUS.unlink(missing_ok=True)
     env = dict(os.environ, FLWR_HOME=str(home.resolve()))
     env["PYTHONPATH"] = os.pathsep.join([env.get("PYTHONPATH", ""), str(Path.cwd())]).strip(":")
     return env
@@ -134,7 +133,7 @@ def _run_app(root: Path, env: dict[str, str]) -> int:
 def _outcome(root: Path, code: int) -> int:
     """The ServerApp's status file says how training ended (`flwr run` only says the run ran)."""
     try:
-        status = json.loads((root / STATUS).read_text())
+        status = json.loads(catalog.FLOWER_STATUS.read_text())
     except (OSError, ValueError):
         print(f"federated training: the ServerApp left no status (flwr run exited {code}); see "
               f"{root}/superlink.log", file=sys.stderr)  # fmt: skip

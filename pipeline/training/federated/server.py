@@ -267,7 +267,7 @@ def main(grid: Grid, context: Context) -> None:
 
 def _status(error: str) -> None:
     """How the ServerApp ended, for the deployment engine's driver (another process)."""
-    atomic.write_json(catalog.FLOWER_DIR / "status.json", {"ok": not error, "error": error})
+    atomic.write_json(catalog.FLOWER_STATUS, {"ok": not error, "error": error})
 
 
 def _quiet_flower() -> None:
