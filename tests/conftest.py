@@ -17,6 +17,8 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.budget import pytest_runtest_logreport, pytest_terminal_summary  # noqa: F401 (hooks)
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 # The shipped device catalogue (params.yaml's devices).

@@ -135,6 +135,11 @@ def test_mlflow_holds_parent_with_stage_runs(pipeline_ws: Path) -> None:
     assert {a.path for a in client.list_artifacts(children["export"].info.run_id, "tflite")} == {
         f"tflite/model_{v}.tflite" for v in ("fp32", "float16", "dynamic_int8", "int8")
     }
+    layers = json.loads((pipeline_ws / "metrics/int8_layers.json").read_text())["layers"]
+    snr = client.get_metric_history(children["export"].info.run_id, "int8_layer_snr_db")
+    assert [(m.step, m.value) for m in sorted(snr, key=lambda m: m.step)] == [
+        (row["index"], row["snr_db"]) for row in layers
+    ], "one SNR per int8 layer, stepped by its index"
     plots = {a.path for a in client.list_artifacts(children["evaluate"].info.run_id, "plots")}
     assert "plots/confusion_matrix.png" in plots
     assert (

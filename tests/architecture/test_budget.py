@@ -1,0 +1,22 @@
+"""The per-wing time report (tests/budget.py) names real test paths and charges each test once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.budget import HOUSE, WINGS, wing_of
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_every_wing_names_test_paths_that_exist() -> None:
+    for wing, paths in WINGS.items():
+        for path in paths:
+            assert (REPO / path).exists(), f"{wing}: {path} is gone (tests/budget.py)"
+
+
+def test_a_test_is_charged_to_its_wing_or_else_to_the_house() -> None:
+    assert wing_of("tests/federated/test_federated.py::test_x") == "federated (26)"
+    assert wing_of("tests/training/test_nodes.py::test_x[a]") == "nodes (27)"
+    assert wing_of("tests/training/test_launcher.py::test_x") == HOUSE
+    assert wing_of("tests/e2e/test_pipeline.py::test_x") == HOUSE

@@ -1,0 +1,75 @@
+"""The suite's time, per wing, against its budget: printed at the end of every session, so a CI
+log says which wing is over and by how much (docs/development.md). It reports and never fails a
+test: time goals are measured, not asserted."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import pytest
+
+HOUSE = "house"
+HOUSE_BUDGET_S = 12 * 60  # the whole suite as the house issue (25) left it
+WING_BUDGET_S = 3 * 60  # what each later issue may add
+# Later wings by where their tests live; everything else is the house's. A session fixture is
+# charged to the first test that sets it up (the house's first run, to the bad-input suite).
+WINGS: dict[str, tuple[str, ...]] = {
+    "federated (26)": ("tests/federated/",),
+    "nodes (27)": ("tests/training/test_nodes.py", "tests/training/test_node_checks.py"),
+    "team stack (28)": ("tests/team/", "tests/core/test_stores.py"),
+    "own model (29)": (
+        "tests/e2e/test_custom_model.py",
+        "tests/e2e/test_given_tflite.py",
+        "tests/models/test_custom.py",
+        "tests/training/test_adopt.py",
+        "tests/orchestration/test_preflight_cache.py",
+    ),
+    "field and drift (30)": ("tests/field/", "tests/monitor/", "tests/e2e/test_drift.py"),
+}
+
+_spent: dict[str, float] = defaultdict(float)
+_tests: dict[str, set[str]] = defaultdict(set)
+
+
+def wing_of(nodeid: str) -> str:
+    return next(
+        (wing for wing, paths in WINGS.items() if nodeid.startswith(paths)),
+        HOUSE,
+    )
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    wing = wing_of(report.nodeid)
+    _spent[wing] += report.duration
+    _tests[wing].add(report.nodeid)
+
+
+def lines() -> list[str]:
+    """One line per wing that ran: tests, minutes, budget, and whether it is over."""
+    out = []
+    for wing in (HOUSE, *WINGS):
+        if wing not in _spent:
+            continue
+        budget = HOUSE_BUDGET_S if wing == HOUSE else WING_BUDGET_S
+        spent = _spent[wing]
+        verdict = "over" if spent > budget else "within"
+        out.append(
+            f"{wing:<22} {len(_tests[wing]):>4} tests {_mmss(spent):>7}  "
+            f"budget {_mmss(budget):>5}  {verdict}"
+        )
+    total = sum(_spent.values())
+    out.append(f"{'all':<22} {sum(map(len, _tests.values())):>4} tests {_mmss(total):>7}")
+    return out
+
+
+def _mmss(seconds: float) -> str:
+    return f"{int(seconds // 60)}:{int(seconds % 60):02d}"
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _spent:
+        terminalreporter.section("time per wing (setup + call + teardown)")
+        if terminalreporter.stats.get("deselected"):
+            terminalreporter.write_line("(a part of the suite: the budgets are the whole suite's)")
+        for line in lines():
+            terminalreporter.write_line(line)
