@@ -4,15 +4,22 @@ test: time goals are measured, not asserted."""
 
 from __future__ import annotations
 
+import inspect
+import time
 from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+
+REPO = Path(__file__).resolve().parents[1]
 
 HOUSE = "house"
 HOUSE_BUDGET_S = 12 * 60  # the whole suite as the house issue (25) left it
 WING_BUDGET_S = 3 * 60  # what each later issue may add
-# Later wings by where their tests live; everything else is the house's. A session fixture is
-# charged to the first test that sets it up (the house's first run, to the bad-input suite).
+# Later wings by where their tests live; everything else is the house's. A fixture's setup is
+# charged to the wing that defines it, whichever test first asks for it: the session's first run
+# (tests/conftest.py) and Keras run (tests/e2e/conftest.py) are the house's.
 WINGS: dict[str, tuple[str, ...]] = {
     "federated (26)": ("tests/federated/",),
     "nodes (27)": ("tests/training/test_nodes.py", "tests/training/test_node_checks.py"),
@@ -29,6 +36,7 @@ WINGS: dict[str, tuple[str, ...]] = {
 
 _spent: dict[str, float] = defaultdict(float)
 _tests: dict[str, set[str]] = defaultdict(set)
+_moved = [0.0]  # fixture setup within the current test's setup, already charged to its wing
 
 
 def wing_of(nodeid: str) -> str:
@@ -38,9 +46,32 @@ def wing_of(nodeid: str) -> str:
     )
 
 
+def _home(fixturedef: pytest.FixtureDef) -> str | None:
+    """The repo path of the file defining a fixture; None for pytest's and plugins' own."""
+    try:
+        path = Path(inspect.getsourcefile(fixturedef.func) or "").resolve()
+    except TypeError:
+        return None
+    return path.relative_to(REPO).as_posix() if path.is_relative_to(REPO / "tests") else None
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_fixture_setup(
+    fixturedef: pytest.FixtureDef, request: pytest.FixtureRequest
+) -> Iterator[None]:
+    start = time.perf_counter()
+    yield
+    home = _home(fixturedef)
+    if home is not None:  # a fixture's own dependencies are set up before it: no double count
+        spent = time.perf_counter() - start
+        _spent[wing_of(home)] += spent
+        _moved[0] += spent
+
+
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     wing = wing_of(report.nodeid)
-    _spent[wing] += report.duration
+    _spent[wing] += max(report.duration - _moved[0], 0.0)
+    _moved[0] = 0.0
     _tests[wing].add(report.nodeid)
 
 
