@@ -170,9 +170,20 @@ def promote(client: MlflowClient, device: str, version: str) -> None:
 
 def download_bundle(client: MlflowClient, version: Any, dest: Path) -> Manifest:
     """Fetch a version's bundle files into dest and verify them against their manifest."""
-    import mlflow.artifacts
+    from mlflow.exceptions import MlflowException
 
-    mlflow.artifacts.download_artifacts(artifact_uri=version.source, dst_path=str(dest))
+    import mlflow.artifacts
+    from pipeline.core.stores import redact, scrub
+
+    try:
+        mlflow.artifacts.download_artifacts(artifact_uri=version.source, dst_path=str(dest))
+    except (MlflowException, OSError) as exc:  # the store lost it, or cannot be read
+        said = scrub(str(exc).strip().splitlines()[-1], version.source)
+        raise RegistryError(
+            f"{version.name} v{version.version}: its bundle cannot be read from the artifact "
+            f"store at {redact(version.source)} ({said}). Restore it there, or move production "
+            f"to a version whose bundle is whole: tinyops promote DEVICE VERSION"
+        ) from None
     try:
         manifest = verify_bundle(bundle_folder(dest))
     except ArtifactError as exc:

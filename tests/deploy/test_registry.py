@@ -155,3 +155,24 @@ def test_a_lock_left_by_a_killed_deploy_names_its_holder_and_unlock_removes_it(
         registry.require_unmoved(client, "dev", v1, None)
         registry.promote(client, "dev", v1)
     assert str(registry.production(client, "dev").version) == str(v1)
+
+
+def test_a_bundle_the_store_lost_is_a_registry_error_naming_the_version(
+    mlflow_store: str, tmp_path: Path
+) -> None:
+    """A shared artifact store that no longer holds production's bundle: deploy and rollback
+    refuse, naming the version and where it was looked for, instead of MLflow's traceback."""
+    import shutil
+    from urllib.parse import urlsplit
+
+    from pipeline.core.errors import RegistryError
+
+    client = tracking.client()
+    v1 = _version(client, "dev", 0.90, tmp_path)
+    version = client.get_model_version("tinyops-dev", v1)
+    shutil.rmtree(urlsplit(version.source).path)
+    with pytest.raises(RegistryError) as err:
+        registry.download_bundle(client, version, tmp_path / "got")
+    said = str(err.value)
+    assert f"tinyops-dev v{v1}: its bundle cannot be read" in said, said
+    assert version.source in said and "No such" in said, said
