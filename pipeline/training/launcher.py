@@ -41,8 +41,16 @@ class TrainResult:
     timing: dict
 
 
+# What a machine with a CUDA (or ROCm, which torch.cuda also counts) device shows: its driver's
+# device nodes. Without any, no probe can find a GPU, and the probe costs a torch import.
+GPU_DRIVER_NODES = ("/dev/nvidiactl", "/dev/nvidia0", "/dev/kfd", "/proc/driver/nvidia/gpus")
+
+
 def _cuda_devices() -> int:
-    """Count GPUs in a child process, so CUDA is never initialised in this one."""
+    """Count GPUs in a child process, so CUDA is never initialised in this one; none without a
+    GPU driver on the machine (the probe would only say so a second later)."""
+    if not any(os.path.exists(node) for node in GPU_DRIVER_NODES):
+        return 0
     probe = "import torch; print(torch.cuda.device_count() if torch.cuda.is_available() else 0)"
     try:
         out = subprocess.run(

@@ -35,6 +35,30 @@ def test_nccl_without_a_gpu_is_refused() -> None:
     assert resolve_backend(parse_params({})) == "gloo"
 
 
+def test_gpus_are_probed_only_where_a_gpu_driver_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No driver node: 0 at once, no torch import in a child. A driver node: the real probe runs
+    (this CPU wheel's torch finds no device behind it, so nccl is still refused)."""
+    import subprocess
+
+    from pipeline.training import launcher
+
+    if any(Path(node).exists() for node in launcher.GPU_DRIVER_NODES):
+        pytest.skip("this machine has a GPU driver")
+    probes: list[list[str]] = []
+    real_run = subprocess.run
+    monkeypatch.setattr(
+        launcher.subprocess, "run", lambda cmd, **kw: probes.append(cmd) or real_run(cmd, **kw)
+    )
+    assert launcher._cuda_devices() == 0 and probes == []
+    (tmp_path / "nvidia0").touch()
+    monkeypatch.setattr(launcher, "GPU_DRIVER_NODES", (str(tmp_path / "nvidia0"),))
+    assert launcher._cuda_devices() == 0 and len(probes) == 1
+    with pytest.raises(ConfigError, match="no CUDA device is visible"):
+        resolve_backend(parse_params({"train": {"backend": "nccl"}}))
+
+
 def test_torchrun_command_shapes() -> None:
     single = torchrun_command(parse_params({}), Path("params.yaml"), "gloo")
     assert "--standalone" in single and single[single.index("--nproc-per-node") + 1] == "2"
