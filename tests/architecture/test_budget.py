@@ -30,3 +30,39 @@ def test_a_fixture_is_charged_to_the_wing_that_defines_it(request: pytest.Fixtur
     assert _home(defs("tmp_path", node)[-1]) is None  # pytest's: the asking test's wing
     assert _home(defs("pipeline_ws", node)[-1]) == "tests/conftest.py"
     assert wing_of(_home(defs("pipeline_ws", node)[-1])) == HOUSE
+
+
+NESTED = {
+    "conftest.py": "from tests.budget import (  # noqa: F401\n"
+    "    pytest_fixture_setup, pytest_runtest_logreport, pytest_terminal_summary)\n",
+    "tests/conftest.py": "import time\nimport pytest\n\n\n"
+    "@pytest.fixture(scope='session')\ndef house_run():\n    time.sleep(2.2)\n",
+    "tests/federated/test_f.py": "import time\nimport pytest\n\n\n"
+    "@pytest.fixture()\ndef client_ws(request):\n"
+    "    request.getfixturevalue('house_run')\n    time.sleep(1.2)\n\n\n"
+    "def test_f(client_ws):\n    pass\n",
+}
+
+
+def test_a_fixture_asked_for_inside_another_is_charged_once_to_its_own_wing(
+    tmp_path: Path,
+) -> None:
+    """The federated fixture asks for the house's run while it runs (getfixturevalue, as the
+    custom model's does for the session's Keras run): 2 s to the house, 1 s to federated, and
+    the wings add up to what the reports say."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    for name, text in NESTED.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    out = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--rootdir", str(tmp_path)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+    ).stdout  # fmt: skip
+    wings = dict(re.findall(r"^(\S.*?)\s+\d+ tests\s+(\d+:\d\d)", out, re.MULTILINE))
+    assert wings == {"house": "0:02", "federated (26)": "0:01", "all": "0:03"}, out
+    assert "off by" not in out, out
