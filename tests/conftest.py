@@ -17,7 +17,14 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.budget import pytest_runtest_logreport, pytest_terminal_summary  # noqa: F401 (hooks)
+from tests import budget
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The per-wing time report as a plugin of the whole session (tests/budget.py): a conftest's
+    own hooks would miss the setup of session-scoped fixtures."""
+    config.pluginmanager.register(budget, "tinyops-budget")
+
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

@@ -32,13 +32,13 @@ def test_a_fixture_is_charged_to_the_wing_that_defines_it(request: pytest.Fixtur
     assert wing_of(_home(defs("pipeline_ws", node)[-1])) == HOUSE
 
 
-NESTED = {
-    "conftest.py": "from tests.budget import (  # noqa: F401\n"
-    "    pytest_fixture_setup, pytest_runtest_logreport, pytest_terminal_summary)\n",
-    "tests/conftest.py": "import time\nimport pytest\n\n\n"
+NESTED = {  # laid out as this suite is: the report registered by tests/conftest.py
+    "tests/conftest.py": "import time\nimport pytest\nfrom tests import budget\n\n\n"
+    "def pytest_configure(config):\n"
+    "    config.pluginmanager.register(budget, 'tinyops-budget')\n\n\n"
     "@pytest.fixture(scope='session')\ndef house_run():\n    time.sleep(2.2)\n",
     "tests/federated/test_f.py": "import time\nimport pytest\n\n\n"
-    "@pytest.fixture()\ndef client_ws(request):\n"
+    "@pytest.fixture(scope='module')\ndef client_ws(request):\n"
     "    request.getfixturevalue('house_run')\n    time.sleep(1.2)\n\n\n"
     "def test_f(client_ws):\n    pass\n",
 }
@@ -66,3 +66,11 @@ def test_a_fixture_asked_for_inside_another_is_charged_once_to_its_own_wing(
     wings = dict(re.findall(r"^(\S.*?)\s+\d+ tests\s+(\d+:\d\d)", out, re.MULTILINE))
     assert wings == {"house": "0:02", "federated (26)": "0:01", "all": "0:03"}, out
     assert "off by" not in out, out
+
+
+def test_this_suite_reports_through_the_session_wide_plugin(request: pytest.FixtureRequest) -> None:
+    """tests/conftest.py registers the report as a plugin (as the nested case above does), so
+    the setup of session-scoped fixtures is charged too; a conftest's own hooks would miss it."""
+    from tests import budget
+
+    assert request.config.pluginmanager.get_plugin("tinyops-budget") is budget
