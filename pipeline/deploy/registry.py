@@ -179,10 +179,11 @@ def download_bundle(client: MlflowClient, version: Any, dest: Path) -> Manifest:
         mlflow.artifacts.download_artifacts(artifact_uri=version.source, dst_path=str(dest))
     except (MlflowException, OSError) as exc:  # the store lost it, or cannot be read
         said = scrub(str(exc).strip().splitlines()[-1], version.source)
+        device = version.name.removeprefix(model_name(""))
         raise RegistryError(
             f"{version.name} v{version.version}: its bundle cannot be read from the artifact "
             f"store at {redact(version.source)} ({said}). Restore it there, or move production "
-            f"to a version whose bundle is whole: tinyops promote DEVICE VERSION"
+            f"to a version whose bundle is whole: tinyops promote {device} VERSION"
         ) from None
     try:
         manifest = verify_bundle(bundle_folder(dest))

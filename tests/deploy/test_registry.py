@@ -176,3 +176,4 @@ def test_a_bundle_the_store_lost_is_a_registry_error_naming_the_version(
     said = str(err.value)
     assert f"tinyops-dev v{v1}: its bundle cannot be read" in said, said
     assert version.source in said and "No such" in said, said
+    assert "tinyops promote dev VERSION" in said, said
