@@ -43,6 +43,7 @@ def labelled_drift(results: dict[str, DeviceDrift], params: MonitorParams) -> li
 def _record(drift: DeviceDrift, params: MonitorParams) -> None:
     """MLflow and Prefect: the same report as report/drift/<device>/."""
     import mlflow
+
     from pipeline.core import tracking
     from pipeline.monitor.report import verdict
 

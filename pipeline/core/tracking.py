@@ -49,9 +49,8 @@ def client() -> MlflowClient:
     """A client on the project's store, creating the store folder and experiment on first use."""
     import logging
 
-    from mlflow.tracking import MlflowClient
-
     import mlflow
+    from mlflow.tracking import MlflowClient
 
     logging.getLogger("alembic").setLevel(logging.WARNING)
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)

@@ -170,9 +170,9 @@ def promote(client: MlflowClient, device: str, version: str) -> None:
 
 def download_bundle(client: MlflowClient, version: Any, dest: Path) -> Manifest:
     """Fetch a version's bundle files into dest and verify them against their manifest."""
+    import mlflow.artifacts
     from mlflow.exceptions import MlflowException
 
-    import mlflow.artifacts
     from pipeline.core.stores import redact, scrub
 
     try:
