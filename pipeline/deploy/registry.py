@@ -33,8 +33,16 @@ LOCK_SUFFIX = ".promotion-lock"  # a registered model that exists while one depl
 LOCK_WAIT_S = 60.0  # a promotion holds it for a second or two; longer means a killed holder
 
 
+MODEL_PREFIX = "tinyops-"
+
+
 def model_name(device: str) -> str:
-    return f"tinyops-{device}"
+    return f"{MODEL_PREFIX}{device}"
+
+
+def device_of(name: str) -> str:
+    """The device a registered model is for: model_name's inverse."""
+    return name.removeprefix(MODEL_PREFIX)
 
 
 def lock_name(device: str) -> str:
@@ -179,11 +187,10 @@ def download_bundle(client: MlflowClient, version: Any, dest: Path) -> Manifest:
         mlflow.artifacts.download_artifacts(artifact_uri=version.source, dst_path=str(dest))
     except (MlflowException, OSError) as exc:  # the store lost it, or cannot be read
         said = scrub(str(exc).strip().splitlines()[-1], version.source)
-        device = version.name.removeprefix(model_name(""))
         raise RegistryError(
             f"{version.name} v{version.version}: its bundle cannot be read from the artifact "
             f"store at {redact(version.source)} ({said}). Restore it there, or move production "
-            f"to a version whose bundle is whole: tinyops promote {device} VERSION"
+            f"to a version whose bundle is whole: tinyops promote {device_of(version.name)} VERSION"
         ) from None
     try:
         manifest = verify_bundle(bundle_folder(dest))
